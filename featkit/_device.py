@@ -1,0 +1,83 @@
+"""The one place that decides device and numeric precision (auto: cuda > mps > cpu)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from featkit.errors import DeviceError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a forward pass runs."""
+
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def channels_last(self) -> bool:
+        # NHWC is the fast convolution layout for oneDNN on x86 CPUs and for tensor cores on GPUs.
+        return self.device.type in ("cpu", "cuda")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def describe(self) -> str:
+        if self.is_cuda:
+            return f"{torch.cuda.get_device_name(self.device)} ({self.device}), {self.precision}"
+        return f"{self.device.type}, {torch.get_num_threads()} threads, {self.precision}"
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX512-BF16 / AMX): bf16 autocast then pays off."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; explicit requests that this machine can't serve raise."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"Unknown device '{name}'. Use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda was asked for but no CUDA GPU is visible. Use --device auto or cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("--device mps was asked for but MPS is not available. Use --device auto or cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"Unsupported device '{name}'. Use auto, cpu, cuda, cuda:N or mps.")
+    return device
+
+
+def resolve_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
+    if precision not in PRECISIONS:
+        raise DeviceError(f"Unknown precision '{precision}'. Use one of: {', '.join(PRECISIONS)}.")
+    dev = resolve_device(device)
+    if dev.type == "cpu" and precision == "fp16":
+        raise DeviceError("--precision fp16 needs a GPU; on the CPU use --precision bf16 (or fp32).")
+    if dev.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise DeviceError("This GPU has no bf16 support; use --precision fp16 (or fp32).")
+    return Runtime(dev, precision)

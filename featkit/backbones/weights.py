@@ -1,0 +1,135 @@
+"""Which weights a backbone runs with, where they come from, and the preprocessing they expect.
+
+``--weights imagenet`` (torchvision's recommended weights, from the torch hub cache), ``random`` (seeded) or
+a file. Files are loaded only through :mod:`featkit.backbones.checkpoints` (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision import models as tvm
+
+from featkit.backbones import checkpoints
+from featkit.backbones.registry import build_module, default_input_size, describe
+from featkit.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to ``resize``, centre-crop ``crop``, scale to [0, 1], normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def as_dict(self) -> dict:
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Provenance of the weights a model was built with (goes into every manifest)."""
+
+    kind: str  # imagenet | random | file
+    id: str  # e.g. "ResNet50_Weights.IMAGENET1K_V2", "random(seed=0)", a file path
+    sha256: str
+    preprocess: Preprocess
+    num_classes: int
+    categories: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "id": self.id, "sha256": self.sha256, "num_classes": self.num_classes,
+                "preprocess": self.preprocess.as_dict()}
+
+
+def default_weights_enum(name: str):
+    """torchvision's recommended weights for ``name`` or None (curated names included)."""
+    try:
+        return tvm.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError):
+        return None
+
+
+def preprocess_for(name: str) -> Preprocess:
+    """The preprocessing of the model's recommended ImageNet weights (also used for random and file weights)."""
+    enum = default_weights_enum(name)
+    if enum is None:
+        size = default_input_size(name)
+        return Preprocess(resize=round(size * 256 / 224), crop=size)
+    t = enum.transforms()
+    return Preprocess(
+        resize=int(t.resize_size[0]),
+        crop=int(t.crop_size[0]),
+        mean=tuple(float(v) for v in t.mean),
+        std=tuple(float(v) for v in t.std),
+        interpolation=t.interpolation.value,
+    )
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A content hash of tensors (for weights that have no file, e.g. seeded random init)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _classes_in(state: dict[str, torch.Tensor], logits_module: str) -> int | None:
+    weight = state.get(f"{logits_module}.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def load_backbone_weights(name: str, weights: str = "imagenet", *, seed: int = 0,
+                          download: bool = True) -> tuple[torch.nn.Module, WeightsInfo]:
+    """Build ``name`` in eval mode with ``weights`` = ``imagenet`` | ``random`` | a file path.
+
+    Raises:
+        WeightsError: the weights are not cached and cannot be downloaded, are not a plain state_dict,
+            or do not fit the architecture.
+    """
+    spec = describe(name)
+    preprocess = preprocess_for(name)
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_module(name)
+        info = WeightsInfo("random", f"random(seed={seed})", state_dict_sha256(model.state_dict()), preprocess, 1000)
+        return model.eval(), info
+    if weights == "imagenet":
+        enum = default_weights_enum(name)
+        if enum is None:
+            raise WeightsError(f"torchvision has no ImageNet weights for {name}. Pass --weights random or --weights FILE.")
+        path = checkpoints.fetch_checkpoint(enum.url, download=download)
+        state = checkpoints.load_state_dict_file(path)
+        model = build_module(name, num_classes=len(enum.meta["categories"]))
+        checkpoints.check_state_dict(model, state, source=str(path))
+        model.load_state_dict(state)
+        info = WeightsInfo("imagenet", f"{type(enum).__name__}.{enum.name}", checkpoints.sha256_file(path),
+                           preprocess, len(enum.meta["categories"]), tuple(enum.meta["categories"]))
+        return model.eval(), info
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise WeightsError(f"Weights '{weights}' are neither 'imagenet', 'random' nor an existing file.")
+    state = checkpoints.load_state_dict_file(path)
+    num_classes = _classes_in(state, spec.logits_module) or 1000
+    model = build_module(name, num_classes=num_classes)
+    checkpoints.check_state_dict(model, state, source=str(path))
+    model.load_state_dict(state)
+    log.info("loaded %s weights from %s (%d classes)", name, path, num_classes)
+    return model.eval(), WeightsInfo("file", str(path.resolve()), checkpoints.sha256_file(path), preprocess, num_classes)

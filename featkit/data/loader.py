@@ -1,0 +1,84 @@
+"""Parallel decoding: a DataLoader whose workers decode and crop while the main process runs the model.
+
+Bad files never stop a run: a worker turns them into failure records, and the batch carries the good
+crops together with the positions they came from, so rows stay aligned with paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from featkit.backbones.weights import Preprocess
+from featkit.data.decode import DecodeError
+from featkit.data.transforms import load_crop
+
+
+@dataclass
+class DecodedChunk:
+    """What the loader yields for a run of consecutive inputs."""
+
+    positions: list[int]  # input positions of the good images, in order
+    pixels: torch.Tensor  # uint8 (len(positions), 3, crop, crop)
+    sizes: list[tuple[int, int]]  # decoded (width, height) per good image
+    failures: list[tuple[int, str, str]]  # (input position, reason code, message)
+    last_position: int  # the last input position this chunk covers
+
+    def pin_memory(self) -> "DecodedChunk":  # called by DataLoader(pin_memory=True) for fast GPU copies
+        self.pixels = self.pixels.pin_memory()
+        return self
+
+
+class CropDataset(Dataset):
+    def __init__(self, paths: Sequence[str], positions: Sequence[int], pre: Preprocess, draft: bool):
+        self.paths, self.positions, self.pre, self.draft = list(paths), list(positions), pre, draft
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            crop, size = load_crop(self.paths[i], self.pre, draft=self.draft)
+            return self.positions[i], crop, size, None
+        except DecodeError as exc:
+            return self.positions[i], None, None, (exc.reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must not kill an hours-long run
+            return self.positions[i], None, None, ("decode_error", f"{type(exc).__name__}: {exc}")
+
+
+def collate(items, crop: int) -> DecodedChunk:
+    good = [(pos, t, size) for pos, t, size, fail in items if fail is None]
+    pixels = torch.stack([t for _, t, _ in good]) if good else torch.empty((0, 3, crop, crop), dtype=torch.uint8)
+    return DecodedChunk(
+        positions=[pos for pos, _, _ in good],
+        pixels=pixels,
+        sizes=[size for _, _, size in good],
+        failures=[(pos, fail[0], fail[1]) for pos, _, _, fail in items if fail is not None],
+        last_position=items[-1][0],
+    )
+
+
+class _Collate:  # a picklable callable for worker processes
+    def __init__(self, crop: int):
+        self.crop = crop
+
+    def __call__(self, items):
+        return collate(items, self.crop)
+
+
+def make_loader(paths: Sequence[str], positions: Sequence[int], pre: Preprocess, *, chunk: int, workers: int,
+                pin_memory: bool = False, draft: bool = True) -> DataLoader:
+    """Chunks of ``chunk`` consecutive inputs, decoded by ``workers`` processes (0 = in this process), in order."""
+    return DataLoader(
+        CropDataset(paths, positions, pre, draft),
+        batch_size=chunk,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_Collate(pre.crop),
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,128 @@
+"""Reading a feature store: memory-mapped features per tap and a pandas table of rows."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featkit.errors import StoreError, unknown
+from featkit.store import format as fmt
+
+
+class TapArray:
+    """The features of one tap across all shards, read lazily from memory-mapped ``.npy`` files.
+
+    Behaves like a read-only 2-D array: ``len``, ``shape``, ``dtype``, indexing by int, slice or index array,
+    and ``np.asarray(tap_array)`` to load it whole. ``chunks()`` streams it shard by shard.
+    """
+
+    def __init__(self, shards: list[np.memmap], live: np.ndarray | None):
+        self._shards = shards
+        self._starts = np.cumsum([0] + [len(s) for s in shards])
+        self._live = live  # global row ids to expose, or None for all rows
+        dims = shards[0].shape[1] if shards else 0
+        self.dtype = shards[0].dtype if shards else np.dtype("float32")
+        self.shape = (len(live) if live is not None else int(self._starts[-1]), dims)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _take(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        shard_of = np.searchsorted(self._starts, rows, side="right") - 1
+        for s in np.unique(shard_of):
+            mask = shard_of == s
+            out[mask] = self._shards[s][rows[mask] - self._starts[s]]
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self[[int(key)]][0]
+        if isinstance(key, slice) and self._live is None:
+            start, stop, step = key.indices(len(self))
+            first = np.searchsorted(self._starts, start, side="right") - 1
+            if step == 1 and stop <= self._starts[first + 1]:  # inside one shard: a zero-copy memmap view
+                return self._shards[first][start - self._starts[first]: stop - self._starts[first]]
+        positions = np.arange(len(self))[key]
+        rows = self._live[positions] if self._live is not None else positions
+        return self._take(np.asarray(rows, dtype=np.int64))
+
+    def __array__(self, dtype=None, copy=None):
+        array = self[:] if len(self._shards) != 1 or self._live is not None else np.asarray(self._shards[0])
+        return array.astype(dtype) if dtype is not None else array
+
+    def chunks(self, rows: int = 65536) -> Iterator[np.ndarray]:
+        """Consecutive blocks of at most ``rows`` rows, never loading the whole tap."""
+        for start in range(0, len(self), rows):
+            yield self[start: start + rows]
+
+
+class FeatureStore:
+    """A feature store opened for reading (see :func:`open_features`)."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root, self.manifest = root, manifest
+        shards = manifest["shards"]
+        self._meta_all = (
+            pd.concat([pd.read_parquet(root / fmt.metadata_path(s["index"])) for s in shards], ignore_index=True)
+            if shards else pd.DataFrame(columns=fmt.META_COLUMNS)
+        )
+        stale = np.asarray(manifest.get("stale_rows", []), dtype=np.int64)
+        self._live = None if len(stale) == 0 else np.setdiff1d(self._meta_all["row"].to_numpy(np.int64), stale)
+        self.rows = self._meta_all if self._live is None else self._meta_all[self._meta_all["row"].isin(self._live)]
+        self.rows = self.rows.reset_index(drop=True)
+
+    @property
+    def taps(self) -> list[str]:
+        return list(self.manifest["taps"])
+
+    @property
+    def settings(self) -> dict:
+        return self.manifest["settings"]
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """Files that were skipped, with a reason code; files computed later (after a fix) are left out."""
+        frames = [pd.read_parquet(self.root / fmt.failures_path(s["index"])) for s in self.manifest["shards"]]
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return pd.DataFrame(columns=fmt.FAILURE_COLUMNS)
+        fails = pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
+        return fails[~fails["path"].isin(self.rows["path"])].reset_index(drop=True)
+
+    def features(self, tap: str) -> TapArray:
+        if tap not in self.manifest["taps"]:
+            raise unknown("tap", tap, self.taps, context=f"the store {self.root}")
+        arrays = [np.load(self.root / fmt.feature_path(tap, s["index"]), mmap_mode="r") for s in self.manifest["shards"]]
+        return TapArray(arrays, self._live)
+
+    def __getitem__(self, tap: str) -> TapArray:
+        return self.features(tap)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        taps = ", ".join(f"{t} ({v['dims']}-d {v['dtype']})" for t, v in self.manifest["taps"].items())
+        return f"FeatureStore({self.root}: {len(self)} rows, {s['model']} / {s['weights']['id']}, taps: {taps})"
+
+
+def open_features(path: str | os.PathLike) -> FeatureStore:
+    """Open a feature store written by ``featkit extract``.
+
+    Returns:
+        A :class:`FeatureStore`: ``store["fc7"]`` is a memory-mapped (rows, dims) array, ``store.rows`` a
+        DataFrame (row, path, label, split, width, height, bytes, mtime_ns) aligned with it.
+    Raises:
+        StoreError: ``path`` is not a featkit feature store.
+    """
+    root = Path(path)
+    manifest = fmt.read_manifest(root)
+    if manifest is None:
+        raise StoreError(f"{root} is not a featkit feature store (no {fmt.MANIFEST}). Create one with: featkit extract ... -o {root}")
+    return FeatureStore(root, manifest)

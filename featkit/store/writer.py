@@ -1,0 +1,144 @@
+"""Writing a feature store: one writer at a time, shards committed atomically, resumable after any kill.
+
+The manifest is rewritten after each shard's files are in place, so a shard exists only once the manifest
+lists it; files of a shard that a kill left unlisted are simply written again by the next run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featkit.errors import StoreError
+from featkit.store import format as fmt
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return out
+
+
+class StoreWriter:
+    """Open (or create) a store for writing with fixed ``settings``.
+
+    Args:
+        root: the store directory.
+        settings: everything that determines the features (model, weights, taps, preprocessing, ...).
+        overwrite: delete an existing store made with other settings instead of refusing.
+
+    Raises:
+        StoreError: another process writes to ``root``; the store holds features made with other settings.
+    """
+
+    def __init__(self, root: str | os.PathLike, settings: dict, *, overwrite: bool = False):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StoreError(f"Another featkit process is writing to {self.root}; wait for it or use another -o.") from None
+        try:
+            self.manifest = self._open(settings, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, settings: dict, overwrite: bool) -> dict:
+        manifest = fmt.read_manifest(self.root) if not overwrite else None
+        if manifest is not None and manifest["settings"] != settings:
+            changes = "; ".join(_differences(manifest["settings"], settings)[:4])
+            raise StoreError(f"{self.root} holds features made with other settings ({changes}). "
+                             "Use another -o, or --overwrite to replace them.")
+        if manifest is None:
+            self._clear()
+            manifest = {"format": fmt.FORMAT, "version": fmt.VERSION, "created": _now(), "settings": settings,
+                        "taps": {}, "rows": 0, "failures": 0, "shards": [], "stale_rows": [], "runs": []}
+        for leftover in self.root.rglob("*.tmp"):  # a kill mid-write leaves these; they were never committed
+            leftover.unlink()
+        return manifest
+
+    def _clear(self) -> None:
+        for name in ("features", "metadata", "failures"):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        (self.root / fmt.MANIFEST).unlink(missing_ok=True)
+
+    @property
+    def next_row(self) -> int:
+        return sum(s["rows"] for s in self.manifest["shards"])
+
+    def committed(self) -> pd.DataFrame:
+        """Every input already handled (path, bytes, mtime_ns, row; row = -1 for a recorded failure)."""
+        frames = []
+        for shard in self.manifest["shards"]:
+            meta = pd.read_parquet(self.root / fmt.metadata_path(shard["index"]), columns=["path", "bytes", "mtime_ns", "row"])
+            fail = pd.read_parquet(self.root / fmt.failures_path(shard["index"]), columns=["path", "bytes", "mtime_ns"])
+            frames += [meta, fail.assign(row=-1)]
+        if not frames:
+            return pd.DataFrame({"path": [], "bytes": [], "mtime_ns": [], "row": []})
+        # later shards supersede earlier ones for the same path (a changed file computed again)
+        return pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
+
+    def begin_run(self, info: dict) -> None:
+        self.manifest["runs"].append({"started": _now(), **info})
+        fmt.write_manifest(self.root, self.manifest)
+
+    def mark_stale(self, rows: list[int]) -> None:
+        """Rows whose files changed or disappeared: readers skip them from now on."""
+        if rows:
+            self.manifest["stale_rows"] = sorted(set(self.manifest["stale_rows"]) | set(int(r) for r in rows))
+            self.manifest["rows"] = self.next_row - len(self.manifest["stale_rows"])
+            fmt.write_manifest(self.root, self.manifest)
+
+    def commit_shard(self, features: dict[str, np.ndarray], metadata: pd.DataFrame, failures: pd.DataFrame) -> None:
+        """Write one shard's files, then the manifest that makes them part of the store."""
+        index = len(self.manifest["shards"])
+        n = len(metadata)
+        files = {}
+        for tap, array in features.items():
+            if array.shape[0] != n:
+                raise ValueError(f"tap {tap}: {array.shape[0]} rows for {n} metadata rows")
+            rel = fmt.feature_path(tap, index)
+            files[rel] = fmt.write_atomic(self.root / rel, fmt.npy_bytes(array))
+            self.manifest["taps"].setdefault(tap, {"dims": int(array.shape[1]), "dtype": str(array.dtype)})
+        meta = metadata.assign(row=np.arange(self.next_row, self.next_row + n, dtype=np.int64))[fmt.META_COLUMNS]
+        files[fmt.metadata_path(index)] = fmt.write_atomic(self.root / fmt.metadata_path(index), fmt.parquet_bytes(meta))
+        fail = failures.reindex(columns=fmt.FAILURE_COLUMNS)
+        files[fmt.failures_path(index)] = fmt.write_atomic(self.root / fmt.failures_path(index), fmt.parquet_bytes(fail))
+        self.manifest["shards"].append({"index": index, "rows": n, "failures": len(fail), "files": files})
+        self.manifest["rows"] = self.next_row - len(self.manifest["stale_rows"])
+        self.manifest["failures"] += len(fail)
+        fmt.write_manifest(self.root, self.manifest)
+
+    def end_run(self, info: dict) -> None:
+        self.manifest["runs"][-1].update({"finished": _now(), **info})
+        fmt.write_manifest(self.root, self.manifest)
+
+    def close(self) -> None:
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
