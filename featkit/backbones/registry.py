@@ -78,6 +78,13 @@ def check_name(name: str) -> None:
         raise unknown("model", name, list_backbones(), see="featkit models")
 
 
+def describe_at(name: str, size: int) -> BackboneSpec:
+    """A curated backbone's tap table for a square input of ``size`` pixels (shapes scale with the input)."""
+    if name not in _CURATED:
+        raise ValueError(f"{name} is not a curated backbone")
+    return _CURATED[name](size=size)
+
+
 @functools.cache
 def describe(name: str) -> BackboneSpec:
     """The tap table of a backbone (curated, or read off the torchvision graph)."""

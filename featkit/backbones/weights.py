@@ -118,7 +118,7 @@ def load_backbone_weights(name: str, weights: str = "imagenet", *, seed: int = 0
         path = checkpoints.fetch_checkpoint(enum.url, download=download)
         state = checkpoints.load_state_dict_file(path)
         model = build_module(name, num_classes=len(enum.meta["categories"]))
-        checkpoints.check_state_dict(model, state, source=str(path))
+        checkpoints.check_state_dict(model, state, source=str(path), model_name=name)
         model.load_state_dict(state)
         info = WeightsInfo("imagenet", f"{type(enum).__name__}.{enum.name}", checkpoints.sha256_file(path),
                            preprocess, len(enum.meta["categories"]), tuple(enum.meta["categories"]))
@@ -129,7 +129,7 @@ def load_backbone_weights(name: str, weights: str = "imagenet", *, seed: int = 0
     state = checkpoints.load_state_dict_file(path)
     num_classes = _classes_in(state, spec.logits_module) or 1000
     model = build_module(name, num_classes=num_classes)
-    checkpoints.check_state_dict(model, state, source=str(path))
+    checkpoints.check_state_dict(model, state, source=str(path), model_name=name)
     model.load_state_dict(state)
     log.info("loaded %s weights from %s (%d classes)", name, path, num_classes)
     return model.eval(), WeightsInfo("file", str(path.resolve()), checkpoints.sha256_file(path), preprocess, num_classes)

@@ -1,0 +1,3 @@
+from featkit.cli.app import main
+
+main()

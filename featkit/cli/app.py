@@ -1,0 +1,67 @@
+"""The ``featkit`` command: one typer app, one error handler turning FeatkitError into a one-line message."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from featkit.cli import demo as demo_cmd
+from featkit.cli import extract as extract_cmd
+from featkit.cli import models as models_cmd
+from featkit.cli import store as store_cmd
+from featkit.errors import FeatkitError
+
+app = typer.Typer(
+    name="featkit",
+    help="Features from named layers of pretrained CNNs into a resumable feature store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (or set FEATKIT_DEBUG=1)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what featkit does."),
+) -> None:
+    if debug:
+        os.environ["FEATKIT_DEBUG"] = "1"
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+app.command("models")(models_cmd.models)
+app.command("taps")(models_cmd.taps)
+app.command("extract")(extract_cmd.extract)
+app.command("info")(store_cmd.info)
+app.command("demo")(demo_cmd.demo)
+
+
+def main() -> None:
+    """Console entry point: FeatkitError → ``error: ...`` on stderr and exit code 1 (traceback with --debug)."""
+    try:
+        app(standalone_mode=False)
+    except FeatkitError as exc:
+        if os.environ.get("FEATKIT_DEBUG") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        print("Aborted. Committed shards are kept; rerun the same command to resume.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""``featkit extract``: the hallmark command."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from featkit.cli._console import console as make_console
+
+from featkit.extract.config import DEFAULT_MODEL, ExtractConfig
+from featkit.extract.run import ExtractResult, run_extraction
+from featkit.store.reader import open_features
+
+
+class Pool(str, Enum):
+    none = "none"
+    avg = "avg"
+    max = "max"
+    gem = "gem"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Backbone (featkit models).")]
+LayerOpt = Annotated[list[str] | None, typer.Option("--layer", "-l", help="Tap to extract; repeat for several (featkit taps MODEL). Default: the model's default tap.")]
+WeightsOpt = Annotated[str, typer.Option("--weights", "-w", help="imagenet (torch hub cache), random (seeded), or a .pth/.pt/.safetensors file.")]
+
+
+def print_result(result: ExtractResult, console) -> None:
+    store = open_features(result.store)
+    console.print(f"[bold green]wrote[/] {result.store}: {result.rows:,} rows "
+                  f"({result.computed:,} computed, {result.unchanged:,} already there, {result.failed:,} skipped) "
+                  f"in {result.seconds:.1f} s, {result.images_per_s:.1f} img/s on {result.device}")
+    for tap, dims in result.taps.items():
+        console.print(f"  features/{tap}/part-*.npy  ({len(store):,} × {dims:,} {store.manifest['taps'][tap]['dtype']})")
+    console.print("  metadata/part-*.parquet  (row, path, label, split, width, height, bytes, mtime_ns)")
+    if result.changed or result.removed:
+        console.print(f"  {result.changed} changed and {result.removed} removed files since the last run (old rows retired)")
+    fails = store.failures
+    if len(fails):
+        reasons = ", ".join(f"{k} {v}" for k, v in fails["reason"].value_counts().items())
+        console.print(f"  failures/part-*.parquet  ({len(fails)} files skipped: {reasons})")
+    console.print(f"Read it: featkit.open_features('{result.store}')['{next(iter(result.taps))}']")
+
+
+def extract(
+    inputs: Annotated[list[Path], typer.Argument(help="Folders (ImageFolder layouts give labels), list files (.csv/.parquet/.txt with a path column) or images.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Feature store directory (resumed if it exists).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    layer: LayerOpt = None,
+    weights: WeightsOpt = "imagenet",
+    pool: Annotated[Pool, typer.Option(help="Spatial taps → vectors: none (flatten), avg, max, gem.")] = Pool.none,
+    l2: Annotated[bool, typer.Option("--l2", help="L2-normalise stored vectors.")] = False,
+    dtype: Annotated[DType, typer.Option(help="Stored dtype.")] = DType.float32,
+    precision: Annotated[Precision, typer.Option(help="Compute precision (bf16: CPUs with AVX512-BF16/AMX and GPUs; fp16: GPUs).")] = Precision.fp32,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="Decoder processes (default: chosen for the device; 0: none).", min=0)] = None,
+    shard_rows: Annotated[int, typer.Option(help="Rows per committed shard (the unit of resume).", min=1)] = 2048,
+    draft: Annotated[bool, typer.Option("--draft/--no-draft", help="Decode large JPEGs at reduced DCT scale (still ≥ the resize size).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for --weights random.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made with other settings.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download weights.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Extract features of one or more taps for every image into a feature store.
+
+    Example: featkit extract --model vgg16 --layer fc7 PHOTOS/ -o feats/
+    """
+    cfg = ExtractConfig(model=model, taps=tuple(layer or ()), weights=weights, pool=pool.value, l2=l2,
+                        dtype=dtype.value, precision=precision.value, batch_size=batch_size, device=device,
+                        workers=workers, shard_rows=shard_rows, draft=draft, seed=seed, overwrite=overwrite,
+                        download=not offline)
+    console = make_console(stderr=True)
+    result = run_extraction(inputs, output, cfg, progress=not quiet)
+    print_result(result, make_console())
+    if result.weights.kind == "random":
+        console.print("note: --weights random: these features carry no pretrained meaning (smoke tests only).")

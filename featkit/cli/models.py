@@ -1,0 +1,61 @@
+"""``featkit models`` and ``featkit taps``: what can be extracted."""
+
+from __future__ import annotations
+
+import typer
+from featkit.cli._console import console as make_console
+from rich.table import Table
+
+from featkit.backbones import checkpoints
+from featkit.backbones.registry import curated_backbones, describe, list_backbones
+from featkit.backbones.weights import default_weights_enum
+
+
+def _weights_cell(name: str) -> str:
+    enum = default_weights_enum(name)
+    if enum is None:
+        return "random only"
+    cached = checkpoints.hub_checkpoint_path(enum.url).exists()
+    return f"{enum.name} ({'cached' if cached else 'not cached'})"
+
+
+def models(
+    all_models: bool = typer.Option(False, "--all", help="Also list every other torchvision classifier."),
+) -> None:
+    """List the backbones, their default tap and which ImageNet weights are available."""
+    table = Table(title="featkit backbones", title_justify="left")
+    for col in ("model", "family", "default tap", "dims", "imagenet weights"):
+        table.add_column(col)
+    for name in curated_backbones():
+        spec = describe(name)
+        tap = spec.tap(spec.default_tap)
+        table.add_row(name, spec.family, tap.name, f"{tap.flat_dims:,}", _weights_cell(name))
+    others = [n for n in list_backbones() if n not in curated_backbones()]
+    if all_models:
+        for name in others:
+            table.add_row(name, "torchvision", "penultimate", "", _weights_cell(name))
+    console = make_console()
+    console.print(table)
+    if not all_models:
+        console.print(f"…and {len(others)} other torchvision classifiers (featkit models --all); "
+                      "their taps are their graph nodes: featkit taps NAME")
+
+
+def taps(
+    model: str = typer.Argument(..., help="Backbone name, e.g. vgg16."),
+    pool: str = typer.Option("none", help="Show dims and bytes under this pooling (none|avg|max|gem)."),
+) -> None:
+    """List every tap of MODEL: name, aliases, graph node, output shape, dims and bytes per image."""
+    spec = describe(model)
+    table = Table(title=f"{spec.name}: {spec.description} — shapes at {spec.input_size}×{spec.input_size}",
+                  title_justify="left")
+    for col in ("tap", "aliases", "node", "shape", "dims", "bytes/img (fp32)", "note"):
+        table.add_column(col, justify="right" if col in ("dims", "bytes/img (fp32)") else "left")
+    for tap in spec.taps:
+        dims = tap.dims(pool)
+        mark = " *" if tap.name == spec.default_tap else ""
+        table.add_row(tap.name + mark, ", ".join(tap.aliases), tap.node, "×".join(map(str, tap.shape)),
+                      f"{dims:,}", f"{4 * dims:,}", tap.note)
+    console = make_console()
+    console.print(table)
+    console.print(f"* default tap. Extract: featkit extract --model {spec.name} --layer {spec.default_tap} PHOTOS/ -o feats/")

@@ -1,0 +1,303 @@
+"""Turn an image file (or uploaded bytes) into a fully loaded RGB image, or a :class:`DecodeError`.
+
+This is the only place featkit turns a file into pixels. The type is decided by content, never by the
+extension; only :data:`ALLOWED_FORMATS` are parsed, so PIL never runs Ghostscript or any other external
+decoder; the pixel count is checked from the header before any pixel is decoded; truncated files are
+refused, never padded with grey. Every failure is a :class:`DecodeError` whose ``reason`` is a key of
+:data:`REASONS`, so a run can skip the file, record why, and go on.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import warnings
+from typing import IO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from featkit.errors import FeatkitError
+
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+DEFAULT_MAX_PIXELS = 89_478_485
+ALPHA_BACKGROUND = (255, 255, 255)
+
+REASONS: dict[str, str] = {
+    "not_found": "the file does not exist (deleted, broken symlink or symlink loop)",
+    "not_a_file": "the path is a directory, FIFO, device or socket, not a regular file",
+    "unreadable": "the file exists but cannot be read (permission or I/O error)",
+    "empty": "the file is 0 bytes long",
+    "not_an_image": "the bytes are not an image in any format featkit knows",
+    "format_not_allowed": "an image or document format featkit refuses to decode (EPS/PS, PDF, SVG, FITS, ICO...)",
+    "too_many_pixels": "the header declares more pixels than max_pixels (decompression-bomb guard)",
+    "truncated": "the file ends before the image data does",
+    "corrupt": "the image data is damaged (bad checksum, broken stream, or another decode failure)",
+}
+
+Image.init()
+# PIL opens MPO through its JPEG plugin (registered for saving only) and WEBP needs libwebp.
+_OPEN_FORMATS = tuple(fmt for fmt in ALLOWED_FORMATS if fmt in Image.OPEN)
+_JPEG_FORMATS = ("JPEG", "MPO")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_TRANSPOSE = {  # EXIF orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_MAGIC = ((b"%PDF-", "PDF"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"))
+# O_NONBLOCK: a path swapped for a FIFO after os.stat must not make open() wait for a writer.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+class DecodeError(FeatkitError):
+    """A file or byte string that cannot be decoded; ``reason`` is a key of :data:`REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown decode reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # default pickling would call __init__(message) and fail in DataLoader workers
+        return (type(self), (self.reason, self.message))
+
+
+def decode_image(
+    path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> Image.Image:
+    """Decode an image file into a fully loaded RGB image.
+
+    Transparent pixels are composited on :data:`ALPHA_BACKGROUND`, 16-bit images are scaled (not clipped)
+    to 8 bits, the EXIF orientation is applied exactly once and metadata is dropped (so it cannot be
+    applied again). Animated GIF/PNG, multi-frame TIFF and MPO give their first frame.
+
+    Args:
+        path: File path; ``bytes`` and surrogate-escaped names (non-UTF-8) work. Symlinks are followed.
+        max_pixels: Refuse images whose header declares more pixels (width * height of the stored image).
+        min_side: If given, JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter
+            side is still >= min_side, which is much faster when the image is resized afterwards.
+
+    Raises:
+        DecodeError: with ``reason`` one of :data:`REASONS`; never another exception for a bad file.
+    """
+    _check_args(max_pixels, min_side)
+    name = _display(path)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise DecodeError("not_a_file", f"{name}: is a {_kind(st.st_mode)}, not a regular file")
+        fd = os.open(path, _OPEN_FLAGS)
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: NUL byte in the path
+        raise DecodeError("not_found", f"{name}: no such file (deleted, or a broken symlink)") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DecodeError("not_found", f"{name}: symlink loop") from None
+        raise DecodeError("unreadable", f"{name}: cannot open: {e.strerror or e}") from None
+    with open(fd, "rb") as fp:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced between stat and open
+            raise DecodeError("not_a_file", f"{name}: is a {_kind(st.st_mode)}, not a regular file")
+        if st.st_size == 0:
+            raise DecodeError("empty", f"{name}: file is empty (0 bytes)")
+        return _decode(fp, name, max_pixels, min_side)
+
+
+def decode_bytes(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None, name: str = "<bytes>"
+) -> Image.Image:
+    """Decode image bytes (an upload, a query) with the same rules as :func:`decode_image`.
+
+    Args:
+        data: The encoded image.
+        max_pixels: See :func:`decode_image`.
+        min_side: See :func:`decode_image`.
+        name: How the bytes are named in error messages.
+
+    Raises:
+        DecodeError: with ``reason`` one of :data:`REASONS`.
+    """
+    _check_args(max_pixels, min_side)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode_bytes needs bytes, got {type(data).__name__}")
+    label = _display(name)
+    if len(data) == 0:
+        raise DecodeError("empty", f"{label}: no bytes (0 bytes)")
+    return _decode(io.BytesIO(data), label, max_pixels, min_side)
+
+
+def _decode(fp: IO[bytes], name: str, max_pixels: int, min_side: int | None) -> Image.Image:
+    probe = _EofProbe(fp)
+    opened = False
+    try:
+        with warnings.catch_warnings():
+            # Our max_pixels check replaces PIL's global limit, which only warns below twice its value.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                im = Image.open(probe, formats=_OPEN_FORMATS)
+            except UnidentifiedImageError:
+                raise _unidentified(fp, name) from None
+            opened = True
+            width, height = im.size
+            if width * height > max_pixels:
+                raise DecodeError(
+                    "too_many_pixels",
+                    f"{name}: {width}x{height} = {width * height} pixels is more than max_pixels={max_pixels}",
+                )
+            if min_side is not None and im.format in _JPEG_FORMATS:
+                im.draft("RGB", (min_side, min_side))  # PIL picks the largest 1/s keeping both sides >= min_side
+            im.load()
+            orientation = _orientation(im)
+            out = _to_rgb(im)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as e:  # PIL's own hard limit (2x its MAX_IMAGE_PIXELS), e.g. in GIF frames
+        raise DecodeError("too_many_pixels", f"{name}: {e}") from None
+    except MemoryError:
+        raise  # the machine is out of memory, not the file's fault: let the run stop
+    except Exception as e:  # plugins raise OSError, ValueError, SyntaxError, EOFError, ... on malformed input
+        raise _failure(e, name, ran_out=(probe.hit_eof and not opened) or _riff_cut(fp)) from None
+    if orientation in _TRANSPOSE:
+        out = out.transpose(_TRANSPOSE[orientation])
+    out.info = {}  # drop EXIF/XMP so nothing downstream applies the orientation a second time
+    return out
+
+
+def _failure(e: Exception, name: str, *, ran_out: bool) -> DecodeError:
+    if isinstance(e, OSError) and e.errno is not None:  # a real read error; PIL's own OSErrors carry no errno
+        return DecodeError("unreadable", f"{name}: read error: {e.strerror or e}")
+    text = str(e) or type(e).__name__
+    # Not "broken data stream": PIL says that for damaged zlib/LZW data; cut files say "truncated".
+    cut = ran_out or isinstance(e, EOFError) or "truncat" in text.lower() or "not enough image data" in text
+    return DecodeError("truncated" if cut else "corrupt", f"{name}: {text}")
+
+
+def _riff_cut(fp: IO[bytes]) -> bool:
+    # libwebp is handed the whole file at once, so a cut-off WEBP shows only as a RIFF size beyond the end.
+    try:
+        fp.seek(0)
+        head = fp.read(12)
+        end = fp.seek(0, os.SEEK_END)
+    except (OSError, ValueError):
+        return False
+    return head[:4] == b"RIFF" and head[8:] == b"WEBP" and int.from_bytes(head[4:8], "little") + 8 > end
+
+
+class _EofProbe:
+    """File wrapper noting whether a read came back short, i.e. a header parser ran past the end of the data."""
+
+    def __init__(self, fp: IO[bytes]) -> None:
+        self._fp = fp
+        self.hit_eof = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._fp.read(size)
+        if size is not None and 0 <= len(data) < size:
+            self.hit_eof = True
+        return data
+
+    def __getattr__(self, attr: str):
+        return getattr(self._fp, attr)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in _SIXTEEN_BIT:
+        # Scale 0..65535 to 0..255 (round(v / 257)); convert("L") would clip everything above 255 to white.
+        a = np.clip(np.asarray(im), 0, 65535).astype(np.uint32)
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        # Float images are taken as 0..1 when their maximum is <= 1, otherwise as 0..255.
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        if a.size and a.max() <= 1.0:
+            a = a * 255.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", im.size, ALPHA_BACKGROUND)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return im.convert("RGB")  # L, 1, P, CMYK (Adobe-inverted too), YCbCr, LAB; ValueError -> corrupt
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # a malformed EXIF block must not cost the pixels: treat it as upright
+        return 1
+
+
+def _unidentified(fp: IO[bytes], name: str) -> DecodeError:
+    fp.seek(0)
+    head = fp.read(4096)
+    for fmt in _OPEN_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and _accepts(accept, head[:16]):
+            # The magic says fmt but PIL could not parse the header; parse again to learn why.
+            probe = _EofProbe(fp)
+            try:
+                fp.seek(0)
+                factory(probe, "")
+            except Exception as e:
+                detail = str(e.__cause__ or e) or type(e).__name__
+                return _failure(SyntaxError(f"broken {fmt} header: {detail}"), name, ran_out=probe.hit_eof)
+            return DecodeError("corrupt", f"{name}: broken {fmt} header")
+    fmt = _other_format(head)
+    if fmt:
+        allowed = ", ".join(ALLOWED_FORMATS)
+        return DecodeError("format_not_allowed", f"{name}: {fmt} is not an allowed image format ({allowed})")
+    return DecodeError("not_an_image", f"{name}: not an image (content matches no known image format)")
+
+
+def _other_format(head: bytes) -> str | None:
+    for fmt, (_, accept) in list(Image.OPEN.items()):
+        if fmt not in ALLOWED_FORMATS and accept is not None and _accepts(accept, head[:16]):
+            return fmt
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[4:8] == b"ftyp":
+        return "HEIF/AVIF"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<") and b"<svg" in text and not text.startswith((b"<!doctype html", b"<html")):
+        return "SVG"
+    return None
+
+
+def _accepts(accept, prefix: bytes) -> bool:
+    try:
+        return bool(accept(prefix))
+    except Exception:
+        return False
+
+
+def _check_args(max_pixels: int, min_side: int | None) -> None:
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be >= 1 or None, got {min_side}")
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file"
+
+
+def _display(path: str | bytes | os.PathLike) -> str:
+    text = os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
