@@ -13,14 +13,14 @@ SQUEEZENET_WEIGHTS = SHARED / "weights" / "squeezenet1_1-imagenet.pth"
 HYMENOPTERA = SHARED / "data" / "hymenoptera_160"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_weights() -> Path:
     if not SQUEEZENET_WEIGHTS.exists():
         pytest.skip(f"needs the real SqueezeNet weights at {SQUEEZENET_WEIGHTS} (present in CI, not in a user checkout)")
     return SQUEEZENET_WEIGHTS
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def hymenoptera() -> Path:
     if not HYMENOPTERA.exists():
         pytest.skip(f"needs the ants/bees photos at {HYMENOPTERA} (present in CI, not in a user checkout)")

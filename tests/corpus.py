@@ -43,9 +43,9 @@ def upright_image() -> Image.Image:
 
 
 def bands(colors, height: int = 16, width: int = 16, mode: str | None = None) -> Image.Image:
-    """A strip of vertical bands, one per value in ``colors`` (tuples or scalars), each ``width`` wide."""
-    a = np.concatenate([np.full((height, width) + np.shape(c), c) for c in colors], axis=1)
-    return Image.fromarray(a.astype(np.uint8)) if mode is None else Image.fromarray(a).convert(mode)
+    """A strip of vertical 8-bit bands, one per colour in ``colors`` (tuples or scalars), each ``width`` wide."""
+    a = np.concatenate([np.full((height, width) + np.shape(c), c) for c in colors], axis=1).astype(np.uint8)
+    return Image.fromarray(a) if mode is None else Image.frombytes(mode, (a.shape[1], a.shape[0]), a.tobytes())
 
 
 def encode(im: Image.Image, fmt: str, **params) -> bytes:
@@ -216,7 +216,7 @@ def write_odd_but_good_corpus(dirpath: str | os.PathLike) -> dict[str, str]:
     palette = Image.fromarray(np.repeat(np.array([[0, 1]], np.uint8), 16, axis=1).repeat(16, axis=0), "P")
     palette.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
     frames = [bands([c, c]) for c in (RED, GREEN, BLUE)]
-    rgb16_row = b"\x00" + struct.pack(">3H", 65535, 32768, 0) * 8
+    rgb16_row = b"\x00" + struct.pack(">3H", 65535, 32768, 0) * 24
     files: dict[str, tuple[bytes, str]] = {
         "cmyk.jpg": (encode(bands([(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)], mode="CMYK"), "JPEG", quality=95), "CMYK JPEG (Adobe-inverted): white | cyan | black"),
         "cmyk.tif": (encode(bands([(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)], mode="CMYK"), "TIFF"), "CMYK TIFF: white | cyan | black"),
@@ -232,7 +232,7 @@ def write_odd_but_good_corpus(dirpath: str | os.PathLike) -> dict[str, str]:
         "palette_transparent.gif": (encode(palette, "GIF", transparency=1), "GIF with transparent index: red | transparent"),
         "rgba.png": (encode(rgba, "PNG"), "RGBA: opaque red | transparent black | half-transparent red"),
         "rgba.webp": (encode(rgba, "WEBP", lossless=True, exact=True), "lossless RGBA WEBP: same bands as rgba.png"),
-        "la.png": (encode(bands([(0, 255), (0, 0)], mode=None).convert("LA") if False else Image.fromarray(np.stack([np.zeros((16, 32), np.uint8), np.repeat(np.array([[255, 0]], np.uint8), 16, axis=1).repeat(16, axis=0)], -1), "LA"), "PNG"), "LA: opaque black | transparent black"),
+        "la.png": (encode(bands([(0, 255), (0, 0)]), "PNG"), "LA: opaque black | transparent black"),
         "rgb_color_key.png": (encode(bands([RED, BLUE]), "PNG", transparency=BLUE), "RGB + tRNS colour key blue: red | transparent"),
         "bilevel.png": (encode(bands([0, 255]).convert("1"), "PNG"), "1-bit PNG: black | white"),
         "bilevel_g4.tif": (encode(bands([0, 255]).convert("1"), "TIFF", compression="group4"), "1-bit CCITT G4 TIFF: black | white"),
@@ -259,13 +259,9 @@ def write_odd_but_good_corpus(dirpath: str | os.PathLike) -> dict[str, str]:
     upright = upright_image()
     for k, store in _STORE.items():
         stored = upright if store is None else upright.transpose(store)
-        exif = Image.Exif()
-        exif[0x0112] = k
-        files[f"orient_{k}.jpg"] = (encode(stored, "JPEG", quality=95, subsampling=0, exif=exif), f"EXIF orientation {k}; upright is upright_image()")
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    files["orient_6.png"] = (encode(upright.transpose(_STORE[6]), "PNG", exif=exif), "PNG eXIf orientation 6")
-    files["orient_8.webp"] = (encode(upright.transpose(_STORE[8]), "WEBP", lossless=True, exif=exif.tobytes() if False else _exif(8)), "WEBP EXIF orientation 8")
+        files[f"orient_{k}.jpg"] = (encode(stored, "JPEG", quality=95, subsampling=0, exif=_exif(k)), f"EXIF orientation {k}; upright is upright_image()")
+    files["orient_6.png"] = (encode(upright.transpose(_STORE[6]), "PNG", exif=_exif(6)), "PNG eXIf orientation 6")
+    files["orient_8.webp"] = (encode(upright.transpose(_STORE[8]), "WEBP", lossless=True, exif=_exif(8)), "WEBP EXIF orientation 8")
     files["orient_3.tif"] = (encode(upright.transpose(_STORE[3]), "TIFF", exif=_exif(3)), "TIFF Orientation tag 3")
 
     for name, (data, _) in files.items():
