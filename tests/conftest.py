@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -47,3 +49,10 @@ def write_images(root: Path, classes: int = 2, per_class: int = 4, size: tuple[i
 @pytest.fixture
 def tiny_folder(tmp_path) -> Path:
     return write_images(tmp_path / "imgs")
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes share the cores: one math thread each (also for their subprocesses) avoids
+    # oversubscribed OpenMP thread pools spinning against each other.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)

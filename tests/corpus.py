@@ -8,6 +8,7 @@ File names end in image extensions whatever the content, because featkit decides
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import socket
@@ -103,95 +104,120 @@ def _write(dirpath, name: str | bytes, data: bytes) -> None:
         f.write(data)
 
 
+_EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nnewpath 0 0 moveto showpage\n%%EOF\n"
+_PS = b"%!PS-Adobe-3.0\n%%Pages: 1\n/Helvetica findfont 12 scalefont setfont\nshowpage\n"
+_EPS_BINARY = b"\xc5\xd0\xd3\xc6" + struct.pack("<6I", 30, 72, 0, 0, 0, 0xFFFF) + _EPS
+_PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+_SVG = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16"><rect/></svg>'
+_SVG_BARE = b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 8 8"><circle r="4"/></svg>\n'
+_FITS_CARDS = ("SIMPLE  = T", "BITPIX  = 8", "NAXIS   = 2", "NAXIS1  = 4", "NAXIS2  = 4", "END")
+_FITS = b"".join(card.ljust(80).encode() for card in _FITS_CARDS).ljust(2880) + bytes(2880)
+_HTML = b"<!DOCTYPE html><html><head><title>404</title></head><body>Not found</body></html>"
+# A GIF whose logical screen is 65535x65535 (4.3 G pixels) around a single 1x1 frame.
+_GIF_BOMB = b"GIF89a" + struct.pack("<HHBBB", 65535, 65535, 0, 0, 0) + b",\0\0\0\0\1\0\1\0\0\2\2D\1\0;"
+
+
 def write_bad_corpus(dirpath: str | os.PathLike) -> dict[str, str]:
     """Write >= 40 files that must be skipped into ``dirpath``; return file name -> expected reason code.
 
-    The reasons are what ``featkit.data.decode`` deterministically reports (with Pillow >= 10.3). Special
-    files (FIFO, socket, symlinks) are only written where the OS supports them.
+    The reasons are what ``featkit.data.decode`` deterministically reports. Special files (FIFO, socket,
+    symlinks) are only made where the OS supports them.
     """
     os.makedirs(dirpath, exist_ok=True)
-    files: dict[str, tuple[bytes, str]] = {
-        "empty.jpg": (b"", "empty"),
-        "text.jpg": (b"hello, this is not a picture\n" * 20, "not_an_image"),
-        "text_utf16.png": ("just some text, in UTF-16".encode("utf-16"), "not_an_image"),
-        "html.jpg": (b"<!DOCTYPE html><html><head><title>404</title></head><body>Not found</body></html>", "not_an_image"),
-        "html_with_svg_icon.png": (b"<html><body><svg width='4'></svg></body></html>", "not_an_image"),
-        "json.png": (b'{"error": "rate limited", "retry": 30}', "not_an_image"),
-        "zeros.jpg": (bytes(4096), "not_an_image"),
-        "eps.jpg": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nnewpath 0 0 moveto showpage\n%%EOF\n", "format_not_allowed"),
-        "postscript.png": (b"%!PS-Adobe-3.0\n%%Pages: 1\n/Helvetica findfont 12 scalefont setfont\nshowpage\n", "format_not_allowed"),
-        "eps_binary_header.jpg": (b"\xc5\xd0\xd3\xc6" + struct.pack("<6I", 30, 60, 0, 0, 0, 0xFFFF) + b"%!PS-Adobe-3.0 EPSF-3.0\n" * 3, "format_not_allowed"),
-        "document.jpg": (b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n", "format_not_allowed"),
-        "vector.jpg": (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16"><rect width="16" height="16"/></svg>', "format_not_allowed"),
-        "vector_bare.png": (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 8 8"><circle r="4"/></svg>\n', "format_not_allowed"),
-        "fits.jpg": (b"".join(k.ljust(80).encode() for k in ("SIMPLE  = T", "BITPIX  = 8", "NAXIS   = 2", "NAXIS1  = 4", "NAXIS2  = 4", "END")).ljust(2880) + bytes(2880), "format_not_allowed"),
-        "icon.jpg": (encode(bands([RED, GREEN]), "ICO", sizes=[(16, 16)]), "format_not_allowed"),
-        "bomb_30000.png": (bomb_png(30000), "too_many_pixels"),
-        "bomb_10000.png": (bomb_png(10000), "too_many_pixels"),  # only warns in PIL (1x-2x its limit)
-        "bomb_gif_screen.gif": (b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00" + b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;", "too_many_pixels"),
-        "png_zero_width.png": (png_bytes(0, 16, 8, 0, zlib.compress(b"")), "corrupt"),
-        "png_bad_color_type.png": (png_bytes(16, 16, 8, 5, zlib.compress(bytes(17 * 16))), "corrupt"),
-        "png_bad_ihdr_crc.png": (png_bytes(16, 16, 8, 0, zlib.compress(bytes(17 * 16)), crc_ok=False), "corrupt"),
+    gray = zlib.compress(bytes(17 * 16))  # IDAT of a 16x16 8-bit gray PNG
+    by_reason: dict[str, dict[str, bytes]] = {
+        "empty": {"empty.jpg": b""},
+        "not_an_image": {
+            "text.jpg": b"hello, this is not a picture\n" * 20,
+            "text_utf16.png": "just some text, in UTF-16".encode("utf-16"),
+            "html.jpg": _HTML,
+            "html_with_svg_icon.png": b"<html><body><svg width='4'></svg></body></html>",
+            "json.png": b'{"error": "rate limited", "retry": 30}',
+            "zeros.jpg": bytes(4096),
+            **{f"random_{seed}.jpg": np.random.default_rng(seed).bytes(size)
+               for seed, size in enumerate((16, 100, 1000, 3000, 5000, 20000))},
+        },  # fmt: skip
+        "format_not_allowed": {
+            "eps.jpg": _EPS,
+            "postscript.png": _PS,
+            "eps_binary_header.jpg": _EPS_BINARY,
+            "document.jpg": _PDF,
+            "vector.jpg": _SVG,
+            "vector_bare.png": _SVG_BARE,
+            "fits.jpg": _FITS,
+            "icon.jpg": encode(bands([RED, GREEN]), "ICO", sizes=[(16, 16)]),
+        },
+        "too_many_pixels": {
+            "bomb_30000.png": bomb_png(30000),
+            "bomb_10000.png": bomb_png(10000),  # PIL itself only warns between 1x and 2x its limit
+            "bomb_gif_screen.gif": _GIF_BOMB,
+        },
+        "corrupt": {
+            "png_zero_width.png": png_bytes(0, 16, 8, 0, zlib.compress(b"")),
+            "png_bad_color_type.png": png_bytes(16, 16, 8, 5, gray),
+            "png_bad_ihdr_crc.png": png_bytes(16, 16, 8, 0, gray, crc_ok=False),
+        },
+        "truncated": {},
     }
-    for seed, size in enumerate((16, 100, 1000, 3000, 5000, 20000)):
-        files[f"random_{seed}.jpg"] = (np.random.default_rng(seed).bytes(size), "not_an_image")
 
     jpeg = encode(_noise(64, 48), "JPEG", quality=90)
     seg = _jpeg_segments(jpeg)
     scan, end = seg[-1], len(jpeg)
+    by_reason["not_an_image"]["jpeg_cut_2_bytes.jpg"] = jpeg[:2]  # PIL needs FF D8 FF to call it a JPEG
     cuts = {
-        "2_bytes": (2, "not_an_image"),  # PIL needs FF D8 FF to call it a JPEG
-        "3_bytes": (3, "truncated"),
-        "in_app0": (seg[0xE0] + 6, "truncated"),
-        "after_app0": (seg[0xDB], "truncated"),
-        "in_dqt": (seg[0xDB] + 30, "truncated"),
-        "before_sof": (seg[0xC0], "truncated"),
-        "in_sof": (seg[0xC0] + 7, "truncated"),
-        "in_dht": (seg[0xC4] + 20, "truncated"),
-        "at_scan": (scan, "truncated"),
-        "scan_25pct": (scan + (end - scan) // 4, "truncated"),
-        "scan_50pct": (scan + (end - scan) // 2, "truncated"),
-        "scan_90pct": (scan + (end - scan) * 9 // 10, "truncated"),
-        "no_eoi": (end - 2, "truncated"),  # PIL refuses a JPEG missing only its 2-byte end marker
+        "3_bytes": 3,
+        "in_app0": seg[0xE0] + 6,
+        "after_app0": seg[0xDB],
+        "in_dqt": seg[0xDB] + 30,
+        "before_sof": seg[0xC0],
+        "in_sof": seg[0xC0] + 7,
+        "in_dht": seg[0xC4] + 20,
+        "at_scan": scan,
+        "scan_25pct": scan + (end - scan) // 4,
+        "scan_50pct": scan + (end - scan) // 2,
+        "scan_90pct": scan + (end - scan) * 9 // 10,
+        "no_eoi": end - 2,  # PIL refuses a JPEG that lacks only its 2-byte end marker
     }
-    for label, (offset, reason) in cuts.items():
-        files[f"jpeg_cut_{label}.jpg"] = (jpeg[:offset], reason)
+    truncated = by_reason["truncated"]
+    truncated.update({f"jpeg_cut_{label}.jpg": jpeg[:offset] for label, offset in cuts.items()})
 
     png = encode(_noise(64, 48), "PNG")
-    files["png_cut_4_bytes.png"] = (png[:4], "not_an_image")
-    files["png_cut_signature.png"] = (png[:8], "truncated")
-    files["png_cut_in_ihdr.png"] = (png[:20], "truncated")
-    files["png_cut_in_ihdr_crc.png"] = (png[:31], "truncated")
-    files["png_cut_idat_50pct.png"] = (png[: len(png) // 2], "truncated")
-    flipped = bytearray(png)
-    flipped[200:260] = bytes(60)
-    files["png_idat_damaged.png"] = (bytes(flipped), "corrupt")  # PIL: "broken data stream"
+    by_reason["not_an_image"]["png_cut_4_bytes.png"] = png[:4]
+    truncated["png_cut_signature.png"] = png[:8]
+    truncated["png_cut_in_ihdr.png"] = png[:20]
+    truncated["png_cut_in_ihdr_crc.png"] = png[:31]
+    truncated["png_cut_idat_50pct.png"] = png[: len(png) // 2]
+    by_reason["corrupt"]["png_idat_damaged.png"] = png[:200] + bytes(60) + png[260:]  # "broken data stream"
 
     gif = encode(_noise(64, 48), "GIF")
-    files["gif_cut_header.gif"] = (gif[:13], "truncated")
-    files["gif_cut_50pct.gif"] = (gif[: len(gif) // 2], "truncated")
-    damaged = bytearray(gif)
-    damaged[len(gif) // 2 : len(gif) // 2 + 40] = bytes(range(40))
-    files["gif_data_damaged.jpg"] = (bytes(damaged), "corrupt")
-    files["webp_cut_50pct.webp"] = (encode(_noise(64, 48), "WEBP")[:600], "truncated")
-    files["bmp_cut_50pct.bmp"] = (encode(_noise(32, 32), "BMP")[:1600], "truncated")
-    files["tiff_cut_ifd_lost.jpg"] = (encode(_noise(32, 32), "TIFF")[:1600], "truncated")
+    half = len(gif) // 2
+    truncated["gif_cut_header.gif"] = gif[:13]
+    truncated["gif_cut_50pct.gif"] = gif[:half]
+    by_reason["corrupt"]["gif_data_damaged.jpg"] = gif[:half] + bytes(range(40)) + gif[half + 40 :]
+    truncated["webp_cut_50pct.webp"] = encode(_noise(64, 48), "WEBP")[:600]
+    truncated["bmp_cut_50pct.bmp"] = encode(_noise(32, 32), "BMP")[:1600]
+    truncated["tiff_cut_ifd_lost.jpg"] = encode(_noise(32, 32), "TIFF")[:1600]  # PIL writes the IFD last
 
-    for name, (data, _) in files.items():
-        _write(dirpath, name, data)
-    expected = {name: reason for name, (_, reason) in files.items()}
+    expected = {}
+    for reason, files in by_reason.items():
+        for name, data in files.items():
+            _write(dirpath, name, data)
+            expected[name] = reason
 
     base = os.fspath(dirpath)
     os.mkdir(os.path.join(base, "directory.jpg"))
     expected["directory.jpg"] = "not_a_file"
     if hasattr(os, "symlink"):
-        os.symlink(os.path.join(base, "missing-target.jpg"), os.path.join(base, "broken_link.jpg"))
-        os.symlink("loop_link.jpg", os.path.join(base, "loop_link.jpg"))
-        os.symlink("directory.jpg", os.path.join(base, "link_to_directory.jpg"))
-        expected.update({"broken_link.jpg": "not_found", "loop_link.jpg": "not_found", "link_to_directory.jpg": "not_a_file"})
+        links = {
+            "broken_link.jpg": ("missing-target.jpg", "not_found"),
+            "loop_link.jpg": ("loop_link.jpg", "not_found"),
+            "link_to_directory.jpg": ("directory.jpg", "not_a_file"),
+        }
         if os.path.exists("/dev/null"):
-            os.symlink("/dev/null", os.path.join(base, "devnull.jpg"))
-            expected["devnull.jpg"] = "not_a_file"
+            links["devnull.jpg"] = ("/dev/null", "not_a_file")
+        for name, (target, reason) in links.items():
+            os.symlink(target, os.path.join(base, name))
+            expected[name] = reason
     if hasattr(os, "mkfifo"):
         os.mkfifo(os.path.join(base, "fifo.jpg"))
         expected["fifo.jpg"] = "not_a_file"
@@ -208,67 +234,72 @@ def write_bad_corpus(dirpath: str | os.PathLike) -> dict[str, str]:
 def write_odd_but_good_corpus(dirpath: str | os.PathLike) -> dict[str, str]:
     """Write valid images in odd modes, layouts and names; return file name -> short description.
 
-    Colour bands are 16 px wide, left to right, so a test can check each band's centre pixel.
+    Colour bands are 16x16 px, left to right, so a test can check each band's centre pixel.
     """
     os.makedirs(dirpath, exist_ok=True)
     gray16 = np.repeat(np.array([[65535, 32768, 0]], np.uint16), 16, axis=1).repeat(16, axis=0)
     rgba = bands([(255, 0, 0, 255), (0, 0, 0, 0), (255, 0, 0, 128)])
     palette = Image.fromarray(np.repeat(np.array([[0, 1]], np.uint8), 16, axis=1).repeat(16, axis=0), "P")
     palette.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    cmyk = bands([(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)], mode="CMYK")
     frames = [bands([c, c]) for c in (RED, GREEN, BLUE)]
-    rgb16_row = b"\x00" + struct.pack(">3H", 65535, 32768, 0) * 24
+    rgb16_row = b"\x00" + struct.pack(">3H", 65535, 32768, 0) * 16
+    red_green, bilevel = bands([RED, GREEN]), bands([0, 255]).convert("1")
+    three = bands([RED, GREEN, BLUE])
+    jpeg = functools.partial(encode, fmt="JPEG", quality=95)
+    animated = {"save_all": True, "append_images": frames[1:]}
     files: dict[str, tuple[bytes, str]] = {
-        "cmyk.jpg": (encode(bands([(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)], mode="CMYK"), "JPEG", quality=95), "CMYK JPEG (Adobe-inverted): white | cyan | black"),
-        "cmyk.tif": (encode(bands([(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)], mode="CMYK"), "TIFF"), "CMYK TIFF: white | cyan | black"),
-        "gray16.png": (encode(Image.fromarray(gray16), "PNG"), "16-bit gray PNG (I;16): 65535 | 32768 | 0 -> 255 | 128 | 0"),
+        "cmyk.jpg": (jpeg(cmyk), "CMYK JPEG (Adobe-inverted): white | cyan | black"),
+        "cmyk.tif": (encode(cmyk, "TIFF"), "CMYK TIFF: white | cyan | black"),
+        "gray16.png": (encode(Image.fromarray(gray16), "PNG"), "16-bit gray PNG (I;16): 65535 | 32768 | 0"),
         "gray16.tif": (encode(Image.fromarray(gray16), "TIFF"), "16-bit gray TIFF (I;16): 65535 | 32768 | 0"),
-        "gray16_big_endian.tif": (encode(Image.fromarray(gray16.astype(">u2")), "TIFF"), "16-bit big-endian TIFF (I;16B): 65535 | 32768 | 0"),
-        "gray16.pgm": (encode(Image.fromarray(gray16), "PPM"), "16-bit PGM (maxval 65535): 65535 | 32768 | 0"),
-        "int32.tif": (encode(Image.fromarray(gray16.astype(np.int32)), "TIFF"), "32-bit int TIFF (I): 65535 | 32768 | 0"),
-        "float01.tif": (encode(Image.fromarray(gray16.astype(np.float32) / 65535), "TIFF"), "float TIFF (F) in 0..1: 1.0 | 0.5 | 0.0"),
-        "float255.tif": (encode(Image.fromarray(gray16.astype(np.float32) / 257), "TIFF"), "float TIFF (F) in 0..255: 255 | 127.5 | 0"),
-        "rgb16.png": (png_bytes(24, 16, 16, 2, zlib.compress(rgb16_row * 16)), "16-bit RGB PNG: (65535, 32768, 0) everywhere"),
-        "palette_transparent.png": (encode(palette, "PNG", transparency=1), "P + tRNS: red | transparent (-> white)"),
-        "palette_transparent.gif": (encode(palette, "GIF", transparency=1), "GIF with transparent index: red | transparent"),
+        "gray16_big_endian.tif": (encode(Image.fromarray(gray16.astype(">u2")), "TIFF"), "I;16B TIFF: same"),
+        "gray16.pgm": (encode(Image.fromarray(gray16), "PPM"), "16-bit PGM (maxval 65535): same"),
+        "int32.tif": (encode(Image.fromarray(gray16.astype(np.int32)), "TIFF"), "32-bit int TIFF (I): same"),
+        "float01.tif": (encode(Image.fromarray(gray16 / np.float32(65535)), "TIFF"), "float TIFF in 0..1: 1 | .5 | 0"),
+        "float255.tif": (encode(Image.fromarray(gray16 / np.float32(257)), "TIFF"), "float TIFF in 0..255"),
+        "rgb16.png": (png_bytes(16, 16, 16, 2, zlib.compress(rgb16_row * 16)), "16-bit RGB PNG (65535, 32768, 0)"),
+        "palette_transparent.png": (encode(palette, "PNG", transparency=1), "P + tRNS: red | transparent"),
+        "palette_transparent.gif": (encode(palette, "GIF", transparency=1), "GIF transparent index: red | clear"),
         "rgba.png": (encode(rgba, "PNG"), "RGBA: opaque red | transparent black | half-transparent red"),
-        "rgba.webp": (encode(rgba, "WEBP", lossless=True, exact=True), "lossless RGBA WEBP: same bands as rgba.png"),
+        "rgba.webp": (encode(rgba, "WEBP", lossless=True, exact=True), "lossless RGBA WEBP: as rgba.png"),
         "la.png": (encode(bands([(0, 255), (0, 0)]), "PNG"), "LA: opaque black | transparent black"),
-        "rgb_color_key.png": (encode(bands([RED, BLUE]), "PNG", transparency=BLUE), "RGB + tRNS colour key blue: red | transparent"),
-        "bilevel.png": (encode(bands([0, 255]).convert("1"), "PNG"), "1-bit PNG: black | white"),
-        "bilevel_g4.tif": (encode(bands([0, 255]).convert("1"), "TIFF", compression="group4"), "1-bit CCITT G4 TIFF: black | white"),
-        "gray.jpg": (encode(bands([0, 128, 255]), "JPEG", quality=95), "8-bit gray JPEG: 0 | 128 | 255"),
-        "ycbcr.tif": (encode(bands([RED, GREEN]).convert("YCbCr"), "TIFF"), "YCbCr TIFF: red | green"),
-        "lab.tif": (encode(bands([RED, GREEN]).convert("LAB"), "TIFF"), "CIELAB TIFF (converted naively by PIL)"),
-        "progressive.jpg": (encode(bands([RED, GREEN, BLUE]), "JPEG", quality=95, progressive=True), "progressive JPEG: red | green | blue"),
-        "animated.gif": (encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50), "3-frame GIF red, green, blue: first frame"),
-        "animated.png": (encode(frames[0], "PNG", save_all=True, append_images=frames[1:], duration=50), "3-frame APNG red, green, blue: first frame"),
-        "multipage.tif": (encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]), "3-page TIFF red, green, blue: first page"),
-        "multipicture.jpg": (encode(frames[0], "MPO", save_all=True, append_images=frames[1:2], quality=95), "MPO red, green: first picture"),
-        "tiff_named.jpg": (encode(bands([RED, GREEN]), "TIFF"), "TIFF named .jpg: red | green"),
-        "png_named.jpg": (encode(bands([RED, GREEN]), "PNG"), "PNG named .jpg: red | green"),
-        "jpeg_named.png": (encode(bands([RED, GREEN]), "JPEG", quality=95), "JPEG named .png: red | green"),
+        "rgb_color_key.png": (encode(bands([RED, BLUE]), "PNG", transparency=BLUE), "RGB + tRNS key: red | clear"),
+        "bilevel.png": (encode(bilevel, "PNG"), "1-bit PNG: black | white"),
+        "bilevel_g4.tif": (encode(bilevel, "TIFF", compression="group4"), "1-bit CCITT G4 TIFF: black | white"),
+        "gray.jpg": (jpeg(bands([0, 128, 255])), "8-bit gray JPEG: 0 | 128 | 255"),
+        "ycbcr.tif": (encode(red_green.convert("YCbCr"), "TIFF"), "YCbCr TIFF: red | green"),
+        "lab.tif": (encode(red_green.convert("LAB"), "TIFF"), "CIELAB TIFF: red | green"),
+        "progressive.jpg": (jpeg(three, progressive=True), "progressive JPEG: red | green | blue"),
+        "animated.gif": (encode(frames[0], "GIF", duration=50, **animated), "3-frame GIF red, green, blue"),
+        "animated.png": (encode(frames[0], "PNG", duration=50, **animated), "3-frame APNG red, green, blue"),
+        "multipage.tif": (encode(frames[0], "TIFF", **animated), "3-page TIFF red, green, blue"),
+        "multipicture.jpg": (jpeg(frames[0], fmt="MPO", **animated), "3-picture MPO red, green, blue"),
+        "tiff_named.jpg": (encode(red_green, "TIFF"), "TIFF named .jpg: red | green"),
+        "png_named.jpg": (encode(red_green, "PNG"), "PNG named .jpg: red | green"),
+        "jpeg_named.png": (jpeg(red_green), "JPEG named .png: red | green"),
         "pixel_1x1.png": (encode(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG"), "1x1 RGB (10, 20, 30)"),
-        "tall_1x10000.png": (encode(Image.new("RGB", (1, 10000), (10, 20, 30)), "PNG"), "1x10000 RGB (10, 20, 30)"),
-        "wide_10000x1.jpg": (encode(Image.new("RGB", (10000, 1), (200, 100, 50)), "JPEG", quality=95), "10000x1 JPEG (200, 100, 50)"),
-        "lossy.webp": (encode(bands([RED, GREEN]), "WEBP", quality=90), "lossy WEBP: red | green"),
-        "bottom_up.bmp": (encode(bands([RED, GREEN, BLUE]), "BMP"), "BMP: red | green | blue"),
-        "rgb.ppm": (encode(bands([RED, GREEN, BLUE]), "PPM"), "binary PPM: red | green | blue"),
-        "png_idat_bad_crc.png": (_bad_idat_crc(encode(bands([RED, GREEN]), "PNG")), "PNG whose IDAT CRC is wrong: PIL does not check it"),
-        "jpeg_trailing_junk.jpg": (encode(bands([RED, GREEN]), "JPEG", quality=95) + b"junk after EOI" * 10, "JPEG with bytes after EOI"),
+        "tall_1x10000.png": (encode(Image.new("RGB", (1, 10000), (10, 20, 30)), "PNG"), "1x10000 (10, 20, 30)"),
+        "wide_10000x1.jpg": (jpeg(Image.new("RGB", (10000, 1), (200, 100, 50))), "10000x1 JPEG (200, 100, 50)"),
+        "lossy.webp": (encode(red_green, "WEBP", quality=90), "lossy WEBP: red | green"),
+        "bottom_up.bmp": (encode(three, "BMP"), "BMP: red | green | blue"),
+        "rgb.ppm": (encode(three, "PPM"), "binary PPM: red | green | blue"),
+        "png_idat_bad_crc.png": (_bad_idat_crc(encode(red_green, "PNG")), "wrong IDAT CRC: PIL does not check it"),
+        "jpeg_trailing_junk.jpg": (jpeg(red_green) + b"junk after EOI" * 10, "JPEG with bytes after EOI"),
     }
     upright = upright_image()
     for k, store in _STORE.items():
         stored = upright if store is None else upright.transpose(store)
-        files[f"orient_{k}.jpg"] = (encode(stored, "JPEG", quality=95, subsampling=0, exif=_exif(k)), f"EXIF orientation {k}; upright is upright_image()")
+        files[f"orient_{k}.jpg"] = (jpeg(stored, subsampling=0, exif=_exif(k)), f"EXIF orientation {k}")
     files["orient_6.png"] = (encode(upright.transpose(_STORE[6]), "PNG", exif=_exif(6)), "PNG eXIf orientation 6")
-    files["orient_8.webp"] = (encode(upright.transpose(_STORE[8]), "WEBP", lossless=True, exif=_exif(8)), "WEBP EXIF orientation 8")
+    files["orient_8.webp"] = (encode(upright.transpose(_STORE[8]), "WEBP", lossless=True, exif=_exif(8)), "WEBP, 8")
     files["orient_3.tif"] = (encode(upright.transpose(_STORE[3]), "TIFF", exif=_exif(3)), "TIFF Orientation tag 3")
 
     for name, (data, _) in files.items():
         _write(dirpath, name, data)
     described = {name: text for name, (_, text) in files.items()}
     try:
-        _write(dirpath, NON_UTF8_NAME, encode(bands([RED, GREEN]), "JPEG", quality=95))
+        _write(dirpath, NON_UTF8_NAME, jpeg(red_green))
         described[os.fsdecode(NON_UTF8_NAME)] = "JPEG whose name is not UTF-8: red | green"
     except (OSError, UnicodeError):  # file systems that insist on UTF-8 names
         pass

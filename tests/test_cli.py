@@ -1,0 +1,86 @@
+"""The command line as users meet it: listings, one-line errors, the extract summary, the offline demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import featkit
+from featkit.cli.app import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_models_lists_curated_backbones_with_default_tap_and_weights():
+    result = run("models")
+    assert result.exit_code == 0
+    for name in ("alexnet", "vgg16_bn", "resnet152", "squeezenet1_1"):
+        assert name in result.output
+    assert "IMAGENET1K_V1" in result.output and "featkit models --all" in result.output
+
+
+def test_taps_prints_every_tap_with_shape_dims_and_bytes():
+    result = run("taps", "vgg16")
+    assert result.exit_code == 0
+    assert "fc7_pre" in result.output and "classifier.4" in result.output
+    assert "512×7×7" in result.output and "25,088" in result.output and "16,384" in result.output  # fc7: 4096 × 4 B
+
+
+def test_extract_prints_what_it_wrote(tiny_folder, tmp_path):
+    result = run("extract", str(tiny_folder), "-o", str(tmp_path / "s"), "--model", "resnet18", "--layer", "layer3",
+                 "--layer", "avgpool", "--pool", "avg", "--weights", "random", "--workers", "0", "-q")
+    assert result.exit_code == 0, result.output
+    assert "8 rows" in result.output and "features/layer3/part-*.npy  (8 × 256 float32)" in result.output
+    store = featkit.open_features(tmp_path / "s")
+    assert store.taps == ["layer3", "avgpool"] and store["avgpool"].shape == (8, 512)
+    info = run("info", str(tmp_path / "s"))
+    assert info.exit_code == 0 and "resnet18" in info.output and "2 classes" in info.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "vgg16", "--layer", "fc_7"], "error: Unknown tap 'fc_7' for vgg16. Did you mean 'fc7'? See: featkit taps vgg16"),
+        (["--model", "resnet5"], "error: Unknown model 'resnet5'. Did you mean 'resnet50'?"),
+        (["--weights", "missing.pth"], "error: Weights 'missing.pth' are neither 'imagenet', 'random' nor an existing file."),
+    ],
+)
+def test_cli_errors_are_one_line_without_traceback(tiny_folder, tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "featkit", "extract", str(tiny_folder), "-o", str(tmp_path / "s"), *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_debug_flag_shows_the_traceback(tiny_folder, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "featkit", "--debug", "extract", str(tiny_folder), "-o", str(tmp_path / "s"),
+                           "--model", "resnet5"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_offline_imagenet_weights_fail_in_one_line_naming_the_fix(tiny_folder, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "featkit", "extract", str(tiny_folder), "-o", str(tmp_path / "s"),
+                           "--model", "squeezenet1_1", "--offline"], capture_output=True, text=True,
+                          env={**os.environ, "TORCH_HOME": str(tmp_path / "empty_hub")})
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert "not cached" in line and "--weights random" in line and len(line.splitlines()) == 1
+
+
+def test_demo_runs_offline_on_the_embedded_digits(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))  # no cached weights, like a fresh machine
+    result = run("demo", "-o", str(tmp_path / "demo"), "--model", "resnet18", "--per-class", "3")
+    assert result.exit_code == 0, result.output
+    assert "using --weights random instead" in result.output
+    assert "30 rows" in result.output and "nearest-centroid accuracy" in result.output
+    store = featkit.open_features(tmp_path / "demo" / "store")
+    assert sorted(store.rows["label"].unique()) == [str(d) for d in range(10)]
