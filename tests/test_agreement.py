@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import models
 
 import featkit
-from tests.conftest import write_images
+from helpers import write_images
 
 
 def reference_inputs(folder, name: str) -> torch.Tensor:

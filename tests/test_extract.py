@@ -18,15 +18,9 @@ from featkit._device import resolve_runtime, cpu_has_bf16
 from featkit.backbones.registry import build_module, describe
 from featkit.extract.engine import TapExtractor
 from featkit.errors import FeatkitError, StoreError
-from tests.conftest import write_images
+from helpers import store_bytes, write_images
 
 FAST = dict(model="squeezenet1_1", weights="random", workers=0, batch_size=4, device="cpu")
-
-
-def store_bytes(root: Path) -> dict[str, bytes]:
-    """Every committed data file of a store (the manifest carries timestamps, so it is compared separately)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.parts[-2] != root.name}
 
 
 def test_store_layout_rows_and_labels(tiny_folder, tmp_path):

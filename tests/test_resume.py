@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_images
-from tests.test_extract import store_bytes
+from helpers import store_bytes, write_images
 
 ARGS = ["--model", "squeezenet1_1", "--weights", "random", "--layer", "logits", "--workers", "0", "--device", "cpu",
         "--batch-size", "2", "--shard-rows", "3", "--dtype", "float16", "-q"]

@@ -42,16 +42,10 @@ Image.init()
 _OPEN_FORMATS = tuple(fmt for fmt in ALLOWED_FORMATS if fmt in Image.OPEN)
 _JPEG_FORMATS = ("JPEG", "MPO")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_TRANSPOSE = {  # EXIF orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose)
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
+_ALPHA_MODES = ("RGBA", "LA", "PA")
+_T = Image.Transpose  # EXIF orientation -> the transpose making it upright, as in PIL.ImageOps.exif_transpose
+_TRANSPOSE = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
+              6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90}  # fmt: skip
 _MAGIC = ((b"%PDF-", "PDF"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"))
 # O_NONBLOCK: a path swapped for a FIFO after os.stat must not make open() wait for a writer.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
@@ -64,8 +58,7 @@ class DecodeError(FeatkitError):
         if reason not in REASONS:
             raise ValueError(f"unknown decode reason {reason!r}")
         super().__init__(message)
-        self.reason = reason
-        self.message = message
+        self.reason, self.message = reason, message
 
     def __str__(self) -> str:
         return self.message
@@ -119,14 +112,7 @@ def decode_bytes(
 ) -> Image.Image:
     """Decode image bytes (an upload, a query) with the same rules as :func:`decode_image`.
 
-    Args:
-        data: The encoded image.
-        max_pixels: See :func:`decode_image`.
-        min_side: See :func:`decode_image`.
-        name: How the bytes are named in error messages.
-
-    Raises:
-        DecodeError: with ``reason`` one of :data:`REASONS`.
+    ``name`` is how the bytes are called in error messages. Raises :class:`DecodeError`.
     """
     _check_args(max_pixels, min_side)
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -143,6 +129,7 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int, min_side: int | None) -> 
     try:
         with warnings.catch_warnings():
             # Our max_pixels check replaces PIL's global limit, which only warns below twice its value.
+            # (catch_warnings is process-global: fine in DataLoader worker processes, racy across threads.)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
                 im = Image.open(probe, formats=_OPEN_FORMATS)
@@ -163,7 +150,7 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int, min_side: int | None) -> 
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:  # PIL's own hard limit (2x its MAX_IMAGE_PIXELS), e.g. in GIF frames
-        raise DecodeError("too_many_pixels", f"{name}: {e}") from None
+        raise DecodeError("too_many_pixels", f"{name}: too many pixels: {e}") from None
     except MemoryError:
         raise  # the machine is out of memory, not the file's fault: let the run stop
     except Exception as e:  # plugins raise OSError, ValueError, SyntaxError, EOFError, ... on malformed input
@@ -213,7 +200,7 @@ class _EofProbe:
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in im.info:
         return im
     if mode in _SIXTEEN_BIT:
         # Scale 0..65535 to 0..255 (round(v / 257)); convert("L") would clip everything above 255 to white.
@@ -280,7 +267,7 @@ def _other_format(head: bytes) -> str | None:
 def _accepts(accept, prefix: bytes) -> bool:
     try:
         return bool(accept(prefix))
-    except Exception:
+    except Exception:  # some accept() functions index into the prefix without checking its length
         return False
 
 
@@ -292,10 +279,8 @@ def _check_args(max_pixels: int, min_side: int | None) -> None:
 
 
 def _kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket")):
-        if test(mode):
-            return kind
-    return "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file"
+    kinds = {stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "device"}
+    return kinds.get(stat.S_IFMT(mode), "special file")
 
 
 def _display(path: str | bytes | os.PathLike) -> str:
