@@ -78,6 +78,9 @@ def resolve_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
     dev = resolve_device(device)
     if dev.type == "cpu" and precision == "fp16":
         raise DeviceError("--precision fp16 needs a GPU; on the CPU use --precision bf16 (or fp32).")
-    if dev.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise DeviceError("This GPU has no bf16 support; use --precision fp16 (or fp32).")
+    if dev.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise DeviceError("This GPU has no bf16 support; use --precision fp16 (or fp32).")
+        # batches have one shape, so cuDNN's autotuner pays for itself after the first batch
+        torch.backends.cudnn.benchmark = True
     return Runtime(dev, precision)
