@@ -43,24 +43,12 @@ app.command("demo")(demo_cmd.demo)
 def main() -> None:
     """Console entry point: FeatkitError → ``error: ...`` on stderr and exit code 1 (traceback with --debug)."""
     try:
-        app(standalone_mode=False)
+        app()  # standalone: typer/click handle --help, usage errors and Ctrl-C themselves
     except FeatkitError as exc:
         if os.environ.get("FEATKIT_DEBUG") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except (typer.Abort, KeyboardInterrupt):
-        print("Aborted. Committed shards are kept; rerun the same command to resume.", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":
