@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +18,8 @@ from featkit.errors import WeightsError
 from featkit.extract.config import DEFAULT_MODEL, ExtractConfig
 from featkit.extract.run import run_extraction
 from featkit.store.reader import open_features
+
+log = logging.getLogger(__name__)
 
 
 def _nearest_centroid_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
@@ -52,7 +54,8 @@ def demo(
             raise WeightsError(f"torchvision has no ImageNet weights for {model}")
         checkpoints.fetch_checkpoint(enum.url, download=True)
     except WeightsError as exc:
-        console.print(f"[yellow]ImageNet weights for {model} are not available offline ({str(exc).split('(')[0].strip()}); "
+        log.debug("no ImageNet weights: %s", exc)
+        console.print(f"[yellow]ImageNet weights for {model} are not cached and cannot be downloaded here; "
                       "using --weights random instead.[/]")
         weights = "random"
     cfg = ExtractConfig(model=model, weights=weights, overwrite=True)
