@@ -10,8 +10,11 @@ import typer
 from featkit.cli._console import console as make_console
 
 from featkit.extract.config import DEFAULT_MODEL, ExtractConfig
-from featkit.extract.run import ExtractResult, run_extraction
+from featkit.extract.run import ExtractResult, resolve_taps, run_extraction
 from featkit.store.reader import open_features
+
+
+LARGE_DIMS = 100_000  # flattened maps above this size get a note suggesting pooling
 
 
 class Pool(str, Enum):
@@ -83,6 +86,10 @@ def extract(
                         workers=workers, shard_rows=shard_rows, draft=draft, seed=seed, overwrite=overwrite,
                         download=not offline)
     console = make_console(stderr=True)
+    for tap in resolve_taps(cfg.model, cfg.taps):
+        if tap.dims(cfg.pool) > LARGE_DIMS:
+            console.print(f"note: {tap.name} with --pool {cfg.pool} stores {tap.dims(cfg.pool):,} values per image "
+                          f"({4 * tap.dims(cfg.pool) / 2**20:.1f} MiB at float32); --pool avg keeps {tap.shape[0]:,}.")
     result = run_extraction(inputs, output, cfg, progress=not quiet)
     print_result(result, make_console())
     if result.weights.kind == "random":

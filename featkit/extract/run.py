@@ -63,6 +63,15 @@ def resolve_taps(model: str, names: tuple[str, ...]) -> list[TapSpec]:
     return taps
 
 
+SHARD_BYTES = 512 * 2**20  # a shard is held in memory until it is committed
+
+
+def rows_per_shard(cfg: ExtractConfig, taps: list[TapSpec]) -> int:
+    """``cfg.shard_rows``, lowered for huge rows (e.g. flattened early conv maps) so a shard fits in memory."""
+    row_bytes = sum(t.dims(cfg.pool) for t in taps) * np.dtype(cfg.dtype).itemsize
+    return max(1, min(cfg.shard_rows, SHARD_BYTES // max(1, row_bytes)))
+
+
 def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo) -> dict:
     """Everything that determines the stored numbers (a store never mixes two of these)."""
     wid = Path(weights.id).name if weights.kind == "file" else weights.id
@@ -76,7 +85,7 @@ def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo) -
         "dtype": cfg.dtype,
         "precision": cfg.precision,
         "draft": cfg.draft,
-        "shard_rows": cfg.shard_rows,
+        "shard_rows": rows_per_shard(cfg, taps),
     }
 
 
@@ -171,7 +180,7 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
                           "changed": changed, "removed": removed})
         extractor = TapExtractor(model, taps, runtime, pool=cfg.pool, l2=cfg.l2)
         del model
-        shards = _ShardBuilder(writer, pending, cfg.shard_rows, np_dtype)
+        shards = _ShardBuilder(writer, pending, rows_per_shard(cfg, taps), np_dtype)
         failed = len(bad_names)
         if len(pending):
             loader = make_loader(pending["path"].tolist(), range(len(pending)), weights.preprocess,
