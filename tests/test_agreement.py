@@ -67,3 +67,16 @@ def test_resnet50_avgpool_and_layer3(images, tmp_path):
         avgpool = torch.flatten(m.avgpool(m.layer4(layer3)), 1)
     close(got["layer3"], layer3.mean(dim=(2, 3)).numpy())
     close(got["avgpool"], avgpool.numpy())
+
+
+def test_vgg11_bn_pre_activation_taps_survive_batchnorm_folding(images, tmp_path):
+    got = run_featkit(images, tmp_path / "s", "vgg11_bn", ["conv1_1_pre", "conv2_1", "fc7"], pool="avg")
+    m = seeded("vgg11_bn")
+    with torch.inference_mode():
+        x = reference_inputs(images, "vgg11_bn")
+        conv1_1_pre = m.features[1](m.features[0](x))  # conv + BN, before the ReLU
+        conv2_1 = m.features[:7](x)
+        fc7 = m.classifier[:5](torch.flatten(m.avgpool(m.features(x)), 1))
+    close(got["conv1_1_pre"], conv1_1_pre.mean(dim=(2, 3)).numpy())
+    close(got["conv2_1"], conv2_1.mean(dim=(2, 3)).numpy())
+    close(got["fc7"], fc7.numpy())

@@ -86,7 +86,8 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
         t = state[key].detach().cpu().contiguous()
         h.update(key.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 

@@ -15,8 +15,8 @@ DEFAULT_MODEL = "resnet50"
 def default_workers(device_type: str) -> int:
     """Decoder processes: on a GPU keep it fed; on a CPU leave the cores to the model (decoding is ~5 % of it)."""
     cores = os.cpu_count() or 1
-    if device_type == "cuda":
-        return max(1, min(8, cores - 1))
+    if device_type == "cuda":  # JPEG decoding is what limits a GPU run: use every spare core
+        return max(1, cores - 1)
     return max(1, min(4, cores // 2))
 
 

@@ -85,6 +85,7 @@ def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo) -
         "dtype": cfg.dtype,
         "precision": cfg.precision,
         "draft": cfg.draft,
+        "fold_bn": True,
         "shard_rows": rows_per_shard(cfg, taps),
     }
 
@@ -219,6 +220,8 @@ def _consume(loader, extractor: TapExtractor, shards: _ShardBuilder, weights: We
         nonlocal pixels, positions, sizes
         batch = torch.cat(pixels) if len(pixels) > 1 else pixels[0]
         x, rest = batch[:n], batch[n:]
+        if runtime.channels_last:  # convert the uint8 batch: the float ops keep the layout, saving a float copy
+            x = x.contiguous(memory_format=torch.channels_last)
         feats = extractor(normalize_batch(x, weights.preprocess))
         shards.add(feats, positions[:n], sizes[:n])
         pixels = [rest] if len(rest) else []
