@@ -69,7 +69,7 @@ def extract(
     precision: Annotated[Precision, typer.Option(help="Compute precision (bf16: CPUs with AVX512-BF16/AMX and GPUs; fp16: GPUs).")] = Precision.fp32,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="Decoder processes (default: chosen for the device; 0: none).", min=0)] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoder processes beside the model (default: every spare core on a GPU; 0 on a CPU = decode on a thread per core between batches).", min=0)] = None,
     shard_rows: Annotated[int, typer.Option(help="Rows per committed shard (the unit of resume).", min=1)] = 2048,
     draft: Annotated[bool, typer.Option("--draft/--no-draft", help="Decode large JPEGs at reduced DCT scale (still ≥ the resize size).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for --weights random.")] = 0,

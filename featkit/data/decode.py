@@ -13,6 +13,7 @@ import errno
 import io
 import os
 import stat
+import threading
 import warnings
 from typing import IO
 
@@ -123,30 +124,34 @@ def decode_bytes(
     return _decode(io.BytesIO(data), label, max_pixels, min_side)
 
 
+_OPEN_LOCK = threading.Lock()
+
+
 def _decode(fp: IO[bytes], name: str, max_pixels: int, min_side: int | None) -> Image.Image:
     probe = _EofProbe(fp)
     opened = False
     try:
-        with warnings.catch_warnings():
+        with _OPEN_LOCK, warnings.catch_warnings():
             # Our max_pixels check replaces PIL's global limit, which only warns below twice its value.
-            # (catch_warnings is process-global: fine in DataLoader worker processes, racy across threads.)
+            # catch_warnings is process-global, so opens are serialised (header parsing only: microseconds);
+            # PIL raises the warning in Image.open, never while decoding pixels, which runs unlocked.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
                 im = Image.open(probe, formats=_OPEN_FORMATS)
             except UnidentifiedImageError:
                 raise _unidentified(fp, name) from None
-            opened = True
-            width, height = im.size
-            if width * height > max_pixels:
-                raise DecodeError(
-                    "too_many_pixels",
-                    f"{name}: {width}x{height} = {width * height} pixels is more than max_pixels={max_pixels}",
-                )
-            if min_side is not None and im.format in _JPEG_FORMATS:
-                im.draft("RGB", (min_side, min_side))  # PIL picks the largest 1/s keeping both sides >= min_side
-            im.load()
-            orientation = _orientation(im)
-            out = _to_rgb(im)
+        opened = True
+        width, height = im.size
+        if width * height > max_pixels:
+            raise DecodeError(
+                "too_many_pixels",
+                f"{name}: {width}x{height} = {width * height} pixels is more than max_pixels={max_pixels}",
+            )
+        if min_side is not None and im.format in _JPEG_FORMATS:
+            im.draft("RGB", (min_side, min_side))  # PIL picks the largest 1/s keeping both sides >= min_side
+        im.load()
+        orientation = _orientation(im)
+        out = _to_rgb(im)
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:  # PIL's own hard limit (2x its MAX_IMAGE_PIXELS), e.g. in GIF frames

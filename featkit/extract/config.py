@@ -13,11 +13,15 @@ DEFAULT_MODEL = "resnet50"
 
 
 def default_workers(device_type: str) -> int:
-    """Decoder processes: on a GPU keep it fed; on a CPU leave the cores to the model (decoding is ~5 % of it)."""
-    cores = os.cpu_count() or 1
-    if device_type == "cuda":  # JPEG decoding is what limits a GPU run: use every spare core
-        return max(1, cores - 1)
-    return max(1, min(4, cores // 2))
+    """Decoder processes running alongside the model.
+
+    On a GPU, JPEG decoding is what limits a run: every spare core decodes. On a CPU the model already uses
+    every core, so decoding runs in between forward passes, on a thread per core (0 processes): measured on
+    2 cores, AlexNet end to end ran ~25 % faster that way than with one decoder process competing for them.
+    """
+    if device_type in ("cuda", "mps"):
+        return max(1, (os.cpu_count() or 2) - 1)
+    return 0
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ class ExtractConfig:
         precision: compute precision, ``fp32``, ``bf16`` or ``fp16`` (autocast).
         batch_size: images per forward pass.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        workers: decoder processes (None: chosen for the device; 0: decode in this process).
+        workers: decoder processes beside the model (None: chosen for the device, see ``default_workers``;
+            0: decode in this process on a thread per core, between forward passes).
         shard_rows: rows per committed shard (the unit of resume).
         draft: JPEG draft decoding (DCT scaling) down to the resize size, for large photos.
         seed: seed of ``--weights random``.
