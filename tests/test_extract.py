@@ -166,6 +166,8 @@ def test_rerun_computes_only_new_or_changed_files_and_retires_old_rows(tiny_fold
     twin = rows.index[rows["path"].str.endswith("c1/003.png")][0]
     mine = rows.index[rows["path"].str.endswith("c0/002.png")][0]
     np.testing.assert_array_equal(feats[mine], feats[twin])
+    again = featkit.extract(tiny_folder, tmp_path / "s", **FAST)  # retired rows are not reported twice
+    assert (again.computed, again.changed, again.removed, again.unchanged) == (0, 0, 0, 8)
 
 
 def test_unknown_model_tap_and_bad_options_are_one_line_errors(tiny_folder, tmp_path):

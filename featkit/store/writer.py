@@ -94,8 +94,10 @@ class StoreWriter:
             frames += [meta, fail.assign(row=-1)]
         if not frames:
             return pd.DataFrame({"path": [], "bytes": [], "mtime_ns": [], "row": []})
-        # later shards supersede earlier ones for the same path (a changed file computed again)
-        return pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
+        # later shards supersede earlier ones for the same path (a changed file computed again); retired rows
+        # are no longer in the store, so their files count as new if they come back
+        done = pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
+        return done[~done["row"].isin(self.manifest["stale_rows"])].reset_index(drop=True)
 
     def begin_run(self, info: dict) -> None:
         self.manifest["runs"].append({"started": _now(), **info})
