@@ -67,7 +67,7 @@ def extract(
     l2: Annotated[bool, typer.Option("--l2", help="L2-normalise stored vectors.")] = False,
     dtype: Annotated[DType, typer.Option(help="Stored dtype.")] = DType.float32,
     precision: Annotated[Precision, typer.Option(help="Compute precision (bf16: CPUs with AVX512-BF16/AMX and GPUs; fp16: GPUs).")] = Precision.fp32,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Decoder processes beside the model (default: every spare core on a GPU; 0 on a CPU = decode on a thread per core between batches).", min=0)] = None,
     shard_rows: Annotated[int, typer.Option(help="Rows per committed shard (the unit of resume).", min=1)] = 2048,
