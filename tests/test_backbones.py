@@ -6,15 +6,19 @@ import pytest
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from featkit.backbones.alexnet2012 import MIN_INPUT_SIZE as ALEXNET2012_MIN
 from featkit.backbones.registry import (build_module, curated_backbones, describe, describe_at, list_backbones,
                                         register_backbone)
-from featkit.errors import UnknownNameError
+from featkit.backbones.weights import load_backbone_weights, preprocess_for
+from featkit.errors import UnknownNameError, WeightsError
 
 CURATED = curated_backbones()
+# The unpadded 11×11 stride-4 conv1 of the 2012 AlexNet leaves pool5 nothing to pool below 67 pixels.
+SMALL_INPUT = {"alexnet2012": ALEXNET2012_MIN}
 
 
 def test_curated_families_are_registered():
-    expected = {"alexnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "squeezenet1_0", "squeezenet1_1"}
+    expected = {"alexnet", "alexnet2012", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "squeezenet1_0", "squeezenet1_1"}
     expected |= {f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")}
     assert expected == set(CURATED)
     assert set(CURATED) < set(list_backbones())
@@ -22,17 +26,18 @@ def test_curated_families_are_registered():
 
 
 @pytest.mark.parametrize("name", CURATED)
-def test_declared_shapes_at_224_match_a_meta_forward(name):
+def test_declared_shapes_at_the_default_input_match_a_meta_forward(name):
     spec = describe(name)
     with torch.device("meta"):
         model = build_module(name).eval()
-    out = create_feature_extractor(model, {t.node: t.name for t in spec.taps})(torch.empty(1, 3, 224, 224, device="meta"))
+    size = spec.input_size  # 224, and 227 for alexnet2012
+    out = create_feature_extractor(model, {t.node: t.name for t in spec.taps})(torch.empty(1, 3, size, size, device="meta"))
     assert {t.name: tuple(out[t.name].shape[1:]) for t in spec.taps} == {t.name: t.shape for t in spec.taps}
 
 
 @pytest.mark.parametrize("name", CURATED)
 def test_declared_shapes_match_real_outputs_with_random_weights_on_a_small_input(name):
-    size = 64
+    size = SMALL_INPUT.get(name, 64)
     spec = describe_at(name, size)
     torch.manual_seed(0)
     model = build_module(name).eval()
@@ -56,6 +61,18 @@ def test_caffe_convention_names():
     assert describe("resnet18").tap("avgpool").shape == (512,)
     sq = describe("squeezenet1_1")
     assert sq.tap("penultimate").name == "fire9" and sq.tap("penultimate").shape == (512, 13, 13)
+
+
+def test_alexnet2012_is_built_by_featkit_with_caffe_preprocessing():
+    spec = describe("alexnet2012")
+    assert spec.input_size == 227 and spec.tap("pool5").shape == (256, 6, 6) and spec.tap("penultimate").name == "fc7"
+    assert (preprocess_for("alexnet2012").resize, preprocess_for("alexnet2012").crop) == (256, 227)
+    with torch.device("meta"):
+        assert build_module("alexnet2012", num_classes=5).classifier[6].out_features == 5
+    with pytest.raises(ValueError, match="at least 67 pixels"):
+        describe_at("alexnet2012", 64)
+    with pytest.raises(WeightsError, match="no ImageNet weights for alexnet2012. Pass --weights random"):
+        load_backbone_weights("alexnet2012", "imagenet")
 
 
 def test_generic_torchvision_model_has_graph_taps_penultimate_and_logits():

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from featkit.backbones.spec import BackboneSpec, TapSpec, conv_out
 
+# torchvision's AlexNet classifier: Dropout, fc6, ReLU, Dropout, fc7, ReLU, fc8 (alexnet2012 keeps the layout).
+CLASSIFIER_TAPS = (
+    TapSpec("fc6_pre", "classifier.1", (4096,), note="Linear output, before ReLU"),
+    TapSpec("fc6", "classifier.2", (4096,), note="post-ReLU (Caffe fc6)"),
+    TapSpec("fc7_pre", "classifier.4", (4096,), note="Linear output, before ReLU"),
+    TapSpec("fc7", "classifier.5", (4096,), aliases=("penultimate",), note="post-ReLU (Caffe/DeCAF fc7)"),
+    TapSpec("fc8", "classifier.6", (1000,), aliases=("logits",), note="class scores"),
+)
+
 
 def alexnet_spec(size: int = 224) -> BackboneSpec:
     s1 = conv_out(size, 11, 4, 2)  # 55
@@ -25,14 +34,7 @@ def alexnet_spec(size: int = 224) -> BackboneSpec:
             taps.append(TapSpec("pool1", "features.2", (64, p1, p1), note="max pool"))
         if name == "conv2":
             taps.append(TapSpec("pool2", "features.5", (192, p2, p2), note="max pool"))
-    taps += [
-        TapSpec("pool5", "features.12", (256, p5, p5), note="max pool, 9216 values flattened"),
-        TapSpec("fc6_pre", "classifier.1", (4096,), note="Linear output, before ReLU"),
-        TapSpec("fc6", "classifier.2", (4096,), note="post-ReLU (Caffe fc6)"),
-        TapSpec("fc7_pre", "classifier.4", (4096,), note="Linear output, before ReLU"),
-        TapSpec("fc7", "classifier.5", (4096,), aliases=("penultimate",), note="post-ReLU (Caffe/DeCAF fc7)"),
-        TapSpec("fc8", "classifier.6", (1000,), aliases=("logits",), note="class scores"),
-    ]
+    taps += [TapSpec("pool5", "features.12", (256, p5, p5), note="max pool, 9216 values flattened"), *CLASSIFIER_TAPS]
     return BackboneSpec(
         name="alexnet",
         family="alexnet",

@@ -10,9 +10,11 @@ import functools
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from torchvision import models as tvm
 
 from featkit.backbones.alexnet import alexnet_spec
+from featkit.backbones.alexnet2012 import AlexNet2012, alexnet2012_spec
 from featkit.backbones.generic import generic_spec
 from featkit.backbones.resnet import DEPTHS, resnet_spec
 from featkit.backbones.spec import BackboneSpec
@@ -22,17 +24,29 @@ from featkit.backbones.vgg import PLANS as VGG_PLANS
 from featkit.backbones.vgg import vgg_spec
 from featkit.errors import unknown
 
-_CURATED: dict[str, Callable[[], BackboneSpec]] = {}
+_CURATED: dict[str, Callable[..., BackboneSpec]] = {}
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}  # architectures torchvision does not have
 
 
-def register_backbone(name: str, make_spec: Callable[[], BackboneSpec]) -> None:
-    """Add a curated backbone. Registering a name twice is a programming error and raises."""
+def register_backbone(name: str, make_spec: Callable[..., BackboneSpec],
+                      build: Callable[..., nn.Module] | None = None) -> None:
+    """Add a curated backbone. Registering a name twice is a programming error and raises.
+
+    Args:
+        name: registry name; a torchvision model name unless ``build`` is given.
+        make_spec: returns the tap table; takes ``size`` (the square input) as a keyword.
+        build: ``build(num_classes=...)`` returns the randomly initialised architecture, for networks that
+            torchvision does not build.
+    """
     if name in _CURATED:
         raise ValueError(f"backbone '{name}' is already registered")
     _CURATED[name] = make_spec
+    if build is not None:
+        _BUILDERS[name] = build
 
 
 register_backbone("alexnet", alexnet_spec)
+register_backbone("alexnet2012", alexnet2012_spec, build=AlexNet2012)
 for _vgg in VGG_PLANS:
     register_backbone(_vgg, functools.partial(vgg_spec, _vgg))
     register_backbone(f"{_vgg}_bn", functools.partial(vgg_spec, f"{_vgg}_bn"))
@@ -64,9 +78,11 @@ def default_input_size(name: str) -> int:
         return 224
 
 
-def build_module(name: str, num_classes: int = 1000) -> torch.nn.Module:
-    """The bare torchvision architecture (random init)."""
+def build_module(name: str, num_classes: int = 1000) -> nn.Module:
+    """The bare architecture (random init): torchvision's, or the registered builder's."""
     check_name(name)
+    if name in _BUILDERS:
+        return _BUILDERS[name](num_classes=num_classes)
     kwargs: dict = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
     if name.startswith("vit_"):  # ViT's position embeddings fix the input size its weights expect
         kwargs["image_size"] = default_input_size(name)
@@ -91,9 +107,13 @@ def describe(name: str) -> BackboneSpec:
     check_name(name)
     if name in _CURATED:
         return _CURATED[name]()
+    return generic_spec(name, meta_module(name), default_input_size(name))
+
+
+def meta_module(name: str) -> nn.Module:
+    """The architecture on the meta device: shapes and parameter counts without allocating or initialising."""
     try:
-        with torch.device("meta"):  # shapes without allocating or initialising weights
-            model = build_module(name)
+        with torch.device("meta"):
+            return build_module(name)
     except NotImplementedError:  # builders that compute with tensors (RegNet) need real ones first
-        model = build_module(name).to("meta")
-    return generic_spec(name, model, default_input_size(name))
+        return build_module(name).to("meta")

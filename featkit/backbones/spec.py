@@ -57,6 +57,8 @@ class BackboneSpec:
         default_tap: what ``featkit extract`` takes without ``--layer``.
         input_size: the square crop the declared shapes assume.
         logits_module: module path of the final classifier layer (its weight's first axis = classes).
+        resize_size: shorter side before the centre crop, for backbones without torchvision weights whose
+            training used another ratio than 256/224 (0: that ratio).
     """
 
     name: str
@@ -66,6 +68,7 @@ class BackboneSpec:
     input_size: int = 224
     logits_module: str = ""
     description: str = ""
+    resize_size: int = 0
     _index: dict[str, TapSpec] = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ import torch
 from torchvision import models as tvm
 
 from featkit.backbones import checkpoints
-from featkit.backbones.registry import build_module, default_input_size, describe
+from featkit.backbones.registry import build_module, describe
 from featkit.errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ def preprocess_for(name: str) -> Preprocess:
     """The preprocessing of the model's recommended ImageNet weights (also used for random and file weights)."""
     enum = default_weights_enum(name)
     if enum is None:
-        size = default_input_size(name)
-        return Preprocess(resize=round(size * 256 / 224), crop=size)
+        spec = describe(name)
+        return Preprocess(resize=spec.resize_size or round(spec.input_size * 256 / 224), crop=spec.input_size)
     t = enum.transforms()
     return Preprocess(
         resize=int(t.resize_size[0]),

@@ -10,6 +10,7 @@ import typer
 
 from featkit.cli import demo as demo_cmd
 from featkit.cli import extract as extract_cmd
+from featkit.cli import inspect as inspect_cmd
 from featkit.cli import models as models_cmd
 from featkit.cli import store as store_cmd
 from featkit.errors import FeatkitError
@@ -35,6 +36,7 @@ def _root(
 
 app.command("models")(models_cmd.models)
 app.command("taps")(models_cmd.taps)
+app.command("inspect")(inspect_cmd.inspect)
 app.command("extract")(extract_cmd.extract)
 app.command("info")(store_cmd.info)
 app.command("demo")(demo_cmd.demo)
