@@ -8,10 +8,10 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from featkit.cli._console import console as make_console
 
 from featkit.backbones import checkpoints
 from featkit.backbones.weights import default_weights_enum
+from featkit.cli._console import console as make_console
 from featkit.cli.extract import print_result
 from featkit.data.digits import write_digits
 from featkit.errors import WeightsError

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from featkit.cli._console import console as make_console
 
+from featkit.cli._console import console as make_console
 from featkit.extract.config import DEFAULT_MODEL, ExtractConfig
 from featkit.extract.run import ExtractResult, resolve_taps, run_extraction
 from featkit.store.reader import open_features
-
 
 LARGE_DIMS = 100_000  # flattened maps above this size get a note suggesting pooling
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
-from featkit.cli._console import console as make_console
 from rich.table import Table
 
 from featkit.backbones import checkpoints
 from featkit.backbones.registry import curated_backbones, describe, list_backbones
 from featkit.backbones.weights import default_weights_enum
+from featkit.cli._console import console as make_console
 
 
 def _weights_cell(name: str) -> str:
@@ -20,7 +22,7 @@ def _weights_cell(name: str) -> str:
 
 
 def models(
-    all_models: bool = typer.Option(False, "--all", help="Also list every other torchvision classifier."),
+    all_models: Annotated[bool, typer.Option("--all", help="Also list every other torchvision classifier.")] = False,
 ) -> None:
     """List the backbones, their default tap and which ImageNet weights are available."""
     table = Table(title="featkit backbones", title_justify="left")
@@ -42,8 +44,8 @@ def models(
 
 
 def taps(
-    model: str = typer.Argument(..., help="Backbone name, e.g. vgg16."),
-    pool: str = typer.Option("none", help="Show dims and bytes under this pooling (none|avg|max|gem)."),
+    model: Annotated[str, typer.Argument(help="Backbone name, e.g. vgg16.")],
+    pool: Annotated[str, typer.Option(help="Show dims and bytes under this pooling (none|avg|max|gem).")] = "none",
 ) -> None:
     """List every tap of MODEL: name, aliases, graph node, output shape, dims and bytes per image."""
     spec = describe(model)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
-from featkit.cli._console import console as make_console
 
+from featkit.cli._console import console as make_console
 from featkit.store.reader import open_features
 
 
-def info(store: Path = typer.Argument(..., help="A feature store directory.")) -> None:
+def info(store: Annotated[Path, typer.Argument(help="A feature store directory.")]) -> None:
     """Summarise a feature store: settings, rows, taps, labels and skipped files."""
     fs = open_features(store)
     s = fs.settings
