@@ -1,0 +1,160 @@
+"""The linear-probe protocol of Kornblith et al. 2019 (as restated in SimCLR appendix B.8).
+
+Choose C on a log grid by the validation metric (the official val split, or a stratified seeded one carved from
+train), refit on train + val with that C, report on test. The whole grid is searched (no coarse-to-fine: that
+only provably finds the same optimum when the validation curve is unimodal, which it need not be); fits are
+warm-started from the previous, more regularised, solution, which keeps the sweep cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from featkit.probes.linear import LinearProbe, ProbeError
+
+DEFAULT_GRID = tuple(np.logspace(-6, 5, 45))
+METRICS = ("accuracy", "mean_per_class")
+
+
+def class_indices(classes: np.ndarray, y) -> np.ndarray:
+    """Indices of labels ``y`` in ``classes``; labels never seen in training are an error."""
+    y = np.asarray(y)
+    idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+    unseen = classes[idx] != y
+    if unseen.any():
+        raise ProbeError(f"Label {y[unseen][0]!r} does not occur in the training labels "
+                         f"({', '.join(map(str, classes[:10]))}{'...' if len(classes) > 10 else ''}).")
+    return idx
+
+
+def topk_accuracy(scores: np.ndarray, y_idx: np.ndarray, k: int) -> float:
+    """Fraction of rows whose true class is among the ``k`` highest scores (all classes if fewer than k)."""
+    if scores.ndim == 1:  # a binary decision function: column 1 is its sign
+        scores = np.stack([-scores, scores], axis=1)
+    if k >= scores.shape[1]:
+        return 1.0
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float((top == y_idx[:, None]).any(axis=1).mean())
+
+
+def confusion(y_idx: np.ndarray, pred_idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts with true classes as rows and predicted classes as columns."""
+    return np.bincount(y_idx * n_classes + pred_idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def mean_per_class_accuracy(y_idx: np.ndarray, pred_idx: np.ndarray, n_classes: int) -> float:
+    """Accuracy averaged over the classes present in ``y_idx`` (the metric of Caltech-101, Pets, ...)."""
+    cm = confusion(y_idx, pred_idx, n_classes)
+    present = cm.sum(axis=1) > 0
+    return float((np.diag(cm)[present] / cm.sum(axis=1)[present]).mean())
+
+
+def score(metric: str, y_idx: np.ndarray, pred_idx: np.ndarray, n_classes: int) -> float:
+    if metric == "accuracy":
+        return float((y_idx == pred_idx).mean())
+    return mean_per_class_accuracy(y_idx, pred_idx, n_classes)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of a C sweep: validation score per C and the chosen C."""
+
+    best_C: float
+    metric: str
+    grid: tuple[float, ...]
+    val_scores: tuple[float, ...]
+    n_train: int
+    n_val: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """A linear probe run: the C sweep, then test metrics of the refit on train + val."""
+
+    best_C: float
+    metric: str
+    grid: tuple[float, ...]
+    val_scores: tuple[float, ...]
+    classes: list
+    top1: float
+    top5: float
+    mean_per_class: float
+    confusion: list[list[int]]
+    n_train: int
+    n_val: int
+    n_test: int
+    fit_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def select_C(X_train, y_train, X_val=None, y_val=None, *, grid=DEFAULT_GRID, metric: str = "accuracy",
+             val_fraction: float = 0.2, seed: int = 0, **probe_params) -> Selection:
+    """Sweep C over ``grid`` (ascending), fitting on train and scoring on val; ties go to the smaller C.
+
+    Without ``X_val``, a stratified ``val_fraction`` of train (seeded by ``seed``) is held out. The smaller C of a
+    tie is the more regularised model, the safer choice when validation cannot tell them apart.
+    ``probe_params`` go to :class:`LinearProbe` (device, dtype, max_iter, ...).
+    """
+    if metric not in METRICS:
+        raise ProbeError(f"Unknown probe metric '{metric}'. Use one of: {', '.join(METRICS)}.")
+    grid = np.sort(np.asarray(grid, dtype=np.float64).ravel())
+    if len(grid) == 0 or not np.all(np.isfinite(grid)) or grid[0] <= 0:
+        raise ProbeError("The C grid must hold at least one finite value > 0.")
+    if (X_val is None) != (y_val is None):
+        raise ProbeError("Give both X_val and y_val, or neither (a validation split is then carved from train).")
+    if X_val is None:
+        if not 0 < val_fraction < 1:
+            raise ProbeError(f"val_fraction must be in (0, 1). Got {val_fraction!r} instead.")
+        try:
+            X_train, X_val, y_train, y_val = train_test_split(X_train, y_train, test_size=val_fraction,
+                                                              stratify=y_train, random_state=seed)
+        except ValueError as exc:
+            raise ProbeError(f"Cannot carve a stratified validation split from train: {' '.join(str(exc).split())}"
+                             ) from exc
+    start = time.perf_counter()
+    probe = LinearProbe(warm_start=True, **probe_params)
+    scores = []
+    for C in grid:
+        probe.set_params(C=float(C)).fit(X_train, y_train)
+        if len(scores) == 0:
+            y_val_idx = class_indices(probe.classes_, y_val)
+        pred_idx = class_indices(probe.classes_, probe.predict(X_val))
+        scores.append(score(metric, y_val_idx, pred_idx, len(probe.classes_)))
+    best = int(np.argmax(scores))  # first maximum: the smallest C among ties
+    return Selection(best_C=float(grid[best]), metric=metric, grid=tuple(grid.tolist()), val_scores=tuple(scores),
+                     n_train=len(y_train), n_val=len(y_val), seconds=time.perf_counter() - start)
+
+
+def run_linear_probe(train_X, train_y, test_X, test_y, *, val=None, grid=DEFAULT_GRID, metric: str = "accuracy",
+                     val_fraction: float = 0.2, seed: int = 0, **probe_params) -> ProbeResult:
+    """Run the full protocol: :func:`select_C`, refit on train + val with the chosen C, evaluate on test.
+
+    Args:
+        val: ``(X_val, y_val)``, an official validation split; None carves one from train.
+        probe_params: passed to :class:`LinearProbe` (device, dtype, max_iter, ...).
+    """
+    start = time.perf_counter()
+    X_val, y_val = val if val is not None else (None, None)
+    sel = select_C(train_X, train_y, X_val, y_val, grid=grid, metric=metric, val_fraction=val_fraction,
+                   seed=seed, **probe_params)
+    if val is not None:
+        train_X, train_y = np.concatenate([np.asarray(train_X), np.asarray(X_val)]), np.concatenate(
+            [np.asarray(train_y), np.asarray(y_val)])
+    probe = LinearProbe(C=sel.best_C, **probe_params).fit(train_X, train_y)
+    fit_seconds = time.perf_counter() - start
+    n = len(probe.classes_)
+    y_idx = class_indices(probe.classes_, test_y)
+    scores = probe.decision_function(test_X)
+    pred_idx = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+    return ProbeResult(best_C=sel.best_C, metric=metric, grid=sel.grid, val_scores=sel.val_scores,
+                       classes=probe.classes_.tolist(), top1=score("accuracy", y_idx, pred_idx, n),
+                       top5=topk_accuracy(scores, y_idx, 5), mean_per_class=mean_per_class_accuracy(y_idx, pred_idx, n),
+                       confusion=confusion(y_idx, pred_idx, n).tolist(), n_train=sel.n_train, n_val=sel.n_val,
+                       n_test=len(y_idx), fit_seconds=fit_seconds)
