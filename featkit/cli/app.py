@@ -12,6 +12,7 @@ from featkit.cli import demo as demo_cmd
 from featkit.cli import extract as extract_cmd
 from featkit.cli import inspect as inspect_cmd
 from featkit.cli import models as models_cmd
+from featkit.cli import probe as probe_cmd
 from featkit.cli import store as store_cmd
 from featkit.errors import FeatkitError
 
@@ -39,6 +40,7 @@ app.command("taps")(models_cmd.taps)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("extract")(extract_cmd.extract)
 app.command("info")(store_cmd.info)
+app.command("probe")(probe_cmd.probe)
 app.command("demo")(demo_cmd.demo)
 
 

@@ -1,0 +1,66 @@
+"""``featkit probe``: how good a tap's features are for a labelled dataset (linear or kNN probe)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from featkit.cli._console import console as make_console
+from featkit.probes.knn import run_knn_probe
+from featkit.probes.protocol import DEFAULT_GRID, run_linear_probe
+from featkit.probes.splits import probe_data
+from featkit.store.reader import open_features
+
+
+class Kind(str, Enum):
+    linear = "linear"
+    knn = "knn"
+
+
+class Metric(str, Enum):
+    accuracy = "accuracy"
+    mean_per_class = "mean_per_class"
+
+
+def probe(
+    store: Annotated[Path, typer.Argument(help="Feature store (its split column decides train/val/test).")],
+    tap: Annotated[str, typer.Option("--tap", "-t", help="Tap to probe (default: the store's only tap).")] = "",
+    test: Annotated[Path | None, typer.Option("--test", help="A separate test store (STORE is then all train).")] = None,
+    kind: Annotated[Kind, typer.Option(help="linear: logistic regression, C chosen on val; knn: cosine kNN.")] = Kind.linear,
+    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours for --kind knn.")] = 20,
+    temperature: Annotated[float, typer.Option(help="Vote temperature for --kind knn.")] = 0.07,
+    metric: Annotated[Metric, typer.Option(help="What chooses C on the validation split.")] = Metric.accuracy,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Fit a linear (or kNN) probe on a store's features and report test accuracy.
+
+    Example: featkit probe feats/ --tap fc7
+    """
+    fs = open_features(store)
+    tap = tap or fs.taps[0]
+    data = probe_data(fs, tap, open_features(test) if test is not None else None)
+    if kind is Kind.knn:
+        result = run_knn_probe(data.train.X, data.train.y, data.test.X, data.test.y, k=k, temperature=temperature)
+        summary = f"kNN (k={k}, T={temperature})"
+    else:
+        val = (data.val.X, data.val.y) if data.val is not None else None
+        result = run_linear_probe(data.train.X, data.train.y, data.test.X, data.test.y, val=val,
+                                  grid=DEFAULT_GRID, metric=metric.value)
+        summary = f"linear probe (C={result.best_C:.3g} chosen on {'val' if val else 'a split carved from train'})"
+    payload = {"store": str(store), "tap": tap, "kind": kind.value, "test_split": data.test.name,
+               "settings": fs.settings, **result.to_dict()}
+    if as_json:
+        print(json.dumps(payload, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
+        return
+    console = make_console()
+    seconds = getattr(result, "fit_seconds", getattr(result, "seconds", 0.0))
+    console.print(f"{fs.settings['model']} {tap} ({data.train.X.shape[1]:,}-d), {summary}: "
+                  f"top-1 {result.top1:.1%}, top-5 {result.top5:.1%} on {len(data.test.y):,} {data.test.name} images "
+                  f"(trained on {len(data.train.y):,}) in {seconds:.1f} s")
+    if kind is Kind.linear:
+        console.print(f"mean per-class accuracy {result.mean_per_class:.1%}")
