@@ -56,3 +56,10 @@ def test_human_readable_summary(stores):
 def test_a_store_without_labels_is_a_clear_error(stores):
     with pytest.raises(InputError, match="no train split|no labels"):
         runner.invoke(app, ["probe", str(stores / "unlabelled")], catch_exceptions=False)
+
+
+def test_data_list_and_show_read_the_cards():
+    listing = runner.invoke(app, ["data", "list"], catch_exceptions=False)
+    assert listing.exit_code == 0 and "flowers102" in listing.output and "mean_per_class" in listing.output
+    shown = runner.invoke(app, ["data", "show", "oxford_iiit_pet"], catch_exceptions=False)
+    assert shown.exit_code == 0 and "trainval: 3,680 images" in shown.output and "OxfordIIITPet" in shown.output

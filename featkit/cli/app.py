@@ -8,6 +8,7 @@ import sys
 
 import typer
 
+from featkit.cli import data as data_cmd
 from featkit.cli import demo as demo_cmd
 from featkit.cli import extract as extract_cmd
 from featkit.cli import inspect as inspect_cmd
@@ -42,6 +43,7 @@ app.command("extract")(extract_cmd.extract)
 app.command("info")(store_cmd.info)
 app.command("probe")(probe_cmd.probe)
 app.command("demo")(demo_cmd.demo)
+app.add_typer(data_cmd.app, name="data")
 
 
 def main() -> None:

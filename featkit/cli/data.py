@@ -1,0 +1,44 @@
+"""``featkit data list | show``: the datasets featkit has data cards for."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from featkit.cli._console import console as make_console
+from featkit.data.cards import get_card, list_cards
+
+app = typer.Typer(help="Datasets with data cards: what they hold and how probes evaluate on them.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_command() -> None:
+    """List every data card: classes, split sizes and the metric its protocol reports."""
+    table = Table(title="featkit data cards", title_justify="left")
+    for col in ("name", "title", "classes", "splits", "metric"):
+        table.add_column(col, justify="right" if col == "classes" else "left")
+    for card in list_cards():
+        splits = ", ".join(f"{k} {v:,}" for k, v in (card.splits or {}).items()) or "yours"
+        table.add_row(card.name, card.title, f"{card.classes:,}" if card.classes else "-", splits, card.metric)
+    make_console().print(table)
+
+
+@app.command("show")
+def show(name: Annotated[str, typer.Argument(help="Dataset name, e.g. cifar10 (featkit data list).")]) -> None:
+    """Show one data card: source, licence, splits, loader, protocol notes and known gotchas."""
+    card = get_card(name)
+    console = make_console()
+    console.print(f"[bold]{card.title}[/] ({card.name}): {card.task}, {card.classes or 'any number of'} classes, "
+                  f"metric {card.metric}")
+    console.print(f"source: {card.source or '-'}\nlicence: {card.license}\ncitation: {card.citation or '-'}")
+    for split, count in (card.splits or {}).items():
+        console.print(f"  {split}: {count:,} images")
+    loader = card.loader
+    how = f"torchvision.datasets.{loader.torchvision_class}" if loader.torchvision_class else loader.layout or loader.kind
+    console.print(f"loader: {how}")
+    console.print(f"protocol: {card.protocol_notes}")
+    for gotcha in card.gotchas:
+        console.print(f"  ! {gotcha}")
+    console.print(f"card: {card.path}")
