@@ -69,8 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this c
 import featkit  # noqa: E402
 from featkit._device import cpu_has_bf16, resolve_device, resolve_runtime  # noqa: E402
 from featkit.backbones.registry import describe  # noqa: E402
-from featkit.extract.config import default_workers  # noqa: E402
-from featkit.extract.engine import TapExtractor  # noqa: E402
+from featkit.extraction.config import default_workers  # noqa: E402
+from featkit.extraction.engine import TapExtractor  # noqa: E402
 
 # (model, check) -> the ratio the issue asks for; other ratios are printed without a target.
 TARGETS = {

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from featkit.api import extract  # noqa: E402
-from featkit.backbones.registry import describe, list_backbones  # noqa: E402
+import importlib  # noqa: E402
+
 from featkit.errors import FeatkitError  # noqa: E402
-from featkit.extract.config import ExtractConfig  # noqa: E402
-from featkit.store.reader import FeatureStore, open_features  # noqa: E402
+
+# Loaded on first use, so `import featkit` (and the CLI's --help) doesn't pay for importing torch.
+_LAZY = {
+    "extract": "featkit.api",
+    "describe": "featkit.backbones.registry",
+    "list_backbones": "featkit.backbones.registry",
+    "ExtractConfig": "featkit.extraction.config",
+    "FeatureStore": "featkit.store.reader",
+    "open_features": "featkit.store.reader",
+}
 
 __all__ = ["ExtractConfig", "FeatkitError", "FeatureStore", "describe", "extract", "list_backbones", "open_features"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'featkit' has no attribute {name!r}")

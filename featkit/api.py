@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from featkit.extract.config import DEFAULT_MODEL, ExtractConfig
-from featkit.extract.run import ExtractResult, run_extraction
+from featkit.extraction.config import DEFAULT_MODEL, ExtractConfig
+from featkit.extraction.run import ExtractResult, run_extraction
 
 
 def extract(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str | os.PathLike, *,

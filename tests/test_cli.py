@@ -84,3 +84,17 @@ def test_demo_runs_offline_on_the_embedded_digits(tmp_path, monkeypatch):
     assert "30 rows" in result.output and "nearest-centroid accuracy" in result.output
     store = featkit.open_features(tmp_path / "demo" / "store")
     assert sorted(store.rows["label"].unique()) == [str(d) for d in range(10)]
+
+
+def test_help_answers_without_importing_torch():
+    code = "import sys, featkit, featkit.cli.app; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    assert subprocess.run([sys.executable, "-m", "featkit", "--help"], capture_output=True).returncode == 0
+
+
+def test_featkit_extract_stays_the_function_after_any_submodule_import():
+    import importlib
+
+    importlib.import_module("featkit.extraction.engine")
+    assert callable(featkit.extract) and featkit.extract.__module__ == "featkit.api"

@@ -14,7 +14,7 @@ import pytest
 import featkit
 from featkit._device import resolve_runtime, cpu_has_bf16
 from featkit.backbones.registry import build_module, describe
-from featkit.extract.engine import TapExtractor
+from featkit.extraction.engine import TapExtractor
 from featkit.errors import FeatkitError, StoreError
 from helpers import store_bytes, write_images
 

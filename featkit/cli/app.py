@@ -17,6 +17,8 @@ from featkit.cli import probe as probe_cmd
 from featkit.cli import store as store_cmd
 from featkit.errors import FeatkitError
 
+# Command modules import torch, torchvision and friends inside their commands, so `featkit --help` and
+# usage errors answer at once instead of after seconds of imports.
 app = typer.Typer(
     name="featkit",
     help="Features from named layers of pretrained CNNs into a resumable feature store.",

@@ -9,15 +9,10 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from featkit.backbones import checkpoints
-from featkit.backbones.weights import default_weights_enum
 from featkit.cli._console import console as make_console
 from featkit.cli.extract import print_result
-from featkit.data.digits import write_digits
 from featkit.errors import WeightsError
-from featkit.extract.config import DEFAULT_MODEL, ExtractConfig
-from featkit.extract.run import run_extraction
-from featkit.store.reader import open_features
+from featkit.extraction.config import DEFAULT_MODEL, ExtractConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +39,12 @@ def demo(
     per_class: Annotated[int, typer.Option(help="Digits per class to render.", min=1)] = 20,
 ) -> None:
     """Render scikit-learn's digits as images, extract features, and print what was written."""
+    from featkit.backbones import checkpoints
+    from featkit.backbones.weights import default_weights_enum
+    from featkit.data.digits import write_digits
+    from featkit.extraction.run import run_extraction
+    from featkit.store.reader import open_features
+
     console = make_console()
     images = write_digits(output / "digits", per_class=per_class)
     console.print(f"rendered {10 * per_class} digits (64×64 PNG, ImageFolder layout) into {images}")

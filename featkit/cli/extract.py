@@ -9,9 +9,7 @@ from typing import Annotated
 import typer
 
 from featkit.cli._console import console as make_console
-from featkit.extract.config import DEFAULT_MODEL, ExtractConfig
-from featkit.extract.run import ExtractResult, resolve_taps, run_extraction
-from featkit.store.reader import open_features
+from featkit.extraction.config import DEFAULT_MODEL, ExtractConfig
 
 LARGE_DIMS = 100_000  # flattened maps above this size get a note suggesting pooling
 
@@ -39,7 +37,10 @@ LayerOpt = Annotated[list[str] | None, typer.Option("--layer", "-l", help="Tap t
 WeightsOpt = Annotated[str, typer.Option("--weights", "-w", help="imagenet (torch hub cache), random (seeded), or a .pth/.pt/.safetensors file.")]
 
 
-def print_result(result: ExtractResult, console) -> None:
+def print_result(result, console) -> None:
+    """Say what an extraction wrote (``result``: an ``ExtractResult``)."""
+    from featkit.store.reader import open_features
+
     store = open_features(result.store)
     console.print(f"[bold green]wrote[/] {result.store}: {result.rows:,} rows "
                   f"({result.computed:,} computed, {result.unchanged:,} already there, {result.failed:,} skipped) "
@@ -80,6 +81,8 @@ def extract(
 
     Example: featkit extract --model vgg16 --layer fc7 PHOTOS/ -o feats/
     """
+    from featkit.extraction.run import resolve_taps, run_extraction
+
     cfg = ExtractConfig(model=model, taps=tuple(layer or ()), weights=weights, pool=pool.value, l2=l2,
                         dtype=dtype.value, precision=precision.value, batch_size=batch_size, device=device,
                         workers=workers, shard_rows=shard_rows, draft=draft, seed=seed, overwrite=overwrite,

@@ -9,8 +9,6 @@ from typing import Annotated
 import typer
 
 from featkit.cli._console import console as make_console
-from featkit.inspect import InspectConfig, inspect_backbone
-from featkit.reports import tables
 
 
 class Depth(str, Enum):
@@ -45,6 +43,9 @@ def inspect(
 
     Example: featkit inspect vgg16 --depth stage
     """
+    from featkit.inspect import InspectConfig, inspect_backbone
+    from featkit.reports import tables
+
     result = inspect_backbone(InspectConfig(model, input_size, depth.value, dtype.value))
     if fmt is Format.table:
         console = make_console()

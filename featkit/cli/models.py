@@ -7,13 +7,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from featkit.backbones import checkpoints
-from featkit.backbones.registry import curated_backbones, describe, list_backbones
-from featkit.backbones.weights import default_weights_enum
 from featkit.cli._console import console as make_console
 
 
 def _weights_cell(name: str) -> str:
+    from featkit.backbones import checkpoints
+    from featkit.backbones.weights import default_weights_enum
+
     enum = default_weights_enum(name)
     if enum is None:
         return "random only"
@@ -25,6 +25,8 @@ def models(
     all_models: Annotated[bool, typer.Option("--all", help="Also list every other torchvision classifier.")] = False,
 ) -> None:
     """List the backbones, their default tap and which ImageNet weights are available."""
+    from featkit.backbones.registry import curated_backbones, describe, list_backbones
+
     table = Table(title="featkit backbones", title_justify="left")
     for col in ("model", "family", "default tap", "dims", "imagenet weights"):
         table.add_column(col)
@@ -48,6 +50,8 @@ def taps(
     pool: Annotated[str, typer.Option(help="Show dims and bytes under this pooling (none|avg|max|gem).")] = "none",
 ) -> None:
     """List every tap of MODEL: name, aliases, graph node, output shape, dims and bytes per image."""
+    from featkit.backbones.registry import describe
+
     spec = describe(model)
     table = Table(title=f"{spec.name}: {spec.description} — shapes at {spec.input_size}×{spec.input_size}",
                   title_justify="left")

@@ -7,14 +7,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from featkit.cli._console import console as make_console
-from featkit.probes.knn import run_knn_probe
-from featkit.probes.protocol import DEFAULT_GRID, run_linear_probe
-from featkit.probes.splits import probe_data
-from featkit.store.reader import open_features
 
 
 class Kind(str, Enum):
@@ -41,6 +36,13 @@ def probe(
 
     Example: featkit probe feats/ --tap fc7
     """
+    import numpy as np
+
+    from featkit.probes.knn import run_knn_probe
+    from featkit.probes.protocol import DEFAULT_GRID, run_linear_probe
+    from featkit.probes.splits import probe_data
+    from featkit.store.reader import open_features
+
     fs = open_features(store)
     tap = tap or fs.taps[0]
     data = probe_data(fs, tap, open_features(test) if test is not None else None)

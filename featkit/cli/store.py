@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from featkit.cli._console import console as make_console
-from featkit.store.reader import open_features
 
 
 def info(store: Annotated[Path, typer.Argument(help="A feature store directory.")]) -> None:
     """Summarise a feature store: settings, rows, taps, labels and skipped files."""
+    from featkit.store.reader import open_features
+
     fs = open_features(store)
     s = fs.settings
     console = make_console()

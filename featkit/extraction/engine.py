@@ -16,8 +16,8 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from featkit._device import Runtime
 from featkit.backbones.spec import TapSpec
+from featkit.extraction.config import POOLS
 
-POOLS = ("none", "avg", "max", "gem")
 GEM_P = 3.0  # Radenović et al. (2018): p = 3 is their default for retrieval
 
 

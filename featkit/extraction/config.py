@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 
 from featkit.errors import FeatkitError
-from featkit.extract.engine import POOLS
 
 DTYPES = ("float32", "float16")
+POOLS = ("none", "avg", "max", "gem")
 DEFAULT_MODEL = "resnet50"
 
 

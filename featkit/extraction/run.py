@@ -28,8 +28,8 @@ from featkit.backbones.weights import WeightsInfo, load_backbone_weights
 from featkit.data.loader import DecodedChunk, make_loader
 from featkit.data.sources import list_inputs
 from featkit.data.transforms import normalize_batch
-from featkit.extract.config import ExtractConfig, default_workers
-from featkit.extract.engine import TapExtractor
+from featkit.extraction.config import ExtractConfig, default_workers
+from featkit.extraction.engine import TapExtractor
 from featkit.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
