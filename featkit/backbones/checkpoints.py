@@ -7,6 +7,7 @@ CRC-32s verified first because torch's reader does not check them (a flipped bit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import logging
@@ -36,7 +37,24 @@ _SHOW = 5
 
 
 def sha256_file(path) -> str:
-    """Return the hex sha256 of a file, read in 1 MiB chunks."""
+    """Return the hex sha256 of a file, read in 1 MiB chunks.
+
+    Remembered per (file, inode, size, mtime): a run checks the cached ImageNet file's hash and then records it in
+    the manifest, and reading a 528 MB VGG checkpoint twice for that is wasted start-up.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _sha256_uncached(path)  # let _open_weights raise its one-line error
+    return _sha256_of(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(real_path: str, inode: int, size: int, mtime_ns: int) -> str:
+    return _sha256_uncached(real_path)
+
+
+def _sha256_uncached(path) -> str:
     digest = hashlib.sha256()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
