@@ -1,7 +1,8 @@
-"""``featkit data list | show``: the datasets featkit has data cards for."""
+"""``featkit data list | show | prepare``: the datasets featkit has data cards for, and getting them on disk."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -42,3 +43,35 @@ def show(name: Annotated[str, typer.Argument(help="Dataset name, e.g. cifar10 (f
     for gotcha in card.gotchas:
         console.print(f"  ! {gotcha}")
     console.print(f"card: {card.path}")
+
+
+@app.command("prepare")
+def prepare_command(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. cifar10 (featkit data list).")],
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Data root: downloads go to ROOT/NAME/, or an existing copy there is used. "
+                     "Default: $FEATKIT_DATA, else ~/.cache/featkit/data."),
+    ] = None,
+    no_download: Annotated[
+        bool, typer.Option("--no-download", help="Never touch the network: use the copy under ROOT/NAME/ or fail."),
+    ] = False,
+    per_class: Annotated[
+        int | None,
+        typer.Option("--per-class", min=1, help="At most N images per class per split, in a separate folder "
+                     "(smoke runs only; not the benchmark number)."),
+    ] = None,
+) -> None:
+    """Download a dataset (through torchvision) or use the copy under --root, verify it against its data card,
+    and write it as an ImageFolder (ROOT/NAME/images/{train,val,test}/CLASS/) that featkit extract reads."""
+    from featkit.data.prepare import prepare
+
+    done = prepare(name, root, download=not no_download, per_class=per_class, progress=True)
+    console = make_console()
+    console.print(f"[bold]{done.name}[/] prepared at {done.folder}")
+    for split, count in done.counts.items():
+        console.print(f"  {split}: {count:,} images")
+    if done.per_class is not None:
+        console.print(f"  (at most {done.per_class} per class per split: a smoke run, not the benchmark number)")
+    console.print(f"next: featkit extract --model resnet50 --layer avgpool {done.folder} -o feats/ "
+                  f"&& featkit probe feats/ --tap avgpool")

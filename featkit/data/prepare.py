@@ -1,0 +1,238 @@
+"""``featkit data prepare``: a data card's dataset as an ImageFolder that ``featkit extract`` reads directly.
+
+Layout under the data root (``--root``, else ``$FEATKIT_DATA``, else ``~/.cache/featkit/data``)::
+
+    ROOT/NAME/                          what torchvision's root= gets: its downloads and extracted files
+    ROOT/NAME/images/SPLIT/CLASS/FILE   the ImageFolder (SPLIT in train, val, test)
+    ROOT/NAME/images/.prepared.json     written last, atomically: the copy is complete (hidden, so that
+                                        featkit extract still sees a pure train/val/test split layout)
+    ROOT/NAME/images-per_class-N/...    a smoke-run copy with at most N images per class per split
+
+A folder without ``.prepared.json`` is an interrupted prepare and is cleared and redone. Card splits that are
+not train/val/test map as follows: ``trainval`` becomes ``train`` when the card has no ``train`` (Pets);
+otherwise it, ``unlabeled`` (STL-10) and ``extra`` (SVHN) are left out, as the probe protocol does not use them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featkit.data import fetch, materialise
+from featkit.data.cards import ALL_SPLITS, DataCard, get_card
+from featkit.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "FEATKIT_DATA"
+MARKER = ".prepared.json"  # a visible top-level file would stop the extractor reading split folders
+FORMAT = 1
+FOLDER_SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A complete prepared copy: the ImageFolder to extract from and its image count per split."""
+
+    name: str
+    folder: Path
+    counts: dict[str, int]
+    per_class: int | None = None
+    classes: tuple[str, ...] = ()  # class folder names, in class-index order
+
+
+def default_root() -> Path:
+    """``$FEATKIT_DATA`` if set, else ``~/.cache/featkit/data``."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "featkit" / "data"
+
+
+def images_dir(name: str, root: str | Path | None = None, per_class: int | None = None) -> Path:
+    """Where the ImageFolder of ``name`` lives (full copy, or the per-class smoke copy)."""
+    base = (Path(root).expanduser() if root is not None else default_root()) / name
+    return base / ("images" if per_class is None else f"images-per_class-{per_class}")
+
+
+def split_folders(card: DataCard) -> dict[str, str]:
+    """Card split -> ImageFolder split folder, for the card splits that are materialised."""
+    splits = card.splits or {}
+    mapping = {s: s for s in splits if s in FOLDER_SPLITS}
+    if "trainval" in splits and "train" not in splits:
+        mapping["trainval"] = "train"
+    return mapping
+
+
+def _expected_counts(card: DataCard) -> dict[str, int]:
+    return {folder: (card.splits or {})[split] for split, folder in split_folders(card).items()}
+
+
+def find_prepared(name: str, root: str | Path | None = None, *, per_class: int | None = None) -> Prepared | None:
+    """The complete prepared copy of ``name`` under ``root`` (for this ``per_class``), or None."""
+    folder = images_dir(name, root, per_class)
+    try:
+        meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("format") != FORMAT or meta.get("card") != name or meta.get("per_class") != per_class:
+        return None
+    counts = {str(k): int(v) for k, v in meta.get("counts", {}).items()}
+    if per_class is None and counts != _expected_counts(get_card(name)):
+        return None  # the card changed since: redo
+    return Prepared(name, folder, counts, per_class, tuple(meta.get("classes", ())))
+
+
+def prepare(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    download: bool = True,
+    per_class: int | None = None,
+    progress: bool = True,
+) -> Prepared:
+    """Download (or find) the dataset of card ``name``, verify it against the card, and write its ImageFolder.
+
+    Idempotent: a complete prepared copy is returned at once. ``per_class`` keeps at most that many images per
+    class per split, in a folder of its own (smoke runs only; never mixed with the full copy).
+
+    Raises:
+        InputError: unknown card, the ``imagefolder`` card, offline with no copy, wrong counts or checksums.
+    """
+    card = get_card(name)
+    if card.splits is None:
+        raise InputError(
+            f"'{name}' is any folder of yours: there is nothing to prepare. Pass the folder itself to "
+            f"featkit extract (or featkit bench)."
+        )
+    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
+        raise InputError(f"per_class must be a positive integer, got {per_class!r}.")
+    done = find_prepared(name, root, per_class=per_class)
+    if done is not None:
+        return done
+    folder = images_dir(name, root, per_class)
+    dataset_root = folder.parent
+    if folder.exists():
+        logger.info("clearing the incomplete %s", folder)
+        shutil.rmtree(folder)
+    kind = card.loader.kind
+    if kind == "embedded":
+        counts, classes = _write_embedded(card, folder, per_class)
+    else:
+        fetch.check_archives(card, dataset_root)
+        counts, classes = _write_sources(card, dataset_root, folder, download, per_class, progress)
+    _write_marker(card, folder, counts, classes, per_class)
+    return Prepared(name, folder, counts, per_class, tuple(classes))
+
+
+def _write_embedded(card: DataCard, folder: Path, per_class: int | None) -> tuple[dict[str, int], list[str]]:
+    if card.name != "digits":
+        raise InputError(f"featkit has no embedded data for card '{card.name}'.")
+    from featkit.data.digits import write_digit_splits
+
+    seed = (card.split_protocol or {}).get("seed", 0)
+    # digit_splits' per_class counts a class's images before its half split; twice that is N per split
+    counts = write_digit_splits(folder, per_class=None if per_class is None else 2 * per_class, seed=seed)
+    if per_class is None:
+        _check_counts(card, counts)
+    return counts, [str(d) for d in range(10)]
+
+
+def _write_sources(
+    card: DataCard, dataset_root: Path, folder: Path, download: bool, per_class: int | None, progress: bool
+) -> tuple[dict[str, int], list[str]]:
+    """torchvision or folder cards: collect each split's items, verify the counts, then link/render them."""
+    if card.loader.kind == "folder":
+        splits, classes, datasets = _folder_splits(card, dataset_root, download)
+    else:
+        splits, classes, datasets = _torchvision_splits(card, dataset_root, download)
+    if per_class is not None:
+        splits = {s: materialise.limit_per_class(items, per_class) for s, items in splits.items()}
+    counts = {s: len(items) for s, items in splits.items()}
+    if per_class is None:
+        _check_counts(card, counts)
+    names = materialise.folder_names(classes)
+    from tqdm import tqdm
+
+    with tqdm(total=sum(counts.values()), unit="img", disable=not progress, desc=f"prepare {card.name}") as bar:
+        for split, items in splits.items():
+            materialise.write_split(datasets.get(split), items, folder / split, names, bar)
+    return counts, names
+
+
+def _torchvision_splits(card: DataCard, dataset_root: Path, download: bool):
+    args = card.loader.args
+    splits: dict[str, list[materialise.Item]] = {}
+    datasets: dict[str, Any] = {}
+    if ALL_SPLITS in args:
+        ds = fetch.open_torchvision(card, dataset_root, dict(args[ALL_SPLITS]), download)
+        items = materialise.dataset_items(ds)
+        splits = materialise.carve_splits(items, card.split_protocol or {})
+        datasets = dict.fromkeys(splits, ds)
+    else:
+        for split, folder_split in split_folders(card).items():
+            ds = fetch.open_torchvision(card, dataset_root, dict(args[split]), download)
+            items = materialise.dataset_items(ds)
+            splits[folder_split], datasets[folder_split] = items, ds
+    return splits, materialise.class_names(ds, items), datasets
+
+
+def _folder_splits(card: DataCard, dataset_root: Path, download: bool):
+    """A folder card (hymenoptera): its split folders in ROOT/NAME or one folder below (the unpacked archive)."""
+    wanted = list(split_folders(card))
+    base = _find_split_parent(dataset_root, wanted)
+    if base is None:
+        fetch.fetch_folder_archive(card, dataset_root, download)
+        base = _find_split_parent(dataset_root, wanted)
+        if base is None:
+            raise InputError(
+                f"The {card.name} archive did not unpack to {'/, '.join(wanted)}/ folders under {dataset_root}; "
+                f"unpack it there by hand and rerun."
+            )
+    classes = sorted({p.name for s in wanted for p in (base / s).iterdir() if p.is_dir() and not p.name.startswith(".")})
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split in wanted:
+        files = sorted(p for c in classes if (base / split / c).is_dir() for p in (base / split / c).iterdir()
+                       if p.is_file() and not p.name.startswith("."))  # fmt: skip
+        splits[split] = [materialise.Item(i, index[p.parent.name], p) for i, p in enumerate(files)]
+    return splits, classes, {}
+
+
+def _find_split_parent(dataset_root: Path, splits: Sequence[str]) -> Path | None:
+    candidates = [dataset_root]
+    if dataset_root.is_dir():
+        candidates += sorted(p for p in dataset_root.iterdir() if p.is_dir() and not p.name.startswith("images"))
+    return next((c for c in candidates if all((c / s).is_dir() for s in splits)), None)
+
+
+def _check_counts(card: DataCard, counts: Mapping[str, int]) -> None:
+    """Images per split must be the card's numbers: anything else is a partial or different copy."""
+    expected = _expected_counts(card)
+    for split, want in expected.items():
+        got = counts.get(split, 0)
+        if got != want:
+            raise InputError(
+                f"{card.name} split '{split}' has {got:,} images, the card expects {want:,}: the copy under the data "
+                f"root is partial or a different version. Delete it and rerun to download it again."
+            )
+
+
+def _write_marker(card: DataCard, folder: Path, counts, classes, per_class) -> None:
+    from featkit import __version__
+    from featkit.store.format import write_atomic
+
+    meta = {
+        "format": FORMAT,
+        "card": card.name,
+        "counts": dict(counts),
+        "per_class": per_class,
+        "featkit_version": __version__,
+        "classes": list(classes),
+        "card_splits": {folder_split: split for split, folder_split in split_folders(card).items()},
+    }
+    write_atomic(folder / MARKER, (json.dumps(meta, indent=2) + "\n").encode())
