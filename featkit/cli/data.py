@@ -63,7 +63,10 @@ def prepare_command(
     ] = None,
 ) -> None:
     """Download a dataset (through torchvision) or use the copy under --root, verify it against its data card,
-    and write it as an ImageFolder (ROOT/NAME/images/{train,val,test}/CLASS/) that featkit extract reads."""
+    and write it as an ImageFolder (ROOT/NAME/images/{train,val,test}/CLASS/) that featkit extract reads.
+
+    Example: featkit data prepare cifar10 --root ~/data
+    """
     from featkit.data.prepare import prepare
 
     done = prepare(name, root, download=not no_download, per_class=per_class, progress=True)
