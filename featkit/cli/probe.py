@@ -53,7 +53,8 @@ def probe(
         val = (data.val.X, data.val.y) if data.val is not None else None
         result = run_linear_probe(data.train.X, data.train.y, data.test.X, data.test.y, val=val,
                                   grid=DEFAULT_GRID, metric=metric.value)
-        summary = f"linear probe (C={result.best_C:.3g} chosen on {'val' if val else 'a split carved from train'})"
+        chosen_on = "val" if val else (f"{result.folds}-fold CV on train" if result.folds > 1 else "a split of train")
+        summary = f"linear probe (C={result.best_C:.3g} chosen on {chosen_on})"
     payload = {"store": str(store), "tap": tap, "kind": kind.value, "test_split": data.test.name,
                "settings": fs.settings, **result.to_dict()}
     if as_json:
