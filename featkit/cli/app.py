@@ -8,6 +8,7 @@ import sys
 
 import typer
 
+from featkit.cli import bench as bench_cmd
 from featkit.cli import data as data_cmd
 from featkit.cli import demo as demo_cmd
 from featkit.cli import extract as extract_cmd
@@ -44,6 +45,7 @@ app.command("inspect")(inspect_cmd.inspect)
 app.command("extract")(extract_cmd.extract)
 app.command("info")(store_cmd.info)
 app.command("probe")(probe_cmd.probe)
+app.command("bench")(bench_cmd.bench)
 app.command("demo")(demo_cmd.demo)
 app.add_typer(data_cmd.app, name="data")
 

@@ -1,0 +1,138 @@
+"""Feature stores kept between benchmark runs, so no (dataset, model, weights, tap, preprocessing) is extracted twice.
+
+Layout: ``CACHE/<dataset>-<folder hash>/<model>/<store key>/`` holds an ordinary feature store plus
+``bench.json``, the key it was made for (dataset folder, model, weights identity, pool, precision). A store is
+re-used for every tap it holds while its key matches and the dataset folder still lists the same files; a
+folder that changed is brought up to date incrementally by the extractor. Taps no store holds yet are extracted
+together, in one pass, into a new store whose name derives from the key and those taps, so a killed extraction
+resumes into the same store next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from featkit.bench.datasets import BenchDataset
+from featkit.store import format as fmt
+
+KEY_FILE = "bench.json"
+
+
+@dataclass(frozen=True)
+class CachedTap:
+    """Where one tap's features are, and whether this run had to compute any of them."""
+
+    store: Path
+    extracted: bool  # this run computed rows of this store (new, or an update of a changed folder)
+    extract_seconds: float
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def weights_identity(model: str, weights: str, seed: int) -> str:
+    """What the numbers depend on: torchvision's weights enum, the seed, or the content of a file."""
+    from featkit.backbones.checkpoints import sha256_file
+    from featkit.backbones.weights import default_weights_enum
+
+    if weights == "imagenet":
+        enum = default_weights_enum(model)
+        return f"imagenet:{type(enum).__name__}.{enum.name}" if enum is not None else "imagenet:none"
+    if weights == "random":
+        return f"random:{seed}"
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return f"sha256:{sha256_file(path)}"
+    if path.is_dir():  # e.g. a fine-tuning run directory: its newest file stands for its content
+        newest = max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
+        return f"dir:{path.resolve()}@{newest}"
+    return f"path:{weights}"  # the extractor reports a missing file with a proper message
+
+
+def is_up_to_date(store, folder: Path) -> bool:
+    """True when ``folder`` lists exactly the files the store holds or recorded as failures, unchanged."""
+    from featkit.data.sources import list_inputs
+
+    listing = list_inputs(folder)
+
+    def triples(frame) -> set[tuple[str, int, int]]:
+        return {(r.path, int(r.bytes), int(r.mtime_ns)) for r in frame[["path", "bytes", "mtime_ns"]].itertuples()}
+
+    good = triples(store.rows)
+    listed_paths = set(listing.table["path"]) | set(listing.bad_names["path"])
+    return triples(listing.table) <= good | triples(store.failures) and {p for p, _, _ in good} <= listed_paths
+
+
+class FeatureCache:
+    """Finds or extracts the stores that hold a model's taps on a dataset."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser()
+
+    def _model_dir(self, dataset: BenchDataset, model: str) -> Path:
+        return self.root / f"{dataset.name}-{_digest(str(dataset.folder))[:8]}" / model
+
+    def _key(self, dataset: BenchDataset, model: str, cfg) -> dict:
+        return {"folder": str(dataset.folder), "model": model, "weights": weights_identity(model, cfg.weights, cfg.seed),
+                "pool": cfg.pool, "precision": cfg.precision, "dtype": "float32", "l2": False}
+
+    def _matching_stores(self, model_dir: Path, key: dict) -> list[tuple[Path, list[str]]]:
+        """Stores made for ``key`` with a committed manifest, and the taps each holds."""
+        found = []
+        for key_file in sorted(model_dir.glob(f"*/{KEY_FILE}")):
+            try:
+                if json.loads(key_file.read_text()) != key:
+                    continue
+            except (OSError, ValueError):
+                continue
+            manifest = fmt.read_manifest(key_file.parent)
+            if manifest is not None and manifest.get("runs") and "finished" in manifest["runs"][-1]:
+                found.append((key_file.parent, list(manifest["taps"])))
+        return found
+
+    def ensure(self, dataset: BenchDataset, model: str, taps: list[str], cfg, *, progress: bool = True,
+               echo=print) -> dict[str, CachedTap]:
+        """Map each of ``taps`` (canonical tap names of ``model``) to a store holding it, extracting what is missing."""
+        from featkit.extraction.run import run_extraction
+        from featkit.store.reader import open_features
+
+        key = self._key(dataset, model, cfg)
+        model_dir = self._model_dir(dataset, model)
+        located: dict[str, CachedTap] = {}
+        for store_dir, held in self._matching_stores(model_dir, key):
+            wanted = [t for t in taps if t in held and t not in located]
+            if not wanted:
+                continue
+            extracted, seconds = False, 0.0
+            if not is_up_to_date(open_features(store_dir), dataset.folder):
+                echo(f"updating {store_dir} ({dataset.folder} changed)")
+                result = run_extraction(dataset.folder, store_dir, self._extract_config(model, held, cfg),
+                                        progress=progress)
+                extracted, seconds = result.computed > 0, result.seconds
+            for tap in wanted:
+                located[tap] = CachedTap(store_dir, extracted, seconds)
+        missing = [t for t in taps if t not in located]
+        if missing:
+            store_dir = model_dir / _digest({**key, "taps": sorted(missing)})[:12]
+            store_dir.mkdir(parents=True, exist_ok=True)
+            fmt.write_atomic(store_dir / KEY_FILE, (json.dumps(key, indent=1, sort_keys=True) + "\n").encode())
+            echo(f"extracting {model} {', '.join(missing)} on {dataset.name} → {store_dir}")
+            start = time.perf_counter()
+            run_extraction(dataset.folder, store_dir, self._extract_config(model, missing, cfg), progress=progress)
+            seconds = time.perf_counter() - start
+            for tap in missing:
+                located[tap] = CachedTap(store_dir, True, seconds)
+        return located
+
+    @staticmethod
+    def _extract_config(model: str, taps: list[str], cfg):
+        from featkit.extraction.config import ExtractConfig
+
+        return ExtractConfig(model=model, taps=tuple(taps), weights=cfg.weights, pool=cfg.pool,
+                             precision=cfg.precision, batch_size=cfg.batch_size, device=cfg.device, seed=cfg.seed,
+                             download=cfg.download)

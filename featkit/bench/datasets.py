@@ -1,0 +1,40 @@
+"""What a benchmark's ``--datasets`` entries name: a data card (prepared on demand) or a user's ImageFolder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from featkit.errors import InputError
+
+
+@dataclass(frozen=True)
+class BenchDataset:
+    """A dataset as the benchmark uses it: an ImageFolder with split folders and the metric its card reports."""
+
+    name: str
+    folder: Path
+    metric: str  # the probe metric: "accuracy" or "mean_per_class"
+    card: str  # the data card it follows ("imagefolder" for a user folder)
+
+
+def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None, download: bool) -> BenchDataset:
+    """A card name is prepared (rendered, downloaded or verified) under ``data_root``; a folder is used as is."""
+    from featkit.data.cards import get_card
+
+    path = Path(entry).expanduser()
+    if path.is_dir():
+        if per_class is not None:
+            raise InputError(f"--per-class applies to datasets featkit prepares, not to your folder {path}.")
+        return BenchDataset(path.name, path.absolute(), "accuracy", "imagefolder")
+    if "/" in entry or entry.startswith("."):
+        raise InputError(f"Dataset folder {entry} does not exist. Give a folder with train/ [val/] test/ sub-folders "
+                         "or a data card name (featkit data list).")
+    card = get_card(entry)
+    if card.loader.kind == "folder" and card.name == "imagefolder":
+        raise InputError("'imagefolder' stands for your own folder: pass its path to --datasets.")
+    from featkit.data.prepare import prepare
+
+    prepared = prepare(card.name, data_root, download=download, per_class=per_class, progress=True)
+    metric = "mean_per_class" if card.metric == "mean_per_class" else "accuracy"
+    return BenchDataset(card.name, prepared.folder, metric, card.name)

@@ -1,0 +1,156 @@
+"""Run a benchmark: for each dataset × model, get the taps' features from the cache, probe each tap, record it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from featkit.bench.cache import FeatureCache
+from featkit.bench.config import BenchConfig
+from featkit.bench.datasets import BenchDataset, resolve_dataset
+from featkit.errors import UnknownNameError
+from featkit.store import format as fmt
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One probed (dataset, model, tap): the line of results.csv."""
+
+    dataset: str
+    model: str
+    weights: str
+    tap: str  # as asked for on the command line
+    layer: str  # the tap's canonical name in the model
+    dims: int
+    probe: str
+    metric: str  # "accuracy" or "mean_per_class": what the dataset's card reports
+    score: float  # the value of ``metric`` on test
+    top1: float
+    top5: float
+    best_C: float | None
+    n_train: int
+    n_test: int
+    extracted: bool  # False: the features came from the cache
+    extract_seconds: float
+    probe_seconds: float
+    store: str
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    rows: list[BenchRow]
+    runs: list[Path]
+    seconds: float
+
+
+def model_taps(models: tuple[str, ...], taps: tuple[str, ...]) -> dict[str, list[tuple[str, str]]]:
+    """For each model, ``(asked name, canonical name)`` of the taps it has; a tap no model has is an error."""
+    from featkit.backbones.registry import describe
+
+    plan: dict[str, list[tuple[str, str]]] = {}
+    for model in models:
+        spec = describe(model)
+        plan[model] = []
+        for name in taps:
+            try:
+                canonical = spec.tap(name).name
+            except UnknownNameError:
+                continue
+            if all(canonical != c for _, c in plan[model]):
+                plan[model].append((name, canonical))
+    for name in taps:
+        if not any(name == asked for pairs in plan.values() for asked, _ in pairs):
+            describe(models[0]).tap(name)  # raises the "did you mean" error against the first model
+    for model, pairs in plan.items():
+        if not pairs:
+            raise UnknownNameError(f"{model} has none of the taps {', '.join(taps)}. See: featkit taps {model}")
+    return plan
+
+
+def _versions() -> dict:
+    import faiss
+    import numpy
+    import sklearn
+    import torch
+    import torchvision
+
+    import featkit
+
+    return {"featkit": featkit.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
+            "faiss": faiss.__version__, "machine": platform.machine(), "processor": platform.processor()}
+
+
+def _probe(cfg: BenchConfig, dataset: BenchDataset, store, tap: str):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from featkit.probes.knn import run_knn_probe
+    from featkit.probes.protocol import run_linear_probe
+    from featkit.probes.splits import probe_data
+
+    data = probe_data(store, tap)
+    if cfg.probe == "knn":
+        result = run_knn_probe(data.train.X, data.train.y, data.test.X, data.test.y, k=cfg.k,
+                               temperature=cfg.temperature)
+        return data, result, result.top1, None, result.seconds
+    val = (data.val.X, data.val.y) if data.val is not None else None
+    with warnings.catch_warnings():
+        # the least regularised fits of separable data stop at max_iter; the sweep's choice is what matters
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = run_linear_probe(data.train.X, data.train.y, data.test.X, data.test.y, val=val,
+                                  grid=cfg.c_grid, metric=dataset.metric, seed=cfg.seed)
+    score = result.mean_per_class if dataset.metric == "mean_per_class" else result.top1
+    return data, result, score, result.best_C, result.fit_seconds
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def run_bench(cfg: BenchConfig, *, progress: bool = True, echo=print) -> BenchReport:
+    """Extract what the cache lacks, probe every (dataset, model, tap), write ``runs/*.json``; return the rows."""
+    from featkit.store.reader import open_features
+
+    start = time.perf_counter()
+    plan = model_taps(cfg.models, cfg.taps)
+    datasets = [resolve_dataset(d, data_root=cfg.data_root, per_class=cfg.per_class, download=cfg.download)
+                for d in cfg.datasets]
+    cache = FeatureCache(cfg.cache_dir)
+    runs_dir = Path(cfg.output) / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    versions = _versions()
+    rows: list[BenchRow] = []
+    runs: list[Path] = []
+    total = sum(len(pairs) for pairs in plan.values()) * len(datasets)
+    for dataset in datasets:
+        for model, pairs in plan.items():
+            located = cache.ensure(dataset, model, [c for _, c in pairs], cfg, progress=progress, echo=echo)
+            for asked, layer in pairs:
+                cached = located[layer]
+                store = open_features(cached.store)
+                data, result, score, best_C, seconds = _probe(cfg, dataset, store, layer)
+                row = BenchRow(dataset.name, model, store.settings["weights"]["id"], asked, layer,
+                               int(data.train.X.shape[1]), cfg.probe, dataset.metric, float(score), float(result.top1),
+                               float(result.top5), best_C, len(data.train.y) + (len(data.val.y) if data.val else 0),
+                               len(data.test.y), cached.extracted, round(cached.extract_seconds, 3), round(seconds, 3),
+                               str(cached.store))
+                rows.append(row)
+                echo(f"[{len(rows)}/{total}] {dataset.name} {model} {asked}: {dataset.metric} {score:.1%} "
+                     f"({'extracted' if cached.extracted else 'cached features'}, probe {seconds:.1f} s)")
+                record = {"row": asdict(row), "config": asdict(cfg), "dataset": asdict(dataset),
+                          "store_settings": store.settings, "test_split": data.test.name,
+                          "probe_result": result.to_dict(), "versions": versions,
+                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                path = runs_dir / f"{dataset.name}__{model}__{asked}__{cfg.probe}.json"
+                fmt.write_atomic(path, (json.dumps(record, indent=1, default=_jsonable) + "\n").encode())
+                runs.append(path)
+    return BenchReport(rows, runs, time.perf_counter() - start)

@@ -1,0 +1,72 @@
+"""A benchmark's results as CSV, a Markdown table and a plot of the probe score per tap per model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from featkit.store.format import write_atomic
+
+COLUMNS = ["dataset", "model", "tap", "dims", "probe", "metric", "score", "top5", "best_C", "n_train", "n_test",
+           "extracted", "extract_seconds", "probe_seconds"]
+
+
+def to_frame(rows) -> pd.DataFrame:
+    return pd.DataFrame([asdict(r) for r in rows])
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """One line per (dataset, model, tap) with the score in percent, C, sizes and where features came from."""
+    head = ["dataset", "model", "tap", "dims", "probe", "metric", "score", "top-5", "C", "train", "test", "features"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if h in ("dims", "score", "top-5", "C", "train", "test")
+                                                            else "---" for h in head) + "|"]
+    for r in frame.itertuples():
+        c = "-" if pd.isna(r.best_C) else f"{r.best_C:.3g}"
+        source = f"extracted ({r.extract_seconds:.1f} s)" if r.extracted else "cached"
+        lines.append(f"| {r.dataset} | {r.model} | {r.tap} | {r.dims:,} | {r.probe} | {r.metric} | {r.score:.1%} | "
+                     f"{r.top5:.1%} | {c} | {r.n_train:,} | {r.n_test:,} | {source} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(frame: pd.DataFrame, taps: list[str], path: Path) -> Path:
+    """One panel per dataset: the score of each model at each tap, taps in the order asked (shallow to deep)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(frame["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(4.5, 1.1 * len(taps) + 2) * len(datasets), 4),
+                             squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        part = frame[frame["dataset"] == dataset]
+        for model in dict.fromkeys(part["model"]):
+            sub = part[part["model"] == model]
+            x = [taps.index(t) for t in sub["tap"]]
+            ax.plot(x, 100 * sub["score"], marker="o", label=model)
+        ax.set_xticks(range(len(taps)), taps, rotation=30, ha="right")
+        ax.set_title(f"{dataset} ({part['metric'].iloc[0].replace('_', ' ')}, {part['probe'].iloc[0]} probe)")
+        ax.set_ylabel("test score (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("Which layer transfers best")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    write_atomic(path, tmp.read_bytes())
+    tmp.unlink()
+    return path
+
+
+def write_results(rows, taps: list[str], output: Path) -> dict[str, Path]:
+    """results.csv, results.md and accuracy.png under ``output``; returns their paths."""
+    output = Path(output)
+    frame = to_frame(rows)
+    paths = {"csv": output / "results.csv", "markdown": output / "results.md", "plot": output / "accuracy.png"}
+    write_atomic(paths["csv"], frame.to_csv(index=False).encode())
+    write_atomic(paths["markdown"], to_markdown(frame).encode())
+    plot(frame, taps, paths["plot"])
+    return paths
