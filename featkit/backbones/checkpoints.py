@@ -87,6 +87,19 @@ def load_state_dict_file(path) -> dict[str, torch.Tensor]:
     return _strip_prefixes(_unwrap(path, obj), path)
 
 
+def load_torch_file(path) -> object:
+    """Load a torch.save zip file as saved (e.g. a training checkpoint holding tensors and plain data).
+
+    The same guarantees as :func:`load_state_dict_file`: CRC-32s verified, ``weights_only=True``, one-line errors.
+    """
+    path = Path(path)
+    with _open_weights(path) as f:
+        head = f.read(4)
+    if not head.startswith(_ZIP_MAGIC):
+        raise _corrupt(path, "it is not a torch.save zip file")
+    return _load_torch_zip(path)
+
+
 def check_state_dict(model: torch.nn.Module, state_dict, *, source: str, model_name: str | None = None) -> None:
     """Raise a one-line WeightsError unless ``state_dict`` has exactly the model's keys and shapes."""
     expected = model.state_dict()

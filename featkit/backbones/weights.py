@@ -1,7 +1,9 @@
 """Which weights a backbone runs with, where they come from, and the preprocessing they expect.
 
-``--weights imagenet`` (torchvision's recommended weights, from the torch hub cache), ``random`` (seeded) or
-a file. Files are loaded only through :mod:`featkit.backbones.checkpoints` (``weights_only=True``).
+``--weights imagenet`` (torchvision's recommended weights, from the torch hub cache), ``random`` (seeded),
+a file, or a ``featkit finetune`` run directory (its ``model.pth``, with the class names and eval
+preprocessing its ``model.json`` card records). Files are loaded only through
+:mod:`featkit.backbones.checkpoints` (``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torchvision import models as tvm
 from featkit.backbones import checkpoints
 from featkit.backbones.registry import build_module, describe
 from featkit.errors import WeightsError
+from featkit.finetune.rundir import read_weights_card, resolve_weights_path
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +130,21 @@ def load_backbone_weights(name: str, weights: str = "imagenet", *, seed: int = 0
     path = Path(weights).expanduser()
     if not path.exists():
         raise WeightsError(f"Weights '{weights}' are neither 'imagenet', 'random' nor an existing file.")
+    path = resolve_weights_path(path)  # a fine-tuning run directory stands for its final weights
+    categories = None
+    card = read_weights_card(path)
+    if card is not None:  # fine-tuned weights: their class names, and the preprocessing they were evaluated with
+        if card.get("model") != name:
+            raise WeightsError(f"Weights {path} were fine-tuned from {card.get('model')}, not {name}; "
+                               f"pass --model {card.get('model')}.")
+        categories = tuple(card["classes"])
+        preprocess = Preprocess(**{**card["preprocess"], "mean": tuple(card["preprocess"]["mean"]),
+                                   "std": tuple(card["preprocess"]["std"])})
     state = checkpoints.load_state_dict_file(path)
     num_classes = _classes_in(state, spec.logits_module) or 1000
     model = build_module(name, num_classes=num_classes)
     checkpoints.check_state_dict(model, state, source=str(path), model_name=name)
     model.load_state_dict(state)
     log.info("loaded %s weights from %s (%d classes)", name, path, num_classes)
-    return model.eval(), WeightsInfo("file", str(path.resolve()), checkpoints.sha256_file(path), preprocess, num_classes)
+    return model.eval(), WeightsInfo("file", str(path.resolve()), checkpoints.sha256_file(path), preprocess,
+                                     num_classes, categories)

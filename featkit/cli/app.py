@@ -12,6 +12,7 @@ from featkit.cli import bench as bench_cmd
 from featkit.cli import data as data_cmd
 from featkit.cli import demo as demo_cmd
 from featkit.cli import extract as extract_cmd
+from featkit.cli import finetune as finetune_cmd
 from featkit.cli import inspect as inspect_cmd
 from featkit.cli import models as models_cmd
 from featkit.cli import probe as probe_cmd
@@ -46,6 +47,8 @@ app.command("extract")(extract_cmd.extract)
 app.command("info")(store_cmd.info)
 app.command("probe")(probe_cmd.probe)
 app.command("bench")(bench_cmd.bench)
+app.command("recipes")(finetune_cmd.recipes)
+app.command("finetune")(finetune_cmd.finetune)
 app.command("demo")(demo_cmd.demo)
 app.add_typer(data_cmd.app, name="data")
 

@@ -1,0 +1,149 @@
+"""The run directory: what a fine-tune writes, and how a later command finds it again.
+
+```
+RUN/
+  recipe.json    resolved recipe + model, initial weights, data, classes, versions (the run's manifest)
+  metrics.csv    one row per epoch: epoch, train_loss, val_loss, val_acc, lr, images_per_s
+  curves.png     learning curves
+  last.pt        training checkpoint (model, optimiser, schedule, scaler, EMA, RNG, sampler position)
+  best.pt        the weights of the best epoch so far (by the recipe's early_stop.monitor)
+  model.pth      final weights: a plain state_dict of the model with its new head (a valid --weights)
+  model.json     what model.pth is: model name, class names, eval preprocessing
+```
+Every file is written atomically (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from featkit.errors import FeatkitError, WeightsError
+from featkit.store.format import write_atomic
+
+RUN_FORMAT = "featkit-finetune-run"
+WEIGHTS_FORMAT = "featkit-finetuned-weights"
+VERSION = 1
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "images_per_s")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "recipe.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.pt"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "model.pth"
+
+    @property
+    def weights_card(self) -> Path:
+        return self.root / "model.json"
+
+
+def _json_bytes(obj: dict) -> bytes:
+    return (json.dumps(obj, indent=1) + "\n").encode()
+
+
+def write_manifest(run: RunDir, manifest: dict) -> None:
+    write_atomic(run.manifest, _json_bytes({"format": RUN_FORMAT, "version": VERSION, **manifest}))
+
+
+def read_manifest(root: Path) -> dict:
+    """The manifest of a run directory, for ``--resume``; a one-line error when it is not one."""
+    path = RunDir(root).manifest
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FeatkitError(f"{root} is not a fine-tuning run (no recipe.json). Pass the -o folder of a "
+                           f"`featkit finetune` run.") from None
+    except (OSError, ValueError) as exc:
+        raise FeatkitError(f"Cannot read {path}: {exc}.") from None
+    if manifest.get("format") != RUN_FORMAT or manifest.get("version") != VERSION:
+        raise FeatkitError(f"{path} is not a version {VERSION} featkit fine-tuning run manifest.")
+    return manifest
+
+
+def write_metrics(run: RunDir, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
+    write_atomic(run.metrics, buf.getvalue().encode())
+
+
+def write_curves(run: RunDir, rows: list[dict], title: str) -> None:
+    """Loss and accuracy per epoch as a PNG (matplotlib's Agg backend: no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss, acc = fig.subplots(1, 2)
+    loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="val")
+    loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss.legend()
+    acc.plot(epochs, [r["val_acc"] for r in rows], "o-", color="C2")
+    acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1))
+    for ax in (loss, acc):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    write_atomic(run.curves, buf.getvalue())
+
+
+def write_weights(path: Path, state: dict[str, torch.Tensor], card: dict) -> None:
+    """A plain state_dict at ``path`` and its card (model, classes, preprocessing) beside it as ``.json``."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
+    write_atomic(path, buf.getvalue())
+    write_atomic(path.with_suffix(".json"), _json_bytes({"format": WEIGHTS_FORMAT, "version": VERSION, **card}))
+
+
+def read_weights_card(weights: Path) -> dict | None:
+    """The card beside a fine-tuned weights file, or None for weights that have none."""
+    path = weights.with_suffix(".json")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) and card.get("format") == WEIGHTS_FORMAT else None
+
+
+def resolve_weights_path(path: Path) -> Path:
+    """A run directory stands for its final weights file."""
+    if path.is_dir() and RunDir(path).manifest.exists():
+        weights = RunDir(path).weights
+        if not weights.exists():
+            raise WeightsError(f"Run {path} has no final weights yet ({weights.name}); finish it with "
+                               f"`featkit finetune --resume {path}`, or pass {RunDir(path).best} for its best epoch.")
+        return weights
+    return path
