@@ -142,3 +142,29 @@ def test_bad_data_folders_get_one_line_errors(tmp_path):
     write_images(tmp_path / "odd" / "val", classes=3, per_class=1)
     with pytest.raises(FeatkitError, match="classes with no training images: c2"):
         Trainer(tiny("linear-head"), tmp_path / "odd", tmp_path / "run")
+
+
+def test_dropout_goes_before_a_head_that_has_none_without_changing_the_weight_names():
+    from featkit.backbones.registry import build_module
+    from featkit.finetune.model import set_dropout
+
+    model = build_module("resnet18", num_classes=3)
+    keys = list(model.state_dict())
+    set_dropout(model, "fc", 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    assert list(model.state_dict()) == keys
+
+
+def test_a_data_card_name_needs_its_prepared_folder(tmp_path, monkeypatch):
+    from featkit.finetune.data import read_folder
+
+    monkeypatch.setenv("FEATKIT_DATA", str(tmp_path))
+    with pytest.raises(FeatkitError, match="run `featkit data prepare cifar10` first"):
+        read_folder("cifar10")
+    write_images(tmp_path / "cifar10" / "images" / "train", classes=2, per_class=1)
+    write_images(tmp_path / "cifar10" / "images" / "test", classes=2, per_class=1)
+    assert read_folder("cifar10").classes == ("c0", "c1")

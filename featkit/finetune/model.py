@@ -42,8 +42,10 @@ def build_model(recipe: Recipe, num_classes: int) -> tuple[nn.Module, WeightsInf
 
 
 def set_dropout(model: nn.Module, head: str, p: float) -> None:
-    """Set ``p`` on the model's dropout layers; where it has none, drop the head's input in training."""
-    layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    """Set ``p`` on the dropout layers of the classifier block (AlexNet's and VGG's fc6/fc7, SqueezeNet's and
+    EfficientNet's before the head); where it has none (ResNet), drop the head's input in training."""
+    block = model.get_submodule(head.split(".")[0])
+    layers = [m for m in block.modules() if isinstance(m, nn.Dropout)]
     for m in layers:
         m.p = p
     if not layers and p > 0:  # a hook, not a new layer: the state_dict keeps torchvision's keys

@@ -72,14 +72,19 @@ def distributed_from_env() -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)  # before NCCL starts, so each process binds its own GPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), world, local_rank)
 
 
 def training_runtime(device: str, amp: bool, d: Dist) -> Runtime:
-    """Device (one GPU per process under torchrun) and precision: bf16/fp16 autocast on GPUs if ``amp``."""
-    dev = resolve_device(f"cuda:{d.local_rank}" if d.world > 1 and torch.cuda.is_available() else device)
+    """Device (under torchrun, ``auto`` means one GPU per process) and precision: bf16/fp16 autocast on GPUs
+    if ``amp``, fp32 otherwise."""
+    one_gpu_each = d.world > 1 and device == "auto" and torch.cuda.is_available()
+    dev = resolve_device(f"cuda:{d.local_rank}" if one_gpu_each else device)
     precision = "fp32"
     if amp and dev.type == "cuda":
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
