@@ -98,9 +98,20 @@ def test_protocol_prefers_heavy_regularisation_when_it_helps():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 120)
     X = rng.normal(size=(120, 400)) + (2 * y[:, None] - 1) * 0.15
-    sel = select_C(X, y, grid=SMALL_GRID)
+    sel = select_C(X, y, grid=SMALL_GRID, dtype="float64")  # float32 stops huge-C fits early (see the protocol)
     assert sel.best_C <= 0.1
     assert sel.val_scores[-1] < max(sel.val_scores)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float32_protocol_matches_float64_accuracy(seed):
+    X, y = make_classification(900, 40, n_informative=15, n_classes=6, n_clusters_per_class=2, class_sep=0.8,
+                               flip_y=0.05, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = run_linear_probe(X[:600], y[:600], X[600:], y[600:], grid=SMALL_GRID)
+        exact = run_linear_probe(X[:600], y[:600], X[600:], y[600:], grid=SMALL_GRID, dtype="float64")
+    assert abs(fast.top1 - exact.top1) <= 0.005 + 1e-9, (fast.top1, exact.top1)
 
 
 def test_protocol_ties_go_to_the_smaller_C():
