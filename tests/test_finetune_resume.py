@@ -100,8 +100,8 @@ def test_kill_during_a_checkpoint_save_leaves_the_last_one_loadable_and_resume_i
 
 def test_resume_of_a_finished_run_changes_nothing_and_bad_resumes_say_why(tmp_path, reference):
     before = weights(reference)
-    again = featkit("finetune", "--resume", str(reference), "-q")
-    assert again.returncode == 0, again.stderr
+    again = CliRunner().invoke(app, ["finetune", "--resume", str(reference), "-q"])
+    assert again.exit_code == 0, again.output
     assert all(torch.equal(before[k], v) for k, v in weights(reference).items())
     missing = CliRunner().invoke(app, ["finetune", "--resume", str(tmp_path)])
     assert missing.exit_code == 1 and "is not a fine-tuning run (no recipe.json)" in str(missing.exception)

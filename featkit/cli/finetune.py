@@ -31,7 +31,7 @@ def recipes() -> None:
 
 def finetune(
     recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe name (featkit recipes) or a .toml file.")] = None,
-    data: Annotated[Path | None, typer.Option("--data", "-d", help="Folder DATA/{train,val}/CLASS/* (val may be valid/validation/test).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Folder DATA/{train,val}/CLASS/* (val may be valid/validation/test), or a dataset prepared with featkit data prepare NAME.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory to create.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recipe's).")] = None,
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="imagenet | random | a file | a run directory (default: the recipe's).")] = None,
