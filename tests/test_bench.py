@@ -113,8 +113,8 @@ def test_taps_are_matched_per_model():
 
 def test_bad_benchmarks_get_one_line_errors(dirs):
     def run(**kw):
-        cfg = dict(models=("squeezenet1_1",), taps=("fire9",), datasets=("digits",), output=dirs / "out",
-                   weights="random", per_class=2, device="cpu", grid=(1.0,))
+        cfg = {"models": ("squeezenet1_1",), "taps": ("fire9",), "datasets": ("digits",), "output": dirs / "out",
+                   "weights": "random", "per_class": 2, "device": "cpu", "grid": (1.0,)}
         return run_bench(BenchConfig(**{**cfg, **kw}), progress=False, echo=lambda *a: None)
 
     with pytest.raises(UnknownNameError, match="Did you mean .cifar10.") as exc:

@@ -25,6 +25,7 @@ class BenchRow:
     tap: str  # as asked for on the command line
     layer: str  # the tap's canonical name in the model
     dims: int
+    classes: int
     probe: str
     metric: str  # "accuracy" or "mean_per_class": what the dataset's card reports
     score: float  # the value of ``metric`` on test
@@ -139,7 +140,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, echo=print) -> BenchRe
                 store = open_features(cached.store)
                 data, result, score, best_C, seconds = _probe(cfg, dataset, store, layer)
                 row = BenchRow(dataset.name, model, store.settings["weights"]["id"], asked, layer,
-                               int(data.train.X.shape[1]), cfg.probe, dataset.metric, float(score), float(result.top1),
+                               int(data.train.X.shape[1]), len(set(data.train.y)), cfg.probe, dataset.metric, float(score), float(result.top1),
                                float(result.top5), best_C, len(data.train.y) + (len(data.val.y) if data.val else 0),
                                len(data.test.y), cached.extracted, round(cached.extract_seconds, 3), round(seconds, 3),
                                str(cached.store))

@@ -24,10 +24,10 @@ def _names(text: str) -> tuple[str, ...]:
 def bench(
     models: Annotated[str, typer.Option("--models", help="Comma-separated backbones, e.g. alexnet,vgg16,resnet50.")] = "resnet50",
     taps: Annotated[str, typer.Option("--taps", help="Comma-separated taps, shallow to deep; each model is probed on those it has.")] = "avgpool",
-    datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated data cards (featkit data list) or ImageFolder paths with train/ [val/] test/.")] = "digits",
+    datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated data cards (featkit data list) or ImageFolder paths with train/, optional val/, and test/.")] = "digits",
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for results.csv, results.md, runs/*.json and accuracy.png.")] = Path("bench_out"),
     weights: Annotated[str, typer.Option("--weights", "-w", help="imagenet, random (seeded) or a weights file, for every model.")] = "imagenet",
-    probe: Annotated[ProbeKind, typer.Option(help="linear: logistic regression, C chosen on val; knn: cosine kNN.")] = ProbeKind.linear,
+    probe: Annotated[ProbeKind, typer.Option(help="linear: logistic regression, C chosen on val or by 5-fold CV; knn: cosine kNN.")] = ProbeKind.linear,
     pool: Annotated[Pool, typer.Option(help="How conv taps become vectors.")] = Pool.avg,
     per_class: Annotated[int | None, typer.Option("--per-class", help="Only N images per class and split: a smoke run, not a benchmark number.")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Where datasets are prepared (default: $FEATKIT_DATA or ~/.cache/featkit/data).")] = None,

@@ -9,9 +9,6 @@ import pandas as pd
 
 from featkit.store.format import write_atomic
 
-COLUMNS = ["dataset", "model", "tap", "dims", "probe", "metric", "score", "top5", "best_C", "n_train", "n_test",
-           "extracted", "extract_seconds", "probe_seconds"]
-
 
 def to_frame(rows) -> pd.DataFrame:
     return pd.DataFrame([asdict(r) for r in rows])
@@ -24,9 +21,10 @@ def to_markdown(frame: pd.DataFrame) -> str:
                                                             else "---" for h in head) + "|"]
     for r in frame.itertuples():
         c = "-" if pd.isna(r.best_C) else f"{r.best_C:.3g}"
+        top5 = f"{r.top5:.1%}" if r.classes > 5 else "-"  # 100 % by definition with 5 classes or fewer
         source = f"extracted ({r.extract_seconds:.1f} s)" if r.extracted else "cached"
         lines.append(f"| {r.dataset} | {r.model} | {r.tap} | {r.dims:,} | {r.probe} | {r.metric} | {r.score:.1%} | "
-                     f"{r.top5:.1%} | {c} | {r.n_train:,} | {r.n_test:,} | {source} |")
+                     f"{top5} | {c} | {r.n_train:,} | {r.n_test:,} | {source} |")
     return "\n".join(lines) + "\n"
 
 
