@@ -6,11 +6,11 @@ import numbers
 import time
 from dataclasses import asdict, dataclass
 
-import faiss
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from featkit._faiss import faiss
 from featkit.probes.linear import ProbeError, encode_labels, validated
 from featkit.probes.protocol import class_indices, topk_accuracy
 
