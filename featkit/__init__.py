@@ -15,10 +15,11 @@ _LAZY = {
     "list_backbones": "featkit.backbones.registry",
     "ExtractConfig": "featkit.extraction.config",
     "FeatureStore": "featkit.store.reader",
+    "Index": "featkit.index",
     "open_features": "featkit.store.reader",
 }
 
-__all__ = ["ExtractConfig", "FeatkitError", "FeatureStore", "describe", "extract", "list_backbones", "open_features"]
+__all__ = ["ExtractConfig", "FeatkitError", "FeatureStore", "Index", "describe", "extract", "list_backbones", "open_features"]
 
 
 def __getattr__(name: str):

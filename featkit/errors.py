@@ -37,6 +37,10 @@ class DeviceError(FeatkitError):
     """A device or precision that this machine cannot provide."""
 
 
+class SearchIndexError(FeatkitError):
+    """A similar-image index that cannot be built, read or extended as asked."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return `` Did you mean 'x'?`` for the closest choice, or an empty string."""
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

@@ -13,6 +13,7 @@ from featkit.cli import data as data_cmd
 from featkit.cli import demo as demo_cmd
 from featkit.cli import extract as extract_cmd
 from featkit.cli import finetune as finetune_cmd
+from featkit.cli import index as index_cmd
 from featkit.cli import inspect as inspect_cmd
 from featkit.cli import models as models_cmd
 from featkit.cli import probe as probe_cmd
@@ -51,6 +52,9 @@ app.command("recipes")(finetune_cmd.recipes)
 app.command("finetune")(finetune_cmd.finetune)
 app.command("demo")(demo_cmd.demo)
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(index_cmd.app, name="index")
+app.command("search")(index_cmd.search)
+app.command("dedup")(index_cmd.dedup)
 
 
 def main() -> None:

@@ -1,0 +1,241 @@
+"""``featkit index build | add | remove | info``, ``featkit search`` and ``featkit dedup``: similar-image search."""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from featkit.cli._console import console as make_console
+
+app = typer.Typer(help="Similar-image search indexes over a feature store: build, extend, inspect.", no_args_is_help=True)
+
+
+class Kind(str, Enum):
+    auto = "auto"
+    flat = "flat"
+    hnsw = "hnsw"
+    ivf = "ivf"
+    ivfpq = "ivfpq"
+
+
+class Metric(str, Enum):
+    cosine = "cosine"
+    l2 = "l2"
+
+
+IndexArg = Annotated[Path, typer.Argument(help="An index directory (featkit index build ... -o NAME).")]
+TapOpt = Annotated[str | None, typer.Option("--tap", "-t", help="Tap to use (default: the store's only tap).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="The weights file the store was extracted with (needed to embed query images when the store used a file).")]
+
+
+def _jsonable(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _records(frame) -> list[dict]:
+    return [{k: _jsonable(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _describe(index) -> str:
+    m = index.manifest
+    s = m["source"]
+    params = ", ".join(f"{k} {v}" for k, v in m["search_params"].items())
+    pca = f", PCA {m['dim']}→{m['pca']}" if m["pca"] else ""
+    return (f"{len(index):,} × {m['dim']:,}-d {s['settings']['model']} {s['tap']} ({m['metric']}{pca}); "
+            f"{m['kind']} '{m['factory']}'{' ' + params if params else ''}; recall@10 vs exact {m['recall_at_10']:.3f}")
+
+
+@app.command("build")
+def build(
+    store: Annotated[Path, typer.Argument(help="Feature store directory (featkit extract ... -o STORE).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Index directory to write (e.g. photos.index).")],
+    tap: TapOpt = None,
+    kind: Annotated[Kind, typer.Option(help="auto picks by size and --max-memory: flat ≤ 10k, hnsw, ivf, then ivfpq.")] = Kind.auto,
+    metric: Annotated[Metric, typer.Option(help="cosine (normalised, inner product) or l2.")] = Metric.cosine,
+    pca: Annotated[int | None, typer.Option("--pca", min=1, help="Reduce to this many dimensions first (e.g. 256 for 4096-d taps).")] = None,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory the index may take, e.g. 8GB (default: half the RAM).")] = None,
+    recall: Annotated[float, typer.Option("--recall", min=0.0, max=1.0, help="recall@10 vs exact search that approximate kinds are tuned to.")] = 0.95,
+    weights: WeightsOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index at --output.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build a similar-image index over one tap of a feature store.
+
+    Example: featkit index build feats/ --tap fc7 -o photos.index
+    """
+    from featkit.index import Index
+    from featkit.index.kinds import parse_bytes
+    from featkit.index.manifest import check_target
+
+    check_target(output, overwrite)  # refuse before minutes of building
+    index = Index.build(store, tap=tap, kind=kind.value, metric=metric.value, pca=pca,
+                        max_memory=parse_bytes(max_memory) if max_memory else None, recall_target=recall,
+                        weights_file=weights, progress=not quiet)
+    index.save(output, overwrite=overwrite)
+    console = make_console()
+    console.print(f"[bold green]wrote[/] {output}: {_describe(index)}")
+    console.print(f"  {index.manifest['reason']}; built in {index.manifest['build_seconds']:.1f} s")
+    if index.manifest["recall_at_10"] < recall:
+        console.print(f"note: recall@10 {index.manifest['recall_at_10']:.3f} is below the target {recall}; "
+                      "raise --max-memory, drop --pca, or use --kind hnsw/ivf.")
+
+
+@app.command("add")
+def add(
+    index_path: IndexArg,
+    stores: Annotated[list[Path], typer.Argument(help="Feature stores made with the same model, weights and tap.")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Add the rows of more feature stores to an index (paths already indexed are skipped).
+
+    Example: featkit index add photos.index more_feats/
+    """
+    from featkit.index import Index
+    from featkit.store.reader import open_features
+
+    index = Index.open(index_path)
+    opened = [open_features(s) for s in stores]  # every store is checked before anything changes
+    added = sum(index.add(s, progress=not quiet) for s in opened)
+    index.save()
+    make_console().print(f"[bold green]added[/] {added:,} vectors to {index_path}: now {len(index):,}")
+
+
+@app.command("remove")
+def remove(
+    index_path: IndexArg,
+    paths: Annotated[list[str], typer.Argument(help="Image paths as the index lists them (featkit search shows them).")],
+) -> None:
+    """Remove images from an index by path (flat and IVF kinds; HNSW cannot delete).
+
+    Example: featkit index remove photos.index /photos/old/img_0001.jpg
+    """
+    from featkit.index import Index
+
+    index = Index.open(index_path)
+    removed = index.remove(paths)
+    index.save()
+    make_console().print(f"[bold green]removed[/] {removed:,} vectors from {index_path}: now {len(index):,}")
+
+
+@app.command("info")
+def info(index_path: IndexArg, as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False) -> None:
+    """Show what an index holds: source store, model, tap, kind, search settings and recall."""
+    from featkit.index.manifest import read_manifest
+
+    manifest = read_manifest(index_path)
+    if as_json:
+        print(json.dumps(manifest, indent=1))
+        return
+    from featkit.index import Index
+
+    index = Index.open(index_path)
+    console = make_console()
+    s = index.manifest["source"]
+    console.print(f"[bold]{index_path}[/]: {_describe(index)}")
+    console.print(f"weights {s['settings']['weights']['id']} (sha256 {s['settings']['weights']['sha256'][:12]}…), "
+                  f"pool {s['settings']['pool']}, faiss {manifest['faiss_version']}, {manifest['training_size']:,} training vectors")
+    for store in s["stores"]:
+        console.print(f"  from {store}")
+
+
+def search(
+    index_path: IndexArg,
+    queries: Annotated[list[Path], typer.Argument(help="Query images, folders of them, or a .npy file of vectors.")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write query, rank, path, score (+ label) to this CSV file.")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained page of thumbnails.")] = None,
+    weights: WeightsOpt = None,
+    device: Annotated[str, typer.Option(help="Where query images are embedded: auto | cpu | cuda | mps.")] = "auto",
+    nprobe: Annotated[int | None, typer.Option(help="Override the tuned nprobe (IVF kinds).", min=1)] = None,
+    ef_search: Annotated[int | None, typer.Option("--ef-search", help="Override the tuned efSearch (HNSW).", min=1)] = None,
+) -> None:
+    """Find the indexed images most similar to each query (embedded exactly like the indexed images).
+
+    Example: featkit search photos.index query.jpg -k 10
+    """
+    import numpy as np
+
+    from featkit.errors import SearchIndexError
+    from featkit.index import Index
+    from featkit.store.format import write_atomic
+
+    index = Index.open(index_path)
+    params = {**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef_search} if ef_search else {})}
+    if len(queries) == 1 and queries[0].suffix == ".npy":
+        try:
+            vectors = np.load(queries[0], allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise SearchIndexError(f"Cannot read query vectors from {queries[0]}: {exc}") from None
+        results = index.search(vectors, k, params=params)
+    else:
+        results = index.search([str(q) for q in queries], k, params=params, weights_file=weights, device=device)
+    failures = results.attrs["failures"]
+    columns = ["query", "rank", "path", "score"] + (["label"] if results["label"].notna().any() else [])
+    table = results[columns]
+    err = make_console(stderr=True)
+    for row in failures.itertuples():
+        err.print(f"skipped query {row.path}: {row.reason} ({row.message})")
+    if csv is not None:
+        write_atomic(csv, table.to_csv(index=False).encode())
+        err.print(f"wrote {csv}: {len(table):,} rows")
+    if html_out is not None:
+        from featkit.reports.search_page import search_page
+
+        score = "cosine" if index.metric == "cosine" else "distance"
+        write_atomic(html_out, search_page(results, title=f"featkit search: {index_path}", score_name=score).encode())
+        err.print(f"wrote {html_out}")
+    if as_json:
+        print(json.dumps(_records(table)))
+    elif csv is None and html_out is None:
+        _print_table(table, make_console(), "cosine" if index.metric == "cosine" else "L2 distance")
+
+
+def _print_table(frame, console, score_name: str) -> None:
+    from rich.table import Table
+
+    table = Table(title_justify="left")
+    for col in frame.columns:
+        table.add_column(score_name if col == "score" else col, justify="right" if col in ("rank", "score") else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row])
+    console.print(table)
+
+
+def dedup(
+    store: Annotated[Path, typer.Argument(help="Feature store directory.")],
+    tap: TapOpt = None,
+    threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which two images are duplicates.")] = 0.95,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the groups to a .csv or .json file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Find groups of near-duplicate images (largest first, each with a representative to keep).
+
+    Example: featkit dedup feats/ --tap fc7 --threshold 0.95 -o dupes.csv
+    """
+    from featkit.index.dedup import find_duplicates
+    from featkit.store.format import write_atomic
+
+    groups = find_duplicates(store, tap=tap, threshold=threshold, progress=not quiet)
+    if output is not None:
+        data = json.dumps(_records(groups)) if output.suffix.lower() == ".json" else groups.to_csv(index=False)
+        write_atomic(output, data.encode())
+    if as_json:
+        print(json.dumps(_records(groups)))
+        return
+    console = make_console()
+    n_groups = int(groups["group"].nunique()) if len(groups) else 0
+    console.print(f"{n_groups:,} groups of near-duplicates ({len(groups):,} images; "
+                  f"{len(groups) - n_groups:,} could go) at cosine ≥ {threshold}" + (f"; wrote {output}" if output else ""))
+    for group, members in list(groups.groupby("group", sort=True))[:10]:
+        rep = members.loc[members["representative"], "path"].iloc[0]
+        console.print(f"  group {group}: {len(members)} images, keep {rep}")

@@ -1,0 +1,361 @@
+"""A similar-image index over one tap of feature stores: build, open, search, add, remove, save."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from featkit._faiss import faiss
+from featkit.errors import SearchIndexError, unknown
+from featkit.index import gpu
+from featkit.index import manifest as files
+from featkit.index.embed import Embedded, embed_images, settings_differences
+from featkit.index.exact import exact_knn, faiss_metric, prepare
+from featkit.index.kinds import IndexPlan, plan_index, recall_at_k, search_knob
+from featkit.store.reader import FeatureStore, open_features
+
+log = logging.getLogger(__name__)
+
+CHUNK = 16_384  # vectors read, prepared and added at a time
+TUNE_QUERIES = 1_000
+TUNE_K = 10
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _store(store: FeatureStore | str | os.PathLike) -> FeatureStore:
+    return store if isinstance(store, FeatureStore) else open_features(store)
+
+
+def _tap_of(store: FeatureStore, tap: str | None) -> str:
+    if tap is None:
+        if len(store.taps) != 1:
+            raise SearchIndexError(f"{store.root} holds several taps ({', '.join(store.taps)}); choose one with --tap.")
+        return store.taps[0]
+    if tap not in store.taps:
+        raise unknown("tap", tap, store.taps, context=f"the store {store.root}", see=f"featkit info {store.root}")
+    return tap
+
+
+def _id_rows(store: FeatureStore, first_id: int, keep: np.ndarray | None = None) -> pd.DataFrame:
+    rows = store.rows if keep is None else store.rows[keep]
+    return pd.DataFrame({"id": np.arange(first_id, first_id + len(rows), dtype=np.int64),
+                         "path": rows["path"].astype(str).to_numpy(), "label": rows["label"].to_numpy(dtype=object),
+                         "store": str(store.root.resolve()), "row": rows["row"].to_numpy(np.int64)})
+
+
+def _sample(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+
+
+class Index:
+    """FAISS index over the vectors of one tap, with the provenance needed to embed new queries the same way.
+
+    Build with :meth:`build`, read with :meth:`open`; ``search`` takes vectors or image paths.
+    """
+
+    def __init__(self, index: faiss.Index, ids: pd.DataFrame, manifest: dict, path: Path | None = None):
+        self._cpu = index
+        self._searcher: faiss.Index | None = None  # a GPU copy when one is visible, made on first search
+        self.ids = ids.reset_index(drop=True)
+        self.manifest = manifest
+        self.path = path
+        self._apply(self._cpu, manifest.get("search_params", {}))
+
+    # ---- building ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, store: FeatureStore | str | os.PathLike, *, tap: str | None = None, kind: str = "auto",
+              metric: str = "cosine", pca: int | None = None, max_memory: int | None = None,
+              recall_target: float = 0.95, weights_file: str | os.PathLike | None = None,
+              progress: bool = False) -> Index:
+        """Index every row of ``store``'s ``tap``.
+
+        Args:
+            store: a feature store (path or opened).
+            tap: the tap to index (default: the store's only tap).
+            kind: ``auto``, ``flat``, ``hnsw``, ``ivf`` or ``ivfpq`` (see :mod:`featkit.index.kinds`).
+            metric: ``cosine`` (L2-normalised vectors, inner product) or ``l2``.
+            pca: reduce to this many dimensions first (recorded; queries are reduced the same way).
+            max_memory: bytes the index may take (default: half the RAM); steers ``auto``.
+            recall_target: recall@10 vs exact search that approximate kinds are tuned to reach.
+            weights_file: where the store's weights file is, recorded so searches by image can find it.
+            progress: show progress bars.
+        """
+        if not 0 < recall_target <= 1:
+            raise SearchIndexError(f"The recall target must be in (0, 1]. Got {recall_target} instead.")
+        store = _store(store)
+        tap = _tap_of(store, tap)
+        vectors = store[tap]
+        n, dim = vectors.shape
+        if n == 0:
+            raise SearchIndexError(f"{store.root} has no rows to index; extract some images first.")
+        plan = plan_index(n, dim, kind, metric=metric, pca=pca, max_memory=max_memory)
+        if weights_file is not None:
+            _check_weights_file(Path(weights_file), store)
+        log.info("building %s (%s): %s", plan.kind, plan.factory, plan.reason)
+        start = time.perf_counter()
+        index = faiss.index_factory(dim, plan.factory, faiss_metric(metric))
+        index = _train(index, vectors, plan, metric, progress)
+        ids = _id_rows(store, 0)
+        _add_chunks(index, vectors, ids["id"].to_numpy(), metric, progress)
+        index = gpu.to_cpu(index)
+        build_seconds = time.perf_counter() - start
+        manifest = {
+            "created": _now(), "faiss_version": faiss.__version__, "kind": plan.kind, "factory": plan.factory,
+            "reason": plan.reason, "metric": metric, "normalised": metric == "cosine", "pca": pca, "dim": dim,
+            "training_size": plan.train_size, "build_seconds": round(build_seconds, 3), "next_id": n,
+            "search_params": {}, "recall_at_10": 1.0, "recall_target": recall_target, "tuning_queries": 0,
+            "source": {"tap": tap, "settings": {k: v for k, v in store.settings.items() if k != "shard_rows"},
+                       "weights_path": str(Path(weights_file).resolve()) if weights_file else None,
+                       "stores": [str(store.root.resolve())]},
+        }
+        built = cls(index, ids, manifest)
+        if plan.approximate:
+            built._tune(vectors, plan, recall_target, progress)
+        return built
+
+    def _tune(self, vectors, plan: IndexPlan, target: float, progress: bool) -> None:
+        """Raise the search knob until recall@10 on held-out queries reaches ``target``; record what it reached."""
+        metric = self.metric
+        own = _sample(len(vectors), TUNE_QUERIES, seed=1)
+        queries = prepare(vectors[own], metric)
+        k = min(TUNE_K + 1, len(vectors))  # +1: each query finds itself, which recall leaves out
+        _, exact = exact_knn(queries, (prepare(c, metric) for c in vectors.chunks(CHUNK)), k, metric)
+        knob = search_knob(plan.kind, _nlist(self._cpu))
+        steps = knob[1] if knob else (None,)
+        recall, chosen = 0.0, {}
+        for value in tqdm(steps, desc="tune", disable=not progress, leave=False):
+            params = {knob[0]: int(value)} if knob else {}
+            self._apply(self._cpu, params)
+            _, found = self._cpu.search(queries, k)
+            recall, chosen = recall_at_k(found, exact, own, k - 1), params
+            if recall >= target:
+                break
+        if recall < target:
+            log.warning("recall@10 %.3f is below the target %.2f at the largest %s", recall, target,
+                        knob[0] if knob else "setting")
+        self._searcher = None
+        self.manifest.update(search_params=chosen, recall_at_10=round(recall, 4), tuning_queries=len(own))
+
+    # ---- reading and writing -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Index:
+        """Open an index directory, refusing truncated, corrupt or foreign files before FAISS reads them."""
+        loaded = files.load(Path(path))
+        return cls(loaded.index, loaded.ids, loaded.manifest, Path(path))
+
+    def save(self, path: str | os.PathLike | None = None, *, overwrite: bool = False) -> Path:
+        """Write the index directory atomically (a kill leaves the previous index readable)."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise SearchIndexError("This index was never saved; give a path to save it to.")
+        if target != self.path:
+            files.check_target(target, overwrite)
+        self.manifest = files.save(target, self._cpu, self.ids, {**self.manifest, "updated": _now()})
+        self.path = target
+        return target
+
+    # ---- searching ---------------------------------------------------------------------------------------
+
+    @property
+    def metric(self) -> str:
+        return self.manifest["metric"]
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    def __len__(self) -> int:
+        return int(self._cpu.ntotal)
+
+    def __repr__(self) -> str:
+        s = self.manifest["source"]
+        return (f"Index({self.path or 'unsaved'}: {len(self):,} × {self.manifest['dim']}-d {s['settings']['model']} {s['tap']}, "
+                f"{self.kind} '{self.manifest['factory']}', {self.metric}, recall@10 {self.manifest['recall_at_10']})")
+
+    def _apply(self, index: faiss.Index, params: dict) -> None:
+        space = gpu.parameter_space()
+        for name, value in params.items():
+            space.set_index_parameter(index, name, value)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, *, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the ``k`` nearest indexed vectors; ids are -1 where fewer than ``k`` exist.
+
+        Scores are cosine similarities (higher is closer) or Euclidean distances (lower is closer).
+        """
+        x = np.asarray(vectors, dtype=np.float32)
+        x = x[None, :] if x.ndim == 1 else x
+        if x.ndim != 2 or x.shape[1] != self.manifest["dim"]:
+            s = self.manifest["source"]
+            raise SearchIndexError(f"Query vectors have shape {x.shape} but the index holds {self.manifest['dim']}-d "
+                                   f"{s['settings']['model']} {s['tap']} features; embed queries with the same model and tap.")
+        if k < 1:
+            raise SearchIndexError(f"k must be an integer >= 1. Got {k} instead.")
+        if self._searcher is None:
+            self._searcher = gpu.to_gpu(self._cpu, self.kind)
+        self._apply(self._searcher, {**self.manifest.get("search_params", {}), **(params or {})})
+        scores, ids = self._searcher.search(prepare(x, self.metric), k)
+        if self.metric == "l2":
+            scores = np.sqrt(np.maximum(scores, 0))
+        return scores, ids
+
+    def embed(self, images: Sequence[str | os.PathLike], *, weights_file: str | os.PathLike | None = None,
+              device: str = "auto", progress: bool = False) -> Embedded:
+        """Vectors of image files or folders, computed exactly like the indexed ones (see :mod:`featkit.index.embed`)."""
+        source = self.manifest["source"]
+        return embed_images(images, source["settings"], source["tap"], weights_file=weights_file or source["weights_path"],
+                            device=device, progress=progress)
+
+    def search(self, queries, k: int = 10, *, params: dict | None = None, weights_file: str | os.PathLike | None = None,
+               device: str = "auto") -> pd.DataFrame:
+        """The ``k`` nearest indexed images of each query.
+
+        Args:
+            queries: a (n, dim) or (dim,) array of vectors, or image paths / folders (embedded like the index).
+            k: neighbours per query.
+            params: search parameters overriding the tuned ones, e.g. ``{"nprobe": 64}``.
+            weights_file: the weights file, for image queries of an index built from file weights.
+            device: where query images are embedded.
+
+        Returns:
+            A DataFrame with columns query (path, or row number for vectors), rank (1 = nearest), path, score,
+            label, id. Query images that could not be decoded are left out (``result.attrs["failures"]``).
+        """
+        if isinstance(queries, (str, os.PathLike)) or (isinstance(queries, (list, tuple)) and queries
+                                                        and isinstance(queries[0], (str, os.PathLike))):
+            embedded = self.embed([queries] if isinstance(queries, (str, os.PathLike)) else list(queries),
+                                  weights_file=weights_file, device=device)
+            if not len(embedded.paths):
+                raise SearchIndexError(f"None of the query images could be read ({len(embedded.failures)} skipped).")
+            vectors, names, failures = embedded.vectors, embedded.paths, embedded.failures
+        else:
+            vectors = np.asarray(queries, dtype=np.float32)
+            vectors = vectors[None, :] if vectors.ndim == 1 else vectors
+            names, failures = list(range(len(vectors))), pd.DataFrame(columns=["path", "reason", "message"])
+        scores, ids = self.search_vectors(vectors, k, params=params)
+        table = self._table(names, scores, ids)
+        table.attrs["failures"] = failures
+        return table
+
+    def _table(self, names: list, scores: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
+        valid = ids >= 0
+        q, rank = np.nonzero(valid)
+        found = ids[valid]
+        order = np.argsort(self.ids["id"].to_numpy())
+        rows = order[np.searchsorted(self.ids["id"].to_numpy(), found, sorter=order)]
+        hits = self.ids.iloc[rows]
+        return pd.DataFrame({"query": [names[i] for i in q], "rank": rank + 1, "path": hits["path"].to_numpy(),
+                             "score": scores[valid].astype(float), "label": hits["label"].to_numpy(),
+                             "id": found.astype(np.int64)})
+
+    # ---- changing ----------------------------------------------------------------------------------------
+
+    def add(self, store: FeatureStore | str | os.PathLike, *, progress: bool = False) -> int:
+        """Add the rows of another store made with the same model, weights, tap and preprocessing.
+
+        Paths already in the index are skipped. Returns the number of vectors added.
+
+        Raises:
+            SearchIndexError: the store was made with other settings, or lacks the indexed tap.
+        """
+        store = _store(store)
+        source = self.manifest["source"]
+        tap = source["tap"]
+        changes = settings_differences(source["settings"], store.settings)
+        if changes:
+            raise SearchIndexError(f"{store.root} was made with other settings than the indexed features ({changes}); "
+                                   "extract it with the same model, weights and preprocessing, or build a new index.")
+        if tap not in store.taps:
+            raise SearchIndexError(f"{store.root} has no tap '{tap}' (it has {', '.join(store.taps)}); the index holds {tap}.")
+        vectors = store[tap]
+        if vectors.shape[1] != self.manifest["dim"]:
+            raise SearchIndexError(f"{store.root} {tap} is {vectors.shape[1]}-d; the index holds {self.manifest['dim']}-d vectors.")
+        keep = ~store.rows["path"].astype(str).isin(self.ids["path"]).to_numpy()
+        new = _id_rows(store, self.manifest["next_id"], keep)
+        if len(new):
+            positions = np.flatnonzero(keep)
+            chunks = (vectors[positions[i: i + CHUNK]] for i in range(0, len(positions), CHUNK))
+            _add_chunks(self._cpu, chunks, new["id"].to_numpy(), self.metric, progress, total=len(new))
+            self.ids = pd.concat([self.ids, new], ignore_index=True)
+            self.manifest["next_id"] = int(new["id"].max()) + 1
+        stores = self.manifest["source"]["stores"]
+        if str(store.root.resolve()) not in stores:
+            stores.append(str(store.root.resolve()))
+        self._searcher = None
+        return len(new)
+
+    def remove(self, paths: Sequence[str | os.PathLike]) -> int:
+        """Remove the vectors of ``paths`` (flat and IVF kinds; HNSW graphs cannot drop nodes). Returns how many."""
+        if self.kind == "hnsw":
+            raise SearchIndexError("HNSW indexes cannot remove vectors (FAISS's graph has no deletion); "
+                                   "rebuild with featkit index build, or use --kind flat/ivf.")
+        wanted = pd.Index([str(p) for p in paths])
+        missing = wanted[~wanted.isin(self.ids["path"])]
+        if len(missing):
+            raise SearchIndexError(f"{len(missing)} path(s) are not in the index, e.g. {missing[0]}; nothing was removed.")
+        drop = self.ids["path"].isin(wanted).to_numpy()
+        try:
+            removed = self._cpu.remove_ids(np.ascontiguousarray(self.ids.loc[drop, "id"].to_numpy(np.int64)))
+        except RuntimeError:
+            raise SearchIndexError(f"This {self.kind} index ('{self.manifest['factory']}') cannot remove vectors in "
+                                   "FAISS; rebuild it with featkit index build.") from None
+        self.ids = self.ids[~drop].reset_index(drop=True)
+        self._searcher = None
+        return int(removed)
+
+
+def _check_weights_file(path: Path, store: FeatureStore) -> None:
+    """Refuse to record a weights file other than the one the store was extracted with (a run directory is
+    checked later, when query images are embedded: its model file is resolved by the extraction code)."""
+    recorded = store.settings["weights"]
+    if recorded["kind"] != "file":
+        raise SearchIndexError(f"{store.root} was extracted with '{recorded['id']}' weights, not a file; leave out --weights.")
+    if path.is_file():
+        from featkit.backbones.checkpoints import sha256_file
+
+        if sha256_file(path) != recorded["sha256"]:
+            raise SearchIndexError(f"{path} is not the weights file {store.root} was extracted with "
+                                   f"('{recorded['id']}', sha256 {recorded['sha256'][:12]}…).")
+    elif not path.exists():
+        raise SearchIndexError(f"The weights file {path} does not exist.")
+
+
+def _nlist(index: faiss.Index) -> int | None:
+    try:
+        return faiss.extract_index_ivf(index).nlist
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def _train(index: faiss.Index, vectors, plan: IndexPlan, metric: str, progress: bool) -> faiss.Index:
+    """Train on a seeded sample of the rows (on the GPU when there is one); returns the index to add to."""
+    device_index = gpu.to_gpu(index, plan.kind)
+    if not index.is_trained:
+        rows = _sample(len(vectors), plan.train_size)
+        log.info("training on %d of %d vectors", len(rows), len(vectors))
+        device_index.train(prepare(vectors[rows], metric))
+    return device_index
+
+
+def _add_chunks(index: faiss.Index, chunks, ids: np.ndarray, metric: str, progress: bool, total: int | None = None) -> None:
+    if hasattr(chunks, "chunks"):  # a TapArray: stream it shard-sized
+        total, chunks = len(chunks), chunks.chunks(CHUNK)
+    bar = tqdm(total=total, unit="vec", desc="add", disable=not progress, dynamic_ncols=True)
+    start = 0
+    for chunk in chunks:
+        index.add_with_ids(prepare(chunk, metric), np.ascontiguousarray(ids[start: start + len(chunk)]))
+        start += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
