@@ -1,5 +1,5 @@
-"""The FAISS index on seeded clustered vectors: every kind against a numpy oracle, the file format's refusals,
-atomic saves under SIGKILL, incremental add / remove, and near-duplicate grouping."""
+"""The FAISS index on seeded clustered vectors: every kind against a numpy oracle, the file format's refusals
+(RELIABILITY.md row 18), atomic saves under SIGKILL (row 19), incremental add / remove, near-duplicate grouping."""
 
 from __future__ import annotations
 
