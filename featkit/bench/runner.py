@@ -72,13 +72,13 @@ def model_taps(models: tuple[str, ...], taps: tuple[str, ...]) -> dict[str, list
 
 
 def _versions() -> dict:
-    import faiss
     import numpy
     import sklearn
     import torch
     import torchvision
 
     import featkit
+    from featkit._faiss import faiss
 
     return {"featkit": featkit.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
