@@ -48,6 +48,15 @@ def validated(estimator: BaseEstimator, X, y=None, *, reset: bool) -> tuple[np.n
     return X, y
 
 
+def standardisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (float64); constant columns get scale 1, so they stay put."""
+    X = np.asarray(X)
+    mean = X.mean(axis=0, dtype=np.float64)
+    scale = X.std(axis=0, dtype=np.float64)
+    scale[scale < 1e-12 * max(1.0, float(np.abs(mean).max(initial=0)))] = 1.0
+    return mean, scale
+
+
 def encode_labels(estimator: BaseEstimator, y: np.ndarray) -> np.ndarray:
     """Set ``classes_`` and return ``y`` as class indices; one class is an error (nothing to separate)."""
     estimator.classes_, y_idx = np.unique(y, return_inverse=True)
@@ -133,12 +142,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         prev_classes = getattr(self, "classes_", None)
         X, y = validated(self, X, y, reset=True)
         y_idx = encode_labels(self, y)
-        X = X.astype(np.float64, copy=False)
-        mean = X.mean(axis=0) if self.standardize else np.zeros(X.shape[1])
-        scale = X.std(axis=0) if self.standardize else np.ones(X.shape[1])
-        scale[scale < 1e-12 * max(1.0, float(np.abs(mean).max(initial=0)))] = 1.0  # constant columns stay put
+        if self.standardize:
+            mean, scale = standardisation(X)
+            X = (X.astype(np.float64, copy=False) - mean) / scale
+        else:  # no float64 copy: a float32 fit of float32 features reads them in place
+            mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
         device, dtype = resolve_device(self.device), DTYPES[self.dtype]
-        Xt = torch.as_tensor((X - mean) / scale, dtype=dtype, device=device)
+        Xt = torch.as_tensor(X, dtype=dtype, device=device)
         yt = torch.as_tensor(y_idx, dtype=torch.int64, device=device)
         same = prev is not None and np.array_equal(prev_classes, self.classes_) and len(prev) == \
             (1 if len(self.classes_) == 2 else len(self.classes_)) * (X.shape[1] + 1)

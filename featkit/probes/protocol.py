@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from featkit.probes.linear import LinearProbe, ProbeError
+from featkit.probes.linear import LinearProbe, ProbeError, standardisation
 
 DEFAULT_GRID = tuple(np.logspace(-6, 5, 45))
 METRICS = ("accuracy", "mean_per_class")
@@ -107,8 +107,19 @@ class ProbeResult:
         return asdict(self)
 
 
-def _sweep(probe: LinearProbe, grid: np.ndarray, X_train, y_train, X_val, y_val, metric: str) -> np.ndarray:
-    """Validation score of each C in ``grid``, each fit warm-started from the previous one."""
+def _sweep(probe_params: dict, grid: np.ndarray, X_train, y_train, X_val, y_val, metric: str) -> np.ndarray:
+    """Validation score of each C in ``grid``, each fit warm-started from the previous one.
+
+    The features are standardised once for the whole sweep (as each fit would do itself) and handed to the fits
+    in their dtype: re-standardising 10,000 × 2,048 float64 copies per C took ~40 % of a sweep's time.
+    """
+    params = dict(probe_params)
+    if params.pop("standardize", True):
+        mean, scale = standardisation(X_train)
+        dtype = np.float32 if params.get("dtype", "float64") == "float32" else np.float64
+        X_train = ((np.asarray(X_train, dtype=np.float64) - mean) / scale).astype(dtype, copy=False)
+        X_val = ((np.asarray(X_val, dtype=np.float64) - mean) / scale).astype(dtype, copy=False)
+    probe = LinearProbe(warm_start=True, standardize=False, **params)
     scores = []
     for C in grid:
         probe.set_params(C=float(C)).fit(X_train, y_train)
@@ -151,7 +162,7 @@ def select_C(X_train, y_train, X_val=None, y_val=None, *, grid=DEFAULT_GRID, met
     n_train = len(y_train)
     if X_val is not None:
         k, n_val = 1, len(y_val)
-        scores = _sweep(LinearProbe(warm_start=True, **probe_params), grid, X_train, y_train, X_val, y_val, metric)
+        scores = _sweep(probe_params, grid, X_train, y_train, X_val, y_val, metric)
     else:
         k = _folds_for(y_train, folds)
         X_train, y_train = np.asarray(X_train), np.asarray(y_train)
@@ -166,7 +177,7 @@ def select_C(X_train, y_train, X_val=None, y_val=None, *, grid=DEFAULT_GRID, met
         except ValueError as exc:
             raise ProbeError(f"Cannot carve a stratified validation split from train: {' '.join(str(exc).split())}"
                              ) from exc
-        scores = np.mean([_sweep(LinearProbe(warm_start=True, **probe_params), grid, X_train[fit], y_train[fit],
+        scores = np.mean([_sweep(probe_params, grid, X_train[fit], y_train[fit],
                                  X_train[held], y_train[held], metric) for fit, held in splits], axis=0)
         n_train, n_val = (n_train, 0) if k > 1 else (len(splits[0][0]), len(splits[0][1]))
     best = int(np.argmax(scores))  # first maximum: the smallest C among ties
