@@ -10,7 +10,6 @@ Every problem with a card is an :class:`~featkit.errors.InputError` whose one li
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from featkit._search_path import search_dirs
 from featkit.errors import InputError, unknown
 
 ENV_VAR = "FEATKIT_DATA_CARDS"
@@ -235,9 +235,7 @@ def load_card(path: str | Path) -> DataCard:
 
 def card_dirs() -> list[Path]:
     """The folders searched for cards, in order: ``$FEATKIT_DATA_CARDS`` entries, then the repo's ``data_cards/``."""
-    dirs = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "data_cards")
-    return [d for d in dirs if d.is_dir()]
+    return search_dirs(ENV_VAR, "data_cards")
 
 
 def _card_paths() -> dict[str, Path]:

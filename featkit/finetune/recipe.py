@@ -9,7 +9,6 @@ repository's ``recipes/`` folder (a source checkout or an editable install), lik
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 import typing
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featkit._search_path import search_dirs
 from featkit.errors import FeatkitError, did_you_mean, unknown
 
 ENV_VAR = "FEATKIT_RECIPES"
@@ -301,9 +301,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def recipe_dirs() -> list[Path]:
     """Folders searched for recipes, in order: ``$FEATKIT_RECIPES`` entries, then the repo's ``recipes/``."""
-    dirs = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "recipes")
-    return [d for d in dirs if d.is_dir()]
+    return search_dirs(ENV_VAR, "recipes")
 
 
 def recipe_paths() -> dict[str, Path]:
