@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,17 +71,12 @@ def model_taps(models: tuple[str, ...], taps: tuple[str, ...]) -> dict[str, list
 
 
 def _versions() -> dict:
-    import numpy
     import sklearn
-    import torch
-    import torchvision
 
-    import featkit
     from featkit._faiss import faiss
+    from featkit._versions import library_versions
 
-    return {"featkit": featkit.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
-            "faiss": faiss.__version__, "machine": platform.machine(), "processor": platform.processor()}
+    return {**library_versions(), "scikit-learn": sklearn.__version__, "faiss": faiss.__version__}
 
 
 def _probe(cfg: BenchConfig, dataset: BenchDataset, store, tap: str):

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import PIL
 import torch
-import torchvision
 from tqdm.auto import tqdm
 
-import featkit
 from featkit._device import resolve_runtime
+from featkit._versions import library_versions
 from featkit.backbones.registry import describe
 from featkit.backbones.spec import TapSpec
 from featkit.backbones.weights import WeightsInfo, load_backbone_weights
@@ -88,11 +86,6 @@ def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo) -
         "fold_bn": True,
         "shard_rows": rows_per_shard(cfg, taps),
     }
-
-
-def _versions() -> dict:
-    return {"featkit": featkit.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "pillow": PIL.__version__, "numpy": np.__version__}
 
 
 class _ShardBuilder:
@@ -177,7 +170,7 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
         workers = default_workers(runtime.device.type) if cfg.workers is None else cfg.workers
         writer.begin_run({"inputs": [str(i) for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
                           "device": runtime.describe(), "batch_size": cfg.batch_size, "workers": workers,
-                          "versions": _versions(), "to_compute": len(pending), "unchanged": unchanged,
+                          "versions": library_versions(), "to_compute": len(pending), "unchanged": unchanged,
                           "changed": changed, "removed": removed})
         extractor = TapExtractor(model, taps, runtime, pool=cfg.pool, l2=cfg.l2)
         del model

@@ -23,8 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-import featkit
 from featkit._device import Runtime, resolve_device, resolve_runtime
+from featkit._versions import library_versions
 from featkit.backbones.registry import describe
 from featkit.data.transforms import normalize_batch
 from featkit.errors import FeatkitError
@@ -198,7 +198,7 @@ class Trainer:
             "stages": [list(s) for s in self.stages.backbone],
             "world_size": self.d.world,
             "device": self.runtime.describe(),
-            "versions": {"featkit": featkit.__version__, "torch": torch.__version__},
+            "versions": library_versions(),
         })
 
     # ---- checkpoints -------------------------------------------------------------------------------------
