@@ -39,18 +39,16 @@ def weights_identity(model: str, weights: str, seed: int) -> str:
     """What the numbers depend on: torchvision's weights enum, the seed, or the content of a file."""
     from featkit.backbones.checkpoints import sha256_file
     from featkit.backbones.weights import default_weights_enum
+    from featkit.finetune.rundir import resolve_weights_path
 
     if weights == "imagenet":
         enum = default_weights_enum(model)
         return f"imagenet:{type(enum).__name__}.{enum.name}" if enum is not None else "imagenet:none"
     if weights == "random":
         return f"random:{seed}"
-    path = Path(weights).expanduser()
+    path = resolve_weights_path(Path(weights).expanduser())  # a fine-tuning run stands for its final weights
     if path.is_file():
         return f"sha256:{sha256_file(path)}"
-    if path.is_dir():  # e.g. a fine-tuning run directory: its newest file stands for its content
-        newest = max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
-        return f"dir:{path.resolve()}@{newest}"
     return f"path:{weights}"  # the extractor reports a missing file with a proper message
 
 
