@@ -29,6 +29,10 @@ class StoreError(FeatkitError):
     """A feature store that cannot be written or read as asked."""
 
 
+class WriteError(FeatkitError):
+    """A file that cannot be written (disk full, quota, permissions); what was written before it is intact."""
+
+
 class InputError(FeatkitError):
     """Inputs (folders, list files) that cannot be read as asked."""
 

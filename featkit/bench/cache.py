@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from featkit._atomic import write_json
 from featkit.bench.datasets import BenchDataset
 from featkit.store import format as fmt
 
@@ -118,7 +119,7 @@ class FeatureCache:
         if missing:
             store_dir = model_dir / _digest({**key, "taps": sorted(missing)})[:12]
             store_dir.mkdir(parents=True, exist_ok=True)
-            fmt.write_atomic(store_dir / KEY_FILE, (json.dumps(key, indent=1, sort_keys=True) + "\n").encode())
+            write_json(store_dir / KEY_FILE, key, sort_keys=True)
             echo(f"extracting {model} {', '.join(missing)} on {dataset.name} → {store_dir}")
             start = time.perf_counter()
             run_extraction(dataset.folder, store_dir, self._extract_config(model, missing, cfg), progress=progress)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from featkit._atomic import write_json
 from featkit.bench.cache import FeatureCache
 from featkit.bench.config import BenchConfig
 from featkit.bench.datasets import BenchDataset, resolve_dataset
 from featkit.errors import UnknownNameError
-from featkit.store import format as fmt
 
 
 @dataclass(frozen=True)
@@ -146,6 +145,6 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, echo=print) -> BenchRe
                           "probe_result": result.to_dict(), "versions": versions,
                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 path = runs_dir / f"{dataset.name}__{model}__{asked}__{cfg.probe}.json"
-                fmt.write_atomic(path, (json.dumps(record, indent=1, default=_jsonable) + "\n").encode())
+                write_json(path, record, default=_jsonable)
                 runs.append(path)
     return BenchReport(rows, runs, time.perf_counter() - start)

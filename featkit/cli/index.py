@@ -166,7 +166,7 @@ def search(
 
     from featkit.errors import SearchIndexError
     from featkit.index import Index
-    from featkit.store.format import write_atomic
+    from featkit._atomic import write_bytes
 
     index = Index.open(index_path)
     params = {**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef_search} if ef_search else {})}
@@ -185,13 +185,13 @@ def search(
     for row in failures.itertuples():
         err.print(f"skipped query {row.path}: {row.reason} ({row.message})")
     if csv is not None:
-        write_atomic(csv, table.to_csv(index=False).encode())
+        write_bytes(csv, table.to_csv(index=False).encode())
         err.print(f"wrote {csv}: {len(table):,} rows")
     if html_out is not None:
         from featkit.reports.search_page import search_page
 
         score = "cosine" if index.metric == "cosine" else "distance"
-        write_atomic(html_out, search_page(results, title=f"featkit search: {index_path}", score_name=score).encode())
+        write_bytes(html_out, search_page(results, title=f"featkit search: {index_path}", score_name=score).encode())
         err.print(f"wrote {html_out}")
     if as_json:
         print(json.dumps(_records(table)))
@@ -223,12 +223,12 @@ def dedup(
     Example: featkit dedup feats/ --tap fc7 --threshold 0.95 -o dupes.csv
     """
     from featkit.index.dedup import find_duplicates
-    from featkit.store.format import write_atomic
+    from featkit._atomic import write_bytes
 
     groups = find_duplicates(store, tap=tap, threshold=threshold, progress=not quiet)
     if output is not None:
         data = json.dumps(_records(groups)) if output.suffix.lower() == ".json" else groups.to_csv(index=False)
-        write_atomic(output, data.encode())
+        write_bytes(output, data.encode())
     if as_json:
         print(json.dumps(_records(groups)))
         return

@@ -224,7 +224,7 @@ def _check_counts(card: DataCard, counts: Mapping[str, int]) -> None:
 
 def _write_marker(card: DataCard, folder: Path, counts, classes, per_class) -> None:
     from featkit import __version__
-    from featkit.store.format import write_atomic
+    from featkit._atomic import write_json
 
     meta = {
         "format": FORMAT,
@@ -235,4 +235,4 @@ def _write_marker(card: DataCard, folder: Path, counts, classes, per_class) -> N
         "classes": list(classes),
         "card_splits": {folder_split: split for split, folder_split in split_folders(card).items()},
     }
-    write_atomic(folder / MARKER, (json.dumps(meta, indent=2) + "\n").encode())
+    write_json(folder / MARKER, meta, indent=2)

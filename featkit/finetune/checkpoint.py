@@ -17,7 +17,7 @@ import torch
 
 from featkit.backbones.checkpoints import load_torch_file
 from featkit.errors import FeatkitError
-from featkit.store.format import write_atomic
+from featkit._atomic import temp_path, write_bytes
 
 FORMAT = "featkit-finetune-checkpoint"
 VERSION = 1
@@ -43,9 +43,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
     torch.save({"format": FORMAT, "version": VERSION, **state}, buf)
     data = buf.getvalue()
     if kill_point("save"):
-        path.with_name(path.name + ".tmp").write_bytes(data[: len(data) // 2])
+        temp_path(path).write_bytes(data[: len(data) // 2])
         die()
-    write_atomic(path, data)
+    write_bytes(path, data)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from featkit.errors import FeatkitError, WeightsError
-from featkit.store.format import write_atomic
+from featkit._atomic import json_bytes, write_bytes
 
 RUN_FORMAT = "featkit-finetune-run"
 WEIGHTS_FORMAT = "featkit-finetuned-weights"
@@ -65,12 +65,8 @@ class RunDir:
         return self.root / "model.json"
 
 
-def _json_bytes(obj: dict) -> bytes:
-    return (json.dumps(obj, indent=1) + "\n").encode()
-
-
 def write_manifest(run: RunDir, manifest: dict) -> None:
-    write_atomic(run.manifest, _json_bytes({"format": RUN_FORMAT, "version": VERSION, **manifest}))
+    write_bytes(run.manifest, json_bytes({"format": RUN_FORMAT, "version": VERSION, **manifest}))
 
 
 def read_manifest(root: Path) -> dict:
@@ -94,7 +90,7 @@ def write_metrics(run: RunDir, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
-    write_atomic(run.metrics, buf.getvalue().encode())
+    write_bytes(run.metrics, buf.getvalue().encode())
 
 
 def write_curves(run: RunDir, rows: list[dict], title: str) -> None:
@@ -117,15 +113,15 @@ def write_curves(run: RunDir, rows: list[dict], title: str) -> None:
     fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    write_atomic(run.curves, buf.getvalue())
+    write_bytes(run.curves, buf.getvalue())
 
 
 def write_weights(path: Path, state: dict[str, torch.Tensor], card: dict) -> None:
     """A plain state_dict at ``path`` and its card (model, classes, preprocessing) beside it as ``.json``."""
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
-    write_atomic(path, buf.getvalue())
-    write_atomic(path.with_suffix(".json"), _json_bytes({"format": WEIGHTS_FORMAT, "version": VERSION, **card}))
+    write_bytes(path, buf.getvalue())
+    write_bytes(path.with_suffix(".json"), json_bytes({"format": WEIGHTS_FORMAT, "version": VERSION, **card}))
 
 
 def read_weights_card(weights: Path) -> dict | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,9 @@ import pandas as pd
 
 from featkit._faiss import faiss
 from featkit.errors import SearchIndexError
-from featkit.store.format import _fsync_dir, parquet_bytes, write_atomic
+from featkit._atomic import write_bytes, write_json, writing
+from featkit.errors import WriteError
+from featkit.store.format import parquet_bytes
 
 FORMAT = "featkit-index"
 VERSION = 1
@@ -42,16 +43,13 @@ def _hash_file(path: Path) -> str:
 
 def _write_faiss(index: faiss.Index, path: Path) -> tuple[str, int]:
     """``faiss.write_index`` through a temp file, fsync and rename; returns (sha256, bytes)."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        digest, size = _hash_file(tmp), tmp.stat().st_size
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except (OSError, RuntimeError) as exc:
-        tmp.unlink(missing_ok=True)
+        with writing(path) as tmp:
+            faiss.write_index(index, str(tmp))
+            digest, size = _hash_file(tmp), tmp.stat().st_size
+    except WriteError as exc:
+        raise SearchIndexError(f"{exc} The previous index (if any) is intact.") from None
+    except RuntimeError as exc:  # FAISS's own I/O errors
         raise SearchIndexError(f"Cannot write {path}: {exc}. The previous index (if any) is intact.") from None
     return digest, size
 
@@ -140,7 +138,7 @@ def save(root: Path, index: faiss.Index, ids: pd.DataFrame, manifest: dict) -> d
     index_name, ids_name = f"index-{generation:06d}.faiss", f"ids-{generation:06d}.parquet"
     index_sha, index_bytes = _write_faiss(index, root / index_name)
     ids_data = parquet_bytes(ids[ID_COLUMNS])
-    ids_sha = write_atomic(root / ids_name, ids_data)
+    ids_sha = write_bytes(root / ids_name, ids_data)
     manifest = {**manifest, "format": FORMAT, "version": VERSION, "generation": generation,
                 "count": int(index.ntotal), "index_dim": int(index.d),
                 "files": {"index": {"name": index_name, "sha256": index_sha, "bytes": index_bytes},
@@ -155,4 +153,4 @@ def save(root: Path, index: faiss.Index, ids: pd.DataFrame, manifest: dict) -> d
 
 def _commit(root: Path, manifest: dict) -> None:
     """The commit point: the atomic rename of the manifest."""
-    write_atomic(root / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_json(root / MANIFEST, manifest)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from featkit.store.format import write_atomic
+from featkit._atomic import write_bytes
 
 
 def to_frame(rows) -> pd.DataFrame:
@@ -51,11 +52,10 @@ def plot(frame: pd.DataFrame, taps: list[str], path: Path) -> Path:
         ax.legend(fontsize="small")
     fig.suptitle("Which layer transfers best")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    write_atomic(path, tmp.read_bytes())
-    tmp.unlink()
+    write_bytes(path, buf.getvalue())
     return path
 
 
@@ -64,7 +64,7 @@ def write_results(rows, taps: list[str], output: Path) -> dict[str, Path]:
     output = Path(output)
     frame = to_frame(rows)
     paths = {"csv": output / "results.csv", "markdown": output / "results.md", "plot": output / "accuracy.png"}
-    write_atomic(paths["csv"], frame.to_csv(index=False).encode())
-    write_atomic(paths["markdown"], to_markdown(frame).encode())
+    write_bytes(paths["csv"], frame.to_csv(index=False).encode())
+    write_bytes(paths["markdown"], to_markdown(frame).encode())
     plot(frame, taps, paths["plot"])
     return paths

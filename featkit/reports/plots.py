@@ -7,6 +7,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from featkit._atomic import writing
 from featkit.inspect import Inspection
 from featkit.reports.tables import title
 
@@ -30,5 +31,6 @@ def plot_layers(result: Inspection, path: str | Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title(result), fontsize=10)
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with writing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return path

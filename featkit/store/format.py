@@ -1,4 +1,4 @@
-"""Feature store format v1: the directory layout, the manifest, and atomic file writes.
+"""Feature store format v1: the directory layout and the manifest.
 
 ```
 STORE/
@@ -12,16 +12,15 @@ STORE/
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from featkit.errors import StoreError
+from featkit._atomic import json_bytes, write_bytes
+from featkit.errors import StoreError, WriteError
 
 FORMAT = "featkit-store"
 VERSION = 1
@@ -44,38 +43,6 @@ def metadata_path(index: int) -> str:
 
 def failures_path(index: int) -> str:
     return f"failures/{shard_name(index, '.parquet')}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` via a temp file, fsync and rename; returns its sha256.
-
-    Raises:
-        StoreError: the write failed (disk full, quota, permissions): names the path and errno.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(
-            f"Cannot write {path}: [Errno {exc.errno}] {exc.strerror}. Earlier shards are intact; "
-            "fix the cause (e.g. free disk space) and rerun the same command to resume."
-        ) from None
-    return hashlib.sha256(data).hexdigest()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -107,4 +74,17 @@ def read_manifest(root: Path) -> dict | None:
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    write_atomic(root / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode())
+    write_file(root / MANIFEST, json_bytes(manifest))
+
+
+def write_file(path: Path, data: bytes) -> str:
+    """Write one of the store's files atomically; returns its sha256.
+
+    Raises:
+        StoreError: the write failed (disk full, quota, permissions): names the path and errno.
+    """
+    try:
+        return write_bytes(path, data)
+    except WriteError as exc:
+        raise StoreError(f"{exc} Earlier shards are intact; fix the cause (e.g. free disk space) and rerun the same "
+                         "command to resume.") from None

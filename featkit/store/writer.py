@@ -119,12 +119,12 @@ class StoreWriter:
             if array.shape[0] != n:
                 raise ValueError(f"tap {tap}: {array.shape[0]} rows for {n} metadata rows")
             rel = fmt.feature_path(tap, index)
-            files[rel] = fmt.write_atomic(self.root / rel, fmt.npy_bytes(array))
+            files[rel] = fmt.write_file(self.root / rel, fmt.npy_bytes(array))
             self.manifest["taps"].setdefault(tap, {"dims": int(array.shape[1]), "dtype": str(array.dtype)})
         meta = metadata.assign(row=np.arange(self.next_row, self.next_row + n, dtype=np.int64))[fmt.META_COLUMNS]
-        files[fmt.metadata_path(index)] = fmt.write_atomic(self.root / fmt.metadata_path(index), fmt.parquet_bytes(meta))
+        files[fmt.metadata_path(index)] = fmt.write_file(self.root / fmt.metadata_path(index), fmt.parquet_bytes(meta))
         fail = failures.reindex(columns=fmt.FAILURE_COLUMNS)
-        files[fmt.failures_path(index)] = fmt.write_atomic(self.root / fmt.failures_path(index), fmt.parquet_bytes(fail))
+        files[fmt.failures_path(index)] = fmt.write_file(self.root / fmt.failures_path(index), fmt.parquet_bytes(fail))
         self.manifest["shards"].append({"index": index, "rows": n, "failures": len(fail), "files": files})
         self.manifest["rows"] = self.next_row - len(self.manifest["stale_rows"])
         self.manifest["failures"] += len(fail)
