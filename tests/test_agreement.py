@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import write_images
 from PIL import Image
 from torchvision import models
 
 import featkit
-from helpers import write_images
 
 
 def reference_inputs(folder, name: str) -> torch.Tensor:

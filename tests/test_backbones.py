@@ -7,8 +7,14 @@ import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from featkit.backbones.alexnet2012 import MIN_INPUT_SIZE as ALEXNET2012_MIN
-from featkit.backbones.registry import (build_module, curated_backbones, describe, describe_at, list_backbones,
-                                        register_backbone)
+from featkit.backbones.registry import (
+    build_module,
+    curated_backbones,
+    describe,
+    describe_at,
+    list_backbones,
+    register_backbone,
+)
 from featkit.backbones.weights import load_backbone_weights, preprocess_for
 from featkit.errors import UnknownNameError, WeightsError
 

@@ -14,8 +14,6 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import EpsImagePlugin, Image, ImageFile, ImageOps
-
 from corpus import (
     BLACK,
     BLUE,
@@ -31,6 +29,8 @@ from corpus import (
     write_bad_corpus,
     write_odd_but_good_corpus,
 )
+from PIL import EpsImagePlugin, Image, ImageFile, ImageOps
+
 from featkit.data import decode as decode_module
 from featkit.data.decode import (
     ALLOWED_FORMATS,

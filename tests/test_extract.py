@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import store_bytes, write_images
 
 import featkit
-from featkit._device import resolve_runtime, cpu_has_bf16
+from featkit._device import cpu_has_bf16, resolve_runtime
 from featkit.backbones.registry import build_module, describe
-from featkit.extraction.engine import TapExtractor
 from featkit.errors import FeatkitError, StoreError
-from helpers import store_bytes, write_images
+from featkit.extraction.engine import TapExtractor
 
 FAST = dict(model="squeezenet1_1", weights="random", workers=0, batch_size=4, device="cpu")
 

@@ -12,7 +12,14 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import featkit
 from featkit.errors import FeatkitError
-from featkit.probes import KNNProbe, LinearProbe, ProbeError, run_knn_probe, run_linear_probe, select_C
+from featkit.probes import (
+    KNNProbe,
+    LinearProbe,
+    ProbeError,
+    run_knn_probe,
+    run_linear_probe,
+    select_C,
+)
 
 SMALL_GRID = np.logspace(-6, 5, 23)
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import store_bytes, write_images
 
 ARGS = ["--model", "squeezenet1_1", "--weights", "random", "--layer", "logits", "--workers", "0", "--device", "cpu",

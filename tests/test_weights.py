@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -100,3 +101,27 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path):
     torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "other.pth")
     with pytest.raises(WeightsError, match=r"do not fit squeezenet1_1: \d+ missing .* 2 unexpected \(weight, bias\)"):
         load_backbone_weights("squeezenet1_1", str(tmp_path / "other.pth"))
+
+
+def test_a_card_beside_weights_gives_their_classes_and_preprocessing_and_a_damaged_one_is_one_line(tmp_path):
+    from featkit.backbones.card import WeightsCard, card_path, write_card
+    from featkit.backbones.registry import build_module
+    from featkit.backbones.spec import Preprocess
+
+    torch.save(build_module("squeezenet1_1", num_classes=3).state_dict(), tmp_path / "model.pth")
+    pre = Preprocess(resize=160, crop=144, interpolation="bicubic")
+    write_card(tmp_path / "model.pth", WeightsCard("squeezenet1_1", ("ant", "bee", "wasp"), pre, "last-stage", 4, 0.9))
+    _, info = load_backbone_weights("squeezenet1_1", str(tmp_path / "model.pth"))
+    assert info.categories == ("ant", "bee", "wasp") and info.preprocess == pre
+    with pytest.raises(WeightsError, match="fine-tuned from squeezenet1_1, not resnet18; pass --model squeezenet1_1"):
+        load_backbone_weights("resnet18", str(tmp_path / "model.pth"))
+    card = json.loads(card_path(tmp_path / "model.pth").read_text())
+    for damage, field in (({"classes": "ant"}, "classes"), ({"preprocess": {**card["preprocess"], "crop": -1}},
+                                                           "preprocess.crop"), ({"model": None}, "model")):
+        card_path(tmp_path / "model.pth").write_text(json.dumps({**card, **damage}))
+        with pytest.raises(WeightsError) as info_:
+            load_backbone_weights("squeezenet1_1", str(tmp_path / "model.pth"))
+        message = str(info_.value)
+        assert "\n" not in message and "model.json" in message and field in message
+    card_path(tmp_path / "model.pth").write_text('{"not": "a featkit card"}')  # any other JSON there: plain weights
+    assert load_backbone_weights("squeezenet1_1", str(tmp_path / "model.pth"))[1].categories is None

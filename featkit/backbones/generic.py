@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+from torchvision.models.feature_extraction import (
+    create_feature_extractor,
+    get_graph_node_names,
+)
 
 from featkit.backbones.spec import BackboneSpec, TapSpec
 

@@ -1,4 +1,4 @@
-"""Frozen tables that describe a backbone: its taps and where they sit in the torchvision graph.
+"""Frozen tables that describe a backbone: its taps, where they sit in the torchvision graph, and its preprocessing.
 
 Every family module (alexnet.py, vgg.py, resnet.py, squeezenet.py) declares its taps as data here; the
 extractor, `featkit taps` and the tests all read the same table.
@@ -10,6 +10,47 @@ import math
 from dataclasses import dataclass, field
 
 from featkit.errors import unknown
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to ``resize``, centre-crop ``crop``, scale to [0, 1], normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def as_dict(self) -> dict:
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Preprocess:
+        """The inverse of :meth:`as_dict`; raises ``ValueError`` naming the field that is missing or malformed."""
+        if not isinstance(data, dict):
+            raise ValueError(f"preprocess: expected an object, got {type(data).__name__}")
+        for key in ("resize", "crop"):
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"preprocess.{key}: expected an integer >= 1, got {value!r}")
+        for key in ("mean", "std"):
+            value = data.get(key)
+            if (not isinstance(value, list) or len(value) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ValueError(f"preprocess.{key}: expected a list of 3 numbers, got {value!r}")
+        if data.get("interpolation") not in INTERPOLATIONS:
+            raise ValueError(f"preprocess.interpolation: expected one of {', '.join(INTERPOLATIONS)}, "
+                             f"got {data.get('interpolation')!r}")
+        if any(v <= 0 for v in data["std"]):
+            raise ValueError(f"preprocess.std: expected numbers > 0, got {data['std']!r}")
+        return cls(resize=data["resize"], crop=data["crop"], mean=tuple(float(v) for v in data["mean"]),
+                   std=tuple(float(v) for v in data["std"]), interpolation=data["interpolation"])
 
 
 @dataclass(frozen=True)

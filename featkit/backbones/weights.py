@@ -17,29 +17,12 @@ import torch
 from torchvision import models as tvm
 
 from featkit.backbones import checkpoints
+from featkit.backbones.card import read_card, resolve_weights_path
 from featkit.backbones.registry import build_module, describe
+from featkit.backbones.spec import Preprocess
 from featkit.errors import WeightsError
-from featkit.finetune.rundir import read_weights_card, resolve_weights_path
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Resize the shorter side to ``resize``, centre-crop ``crop``, scale to [0, 1], normalise."""
-
-    resize: int
-    crop: int
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def as_dict(self) -> dict:
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
 
 
 @dataclass(frozen=True)
@@ -132,14 +115,11 @@ def load_backbone_weights(name: str, weights: str = "imagenet", *, seed: int = 0
         raise WeightsError(f"Weights '{weights}' are neither 'imagenet', 'random' nor an existing file.")
     path = resolve_weights_path(path)  # a fine-tuning run directory stands for its final weights
     categories = None
-    card = read_weights_card(path)
+    card = read_card(path)
     if card is not None:  # fine-tuned weights: their class names, and the preprocessing they were evaluated with
-        if card.get("model") != name:
-            raise WeightsError(f"Weights {path} were fine-tuned from {card.get('model')}, not {name}; "
-                               f"pass --model {card.get('model')}.")
-        categories = tuple(card["classes"])
-        preprocess = Preprocess(**{**card["preprocess"], "mean": tuple(card["preprocess"]["mean"]),
-                                   "std": tuple(card["preprocess"]["std"])})
+        if card.model != name:
+            raise WeightsError(f"Weights {path} were fine-tuned from {card.model}, not {name}; pass --model {card.model}.")
+        categories, preprocess = card.classes, card.preprocess
     state = checkpoints.load_state_dict_file(path)
     num_classes = _classes_in(state, spec.logits_module) or 1000
     model = build_module(name, num_classes=num_classes)

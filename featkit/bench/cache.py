@@ -38,9 +38,9 @@ def _digest(value) -> str:
 
 def weights_identity(model: str, weights: str, seed: int) -> str:
     """What the numbers depend on: torchvision's weights enum, the seed, or the content of a file."""
+    from featkit.backbones.card import resolve_weights_path
     from featkit.backbones.checkpoints import sha256_file
     from featkit.backbones.weights import default_weights_enum
-    from featkit.finetune.rundir import resolve_weights_path
 
     if weights == "imagenet":
         enum = default_weights_enum(model)

@@ -164,9 +164,9 @@ def search(
     """
     import numpy as np
 
+    from featkit._atomic import write_bytes
     from featkit.errors import SearchIndexError
     from featkit.index import Index
-    from featkit._atomic import write_bytes
 
     index = Index.open(index_path)
     params = {**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef_search} if ef_search else {})}
@@ -222,8 +222,8 @@ def dedup(
 
     Example: featkit dedup feats/ --tap fc7 --threshold 0.95 -o dupes.csv
     """
-    from featkit.index.dedup import find_duplicates
     from featkit._atomic import write_bytes
+    from featkit.index.dedup import find_duplicates
 
     groups = find_duplicates(store, tap=tap, threshold=threshold, progress=not quiet)
     if output is not None:

@@ -55,6 +55,8 @@ def inspect(
     else:
         typer.echo(tables.render(result, fmt.value), nl=False)
     if plot is not None:
-        from featkit.reports.plots import plot_layers  # matplotlib only when a picture is asked for
+        from featkit.reports.plots import (
+            plot_layers,  # matplotlib only when a picture is asked for
+        )
 
         make_console(stderr=True).print(f"wrote {plot_layers(result, plot)}", markup=False)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featkit.backbones.weights import Preprocess
+from featkit.backbones.spec import Preprocess
 from featkit.data.decode import DecodeError
 from featkit.data.transforms import load_crop
 

@@ -14,7 +14,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from featkit.backbones.weights import Preprocess
+from featkit.backbones.spec import Preprocess
 from featkit.data.decode import decode_image
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from featkit._atomic import temp_path, write_bytes
 from featkit.backbones.checkpoints import load_torch_file
 from featkit.errors import FeatkitError
-from featkit._atomic import temp_path, write_bytes
 
 FORMAT = "featkit-finetune-checkpoint"
 VERSION = 1

@@ -16,7 +16,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset, DistributedSampler
 
-from featkit.backbones.weights import Preprocess
+from featkit.backbones.spec import Preprocess
 from featkit.data.decode import DecodeError, decode_image
 from featkit.data.sources import list_inputs
 from featkit.data.transforms import load_crop

@@ -14,12 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from featkit.backbones.registry import build_module, describe
-from featkit.backbones.weights import (
-    Preprocess,
-    WeightsInfo,
-    load_backbone_weights,
-    preprocess_for,
-)
+from featkit.backbones.spec import Preprocess
+from featkit.backbones.weights import WeightsInfo, load_backbone_weights, preprocess_for
 from featkit.finetune.recipe import Recipe
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,18 @@ from pathlib import Path
 
 import torch
 
-from featkit.errors import FeatkitError, WeightsError
-from featkit._atomic import json_bytes, write_bytes
+from featkit._atomic import write_bytes, write_json
+from featkit.backbones.card import (
+    RUN_BEST,
+    RUN_MANIFEST,
+    RUN_WEIGHTS,
+    WeightsCard,
+    card_path,
+    write_card,
+)
+from featkit.errors import FeatkitError
 
 RUN_FORMAT = "featkit-finetune-run"
-WEIGHTS_FORMAT = "featkit-finetuned-weights"
 VERSION = 1
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "images_per_s")
 
@@ -38,7 +45,7 @@ class RunDir:
 
     @property
     def manifest(self) -> Path:
-        return self.root / "recipe.json"
+        return self.root / RUN_MANIFEST
 
     @property
     def metrics(self) -> Path:
@@ -54,19 +61,19 @@ class RunDir:
 
     @property
     def best(self) -> Path:
-        return self.root / "best.pt"
+        return self.root / RUN_BEST
 
     @property
     def weights(self) -> Path:
-        return self.root / "model.pth"
+        return self.root / RUN_WEIGHTS
 
     @property
     def weights_card(self) -> Path:
-        return self.root / "model.json"
+        return card_path(self.weights)
 
 
 def write_manifest(run: RunDir, manifest: dict) -> None:
-    write_bytes(run.manifest, json_bytes({"format": RUN_FORMAT, "version": VERSION, **manifest}))
+    write_json(run.manifest, {"format": RUN_FORMAT, "version": VERSION, **manifest})
 
 
 def read_manifest(root: Path) -> dict:
@@ -116,30 +123,9 @@ def write_curves(run: RunDir, rows: list[dict], title: str) -> None:
     write_bytes(run.curves, buf.getvalue())
 
 
-def write_weights(path: Path, state: dict[str, torch.Tensor], card: dict) -> None:
-    """A plain state_dict at ``path`` and its card (model, classes, preprocessing) beside it as ``.json``."""
+def write_weights(path: Path, state: dict[str, torch.Tensor], card: WeightsCard) -> None:
+    """A plain state_dict at ``path`` and its card (model, classes, preprocessing) beside it."""
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
     write_bytes(path, buf.getvalue())
-    write_bytes(path.with_suffix(".json"), json_bytes({"format": WEIGHTS_FORMAT, "version": VERSION, **card}))
-
-
-def read_weights_card(weights: Path) -> dict | None:
-    """The card beside a fine-tuned weights file, or None for weights that have none."""
-    path = weights.with_suffix(".json")
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return card if isinstance(card, dict) and card.get("format") == WEIGHTS_FORMAT else None
-
-
-def resolve_weights_path(path: Path) -> Path:
-    """A run directory stands for its final weights file."""
-    if path.is_dir() and RunDir(path).manifest.exists():
-        weights = RunDir(path).weights
-        if not weights.exists():
-            raise WeightsError(f"Run {path} has no final weights yet ({weights.name}); finish it with "
-                               f"`featkit finetune --resume {path}`, or pass {RunDir(path).best} for its best epoch.")
-        return weights
-    return path
+    write_card(path, card)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from featkit._device import Runtime, resolve_device, resolve_runtime
 from featkit._versions import library_versions
+from featkit.backbones.card import WeightsCard
 from featkit.backbones.registry import describe
 from featkit.data.transforms import normalize_batch
 from featkit.errors import FeatkitError
@@ -330,14 +331,9 @@ class Trainer:
     def _finish(self) -> None:
         if not self.d.is_main:
             return
-        rundir.write_weights(self.run.weights, self.eval_model.state_dict(), {
-            "model": self.recipe.model,
-            "classes": list(self.folder.classes),
-            "preprocess": self.pre.as_dict(),
-            "recipe": self.recipe.name,
-            "epochs": len(self.history),
-            "val_acc": self.history[-1]["val_acc"] if self.history else None,
-        })
+        rundir.write_weights(self.run.weights, self.eval_model.state_dict(), WeightsCard(
+            model=self.recipe.model, classes=self.folder.classes, preprocess=self.pre, recipe=self.recipe.name,
+            epochs=len(self.history), val_acc=self.history[-1]["val_acc"] if self.history else None))
 
     def fit(self, on_batch: BatchCallback | None = None, on_epoch: EpochCallback | None = None) -> FitResult:
         """Train to the recipe's last epoch (or an early stop), then write the final weights."""

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from featkit._faiss import faiss
-from featkit.errors import SearchIndexError
 from featkit._atomic import write_bytes, write_json, writing
-from featkit.errors import WriteError
+from featkit._faiss import faiss
+from featkit.errors import SearchIndexError, WriteError
 from featkit.store.format import parquet_bytes
 
 FORMAT = "featkit-index"

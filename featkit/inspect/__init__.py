@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from featkit.inspect.layers import DTYPE_BYTES, LayerRow, layer_rows
 from featkit.inspect.receptive import Field
-from featkit.inspect.summary import DEPTHS, InspectConfig, Inspection, Totals, inspect_backbone, inspect_module
+from featkit.inspect.summary import (
+           DEPTHS,
+           InspectConfig,
+           Inspection,
+           Totals,
+           inspect_backbone,
+           inspect_module,
+)
 
 __all__ = ["DEPTHS", "DTYPE_BYTES", "Field", "InspectConfig", "Inspection", "LayerRow", "Totals", "inspect_backbone",
            "inspect_module", "layer_rows"]

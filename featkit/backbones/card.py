@@ -1,0 +1,106 @@
+"""The weights card: the JSON file beside fine-tuned weights that says what they are, and the run directory that
+stands for its final weights.
+
+``featkit finetune`` writes ``RUN/model.pth`` (a plain state_dict) and ``RUN/model.json`` (its card: the model it
+was fine-tuned from, the class names, the eval preprocessing). ``--weights RUN`` or ``--weights RUN/model.pth``
+then extracts with the right head, class names and preprocessing. The card format is owned here, below
+fine-tuning, so that loading weights never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from featkit._atomic import write_json
+from featkit.backbones.spec import Preprocess
+from featkit.errors import WeightsError
+
+FORMAT = "featkit-finetuned-weights"
+VERSION = 1
+# The names a fine-tuning run directory uses for its manifest and its final and best weights.
+RUN_MANIFEST = "recipe.json"
+RUN_WEIGHTS = "model.pth"
+RUN_BEST = "best.pt"
+
+
+@dataclass(frozen=True)
+class WeightsCard:
+    """What a fine-tuned weights file is.
+
+    Attributes:
+        model: the backbone it was fine-tuned from (its architecture, with a new head).
+        classes: the head's class names, in output order.
+        preprocess: the eval preprocessing it was validated with.
+        recipe: the recipe that trained it.
+        epochs: epochs trained.
+        val_acc: validation accuracy at the end (None: no epoch finished).
+    """
+
+    model: str
+    classes: tuple[str, ...]
+    preprocess: Preprocess
+    recipe: str = ""
+    epochs: int = 0
+    val_acc: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "model": self.model, "classes": list(self.classes),
+                "preprocess": self.preprocess.as_dict(), "recipe": self.recipe, "epochs": self.epochs,
+                "val_acc": self.val_acc}
+
+
+def card_path(weights: Path) -> Path:
+    """Where the card of the weights file ``weights`` is: beside it, with the suffix ``.json``."""
+    return weights.with_suffix(".json")
+
+
+def write_card(weights: Path, card: WeightsCard) -> None:
+    """Write the card of ``weights`` atomically."""
+    write_json(card_path(weights), card.as_dict())
+
+
+def read_card(weights: Path) -> WeightsCard | None:
+    """The card beside ``weights``, or None where there is none (any other JSON file there is not a card).
+
+    Raises:
+        WeightsError: the file says it is a featkit weights card but a field is missing or malformed.
+    """
+    path = card_path(weights)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    try:
+        if data.get("version") != VERSION:
+            raise ValueError(f"version: this featkit reads version {VERSION}, got {data.get('version')!r}")
+        model, classes = data.get("model"), data.get("classes")
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model: expected a model name, got {model!r}")
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise ValueError("classes: expected a non-empty list of class names")
+        epochs, val_acc = data.get("epochs", 0), data.get("val_acc")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
+        if val_acc is not None and (isinstance(val_acc, bool) or not isinstance(val_acc, (int, float))):
+            raise ValueError(f"val_acc: expected a number or null, got {val_acc!r}")
+        return WeightsCard(model=model, classes=tuple(classes), preprocess=Preprocess.from_dict(data.get("preprocess")),
+                           recipe=str(data.get("recipe") or ""), epochs=epochs,
+                           val_acc=None if val_acc is None else float(val_acc))
+    except ValueError as exc:
+        raise WeightsError(f"The weights card {path} is damaged ({exc}); restore it, or delete it to load "
+                           f"{weights.name} as plain weights.") from None
+
+
+def resolve_weights_path(path: Path) -> Path:
+    """A fine-tuning run directory stands for its final weights file; any other path stands for itself."""
+    if path.is_dir() and (path / RUN_MANIFEST).exists():
+        weights = path / RUN_WEIGHTS
+        if not weights.exists():
+            raise WeightsError(f"Run {path} has no final weights yet ({RUN_WEIGHTS}); finish it with "
+                               f"`featkit finetune --resume {path}`, or pass {path / RUN_BEST} for its best epoch.")
+        return weights
+    return path
