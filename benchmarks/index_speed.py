@@ -45,11 +45,13 @@ def clustered(n: int, dim: int, centres: int, noise: float, rng: np.random.Gener
 
 def write_store(root: Path, x: np.ndarray) -> Path:
     """A featkit feature store holding ``x`` (what ``featkit index build`` reads)."""
+    from featkit.backbones.spec import Preprocess
+    from featkit.store.settings import StoreSettings, TapRecord, WeightsRecord
     from featkit.store.writer import StoreWriter
 
-    settings = {"model": "synthetic", "weights": {"kind": "random", "id": "random(seed=0)", "sha256": "0" * 64,
-                "num_classes": 0}, "preprocess": {}, "taps": [{"name": "feat", "node": "feat"}], "pool": "avg",
-                "l2": True, "dtype": "float32", "precision": "fp32", "draft": True, "fold_bn": True, "shard_rows": 16384}
+    settings = StoreSettings("synthetic", WeightsRecord("random", "random(seed=0)", "0" * 64, 1, seed=0),
+                             Preprocess(8, 8), (TapRecord("feat", "feat"),), pool="avg", l2=True, dtype="float32",
+                             precision="fp32", draft=True, shard_rows=16384)
     empty = pd.DataFrame(columns=["path", "reason", "message", "bytes", "mtime_ns"])
     with StoreWriter(root, settings) as writer:
         for start in range(0, len(x), 16384):

@@ -11,6 +11,9 @@ from featkit.errors import FeatkitError  # noqa: E402
 # Loaded on first use, so `import featkit` (and the CLI's --help) doesn't pay for importing torch.
 _LAZY = {
     "extract": "featkit.api",
+    "embed": "featkit.extraction.embed",
+    "Embedding": "featkit.extraction.embed",
+    "StoreSettings": "featkit.store.settings",
     "describe": "featkit.backbones.registry",
     "list_backbones": "featkit.backbones.registry",
     "ExtractConfig": "featkit.extraction.config",
@@ -19,7 +22,8 @@ _LAZY = {
     "open_features": "featkit.store.reader",
 }
 
-__all__ = ["ExtractConfig", "FeatkitError", "FeatureStore", "Index", "describe", "extract", "list_backbones", "open_features"]
+__all__ = ["Embedding", "ExtractConfig", "FeatkitError", "FeatureStore", "Index", "StoreSettings", "describe", "embed",
+           "extract", "list_backbones", "open_features"]
 
 
 def __getattr__(name: str):

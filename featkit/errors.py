@@ -7,11 +7,17 @@ and what to do. The CLI prints that line (no traceback unless ``--debug``) and e
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Iterable
+from typing import Any
 
 
 class FeatkitError(Exception):
     """Base class of every error featkit raises on purpose."""
+
+
+class ParameterError(FeatkitError, ValueError):
+    """An argument outside what a function or option accepts (also a ValueError, as Python code expects)."""
 
 
 class UnknownNameError(FeatkitError, KeyError):
@@ -56,3 +62,51 @@ def unknown(kind: str, name: str, choices: Iterable[str], *, context: str = "", 
     where = f" for {context}" if context else ""
     hint = f" See: {see}" if see else ""
     return UnknownNameError(f"Unknown {kind} '{name}'{where}.{did_you_mean(name, choices)}{hint}")
+
+
+def invalid_parameter(name: str, owner: str, expected: str, got: Any, *,
+                      error: type[FeatkitError] = ParameterError) -> FeatkitError:
+    """scikit-learn's template for a bad argument, the one wording featkit uses for every parameter.
+
+    ``invalid_parameter("pool", "extract", "one of none, avg, max, gem", "average")`` says:
+    "The 'pool' parameter of extract must be one of none, avg, max, gem. Got 'average' instead."
+    """
+    return error(f"The '{name}' parameter of {owner} must be {expected}. Got {got!r} instead.")
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str], owner: str, *,
+                 error: type[FeatkitError] = ParameterError) -> str:
+    """``value`` as a plain string if it is one of ``choices`` (an enum's members count as their values)."""
+    allowed = [str(c.value) if hasattr(c, "value") else str(c) for c in choices]
+    if isinstance(value, str) and str(value) in allowed:
+        return str(value)
+    raise invalid_parameter(name, owner, f"one of {', '.join(allowed)}", value, error=error)
+
+
+def check_int(name: str, value: Any, owner: str, *, minimum: int | None = None,
+              error: type[FeatkitError] = ParameterError) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and (minimum is None or value >= minimum):
+        return int(value)
+    raise invalid_parameter(name, owner, "an int" + (f" >= {minimum}" if minimum is not None else ""), value,
+                            error=error)
+
+
+def check_float(name: str, value: Any, owner: str, *, low: float, high: float, closed: str = "neither",
+                error: type[FeatkitError] = ParameterError) -> float:
+    """``value`` if it is a real number (not a bool) in the range from ``low`` to ``high``.
+
+    ``closed`` says which ends belong to the range: ``neither``, ``left``, ``right`` or ``both``, written in
+    the message as scikit-learn does: "(0, inf)", "[0, 1]".
+    """
+    left, right = closed in ("left", "both"), closed in ("right", "both")
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and (low <= value if left else low < value) and (value <= high if right else value < high))
+    if ok:
+        return float(value)
+    span = f"{'[' if left else '('}{_bound(low)}, {_bound(high)}{']' if right else ')'}"
+    raise invalid_parameter(name, owner, f"a float in the range {span}", value, error=error)
+
+
+def _bound(x: float) -> str:
+    return "inf" if x == float("inf") else "-inf" if x == float("-inf") else f"{x:g}"

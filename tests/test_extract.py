@@ -112,19 +112,20 @@ def test_inplace_relu_does_not_corrupt_pre_activation_taps(tiny_folder, tmp_path
 def test_rerun_with_other_settings_is_refused_unless_overwrite(tiny_folder, tmp_path):
     featkit.extract(tiny_folder, tmp_path / "s", layers=["fire9"], pool="avg", **FAST)
     before = store_bytes(tmp_path / "s")
-    with pytest.raises(StoreError, match=r"other settings \(pool: 'avg' → 'max'\).*--overwrite"):
+    with pytest.raises(StoreError, match=r"other settings \(pool: avg → max\)\. .*--overwrite"):
         featkit.extract(tiny_folder, tmp_path / "s", layers=["fire9"], pool="max", **FAST)
     with pytest.raises(StoreError, match="other settings"):
         featkit.extract(tiny_folder, tmp_path / "s", layers=["fire9"], pool="avg", **{**FAST, "seed": 1})
     assert store_bytes(tmp_path / "s") == before
     featkit.extract(tiny_folder, tmp_path / "s", layers=["fire9"], pool="max", overwrite=True, **FAST)
-    assert featkit.open_features(tmp_path / "s").settings["pool"] == "max"
+    assert featkit.open_features(tmp_path / "s").settings.pool == "max"
 
 
 def test_second_writer_is_refused(tiny_folder, tmp_path):
     from featkit.store.writer import StoreWriter
 
-    with StoreWriter(tmp_path / "s", {"x": 1}):
+    featkit.extract(tiny_folder, tmp_path / "s", **FAST)
+    with StoreWriter(tmp_path / "s", featkit.open_features(tmp_path / "s").settings):
         with pytest.raises(StoreError, match="Another featkit process is writing"):
             featkit.extract(tiny_folder, tmp_path / "s", **FAST)
 
@@ -171,7 +172,8 @@ def test_rerun_computes_only_new_or_changed_files_and_retires_old_rows(tiny_fold
 def test_unknown_model_tap_and_bad_options_are_one_line_errors(tiny_folder, tmp_path):
     with pytest.raises(FeatkitError, match="Did you mean 'fc7'"):
         featkit.extract(tiny_folder, tmp_path / "s", model="vgg16", layers=["fc_7"], weights="random")
-    with pytest.raises(FeatkitError, match="pool must be one of"):
+    with pytest.raises(FeatkitError, match="The 'pool' parameter of extract must be one of none, avg, max, gem. "
+                                           "Got 'mean' instead."):
         featkit.extract(tiny_folder, tmp_path / "s", pool="mean", **{k: v for k, v in FAST.items()})
     with pytest.raises(FeatkitError, match="fp16 needs a GPU"):
         featkit.extract(tiny_folder, tmp_path / "s", precision="fp16", **FAST)

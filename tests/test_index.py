@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from featkit.backbones.spec import Preprocess
 from featkit.errors import FeatkitError, SearchIndexError
 from featkit.index import Index
 from featkit.index.dedup import find_duplicates, union
 from featkit.index.kinds import parse_bytes, plan_index
+from featkit.store.settings import StoreSettings, TapRecord, WeightsRecord
 from featkit.store.writer import StoreWriter
 
 N, DIM, K = 3000, 32, 10
@@ -31,10 +33,10 @@ def clustered(n: int, dim: int = DIM, centres: int = 40, noise: float = 0.35, se
     return c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
 
 
-def settings(model: str = "synthetic", tap: str = "feat") -> dict:
-    return {"model": model, "weights": {"kind": "random", "id": "random(seed=0)", "sha256": "0" * 64, "num_classes": 10},
-            "preprocess": {"resize": 8, "crop": 8}, "taps": [{"name": tap, "node": tap}], "pool": "avg", "l2": False,
-            "dtype": "float32", "precision": "fp32", "draft": True, "fold_bn": True, "shard_rows": 1000}
+def settings(model: str = "synthetic", tap: str = "feat") -> StoreSettings:
+    return StoreSettings(model, WeightsRecord("random", "random(seed=0)", "0" * 64, 10, seed=0), Preprocess(8, 8),
+                         (TapRecord(tap, tap),), pool="avg", l2=False, dtype="float32", precision="fp32", draft=True,
+                         shard_rows=1000)
 
 
 def write_store(root: Path, x: np.ndarray, *, first: int = 0, model: str = "synthetic", tap: str = "feat",
@@ -248,7 +250,7 @@ def test_add_extends_the_index_and_matches_the_oracle_over_both_stores(data, tmp
 
 
 @pytest.mark.parametrize("model, tap, dim, message", [
-    ("othernet", "feat", DIM, "model: 'synthetic' → 'othernet'"),
+    ("othernet", "feat", DIM, "model: synthetic → othernet"),
     ("synthetic", "fc7", DIM, "taps"),
     ("synthetic", "feat", 48, "48-d"),
 ])

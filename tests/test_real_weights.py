@@ -44,7 +44,7 @@ def test_logits_put_bee_in_the_top5_for_most_bee_photos(pretrained_store):
     # measured: 72 % of val bees, 74 % of val ants, identical to torchvision's own forward (test_agreement)
     assert (top5[is_bee] == bee).any(axis=1).mean() >= 0.65
     assert (top5[is_ant] == ant).any(axis=1).mean() >= 0.65
-    assert pretrained_store.settings["weights"]["sha256"].startswith("a8955a3357b2")
+    assert pretrained_store.settings.weights.sha256.startswith("a8955a3357b2")
 
 
 @pytest.mark.usefixtures("shared_weights", "hymenoptera")

@@ -58,7 +58,7 @@ def test_imagenet_weights_download_into_the_hub_cache_then_load_from_it(publishe
     assert info.categories[309] == "bee"
     source.unlink()  # offline from now on: the cache alone must serve
     featkit.extract(tiny_folder, tmp_path / "s", model="squeezenet1_1", weights="imagenet", workers=0, download=False)
-    assert featkit.open_features(tmp_path / "s").settings["weights"]["sha256"] == digest
+    assert featkit.open_features(tmp_path / "s").settings.weights.sha256 == digest
 
 
 def test_a_replaced_cached_file_is_refused_with_the_file_to_delete(published, hub):
@@ -91,8 +91,8 @@ def test_weights_file_with_module_prefix_and_a_new_head_loads_and_keeps_tap_name
                         weights=str(tmp_path / name), workers=0)
         store = featkit.open_features(out)
         assert store["logits"].shape == (8, 5)
-        assert store.settings["weights"]["num_classes"] == 5
-        assert store.settings["weights"]["sha256"] == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+        assert store.settings.weights.num_classes == 5
+        assert store.settings.weights.sha256 == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
     a, b = (np.asarray(featkit.open_features(tmp_path / f"s_{n}")["fire9"]) for n in ("finetuned.pth", "finetuned.safetensors"))
     np.testing.assert_array_equal(a, b)
 

@@ -89,9 +89,9 @@ class FeatureCache:
                     continue
             except (OSError, ValueError):
                 continue
-            manifest = fmt.read_manifest(key_file.parent)
-            if manifest is not None and manifest.get("runs") and "finished" in manifest["runs"][-1]:
-                found.append((key_file.parent, list(manifest["taps"])))
+            opened = fmt.read_manifest(key_file.parent)
+            if opened is not None and opened[0]["runs"] and "finished" in opened[0]["runs"][-1]:
+                found.append((key_file.parent, list(opened[0]["taps"])))
         return found
 
     def ensure(self, dataset: BenchDataset, model: str, taps: list[str], cfg, *, progress: bool = True,

@@ -132,7 +132,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, echo=print) -> BenchRe
                 cached = located[layer]
                 store = open_features(cached.store)
                 data, result, score, best_C, seconds = _probe(cfg, dataset, store, layer)
-                row = BenchRow(dataset.name, model, store.settings["weights"]["id"], asked, layer,
+                row = BenchRow(dataset.name, model, store.settings.weights.id, asked, layer,
                                int(data.train.X.shape[1]), len(set(data.train.y)), cfg.probe, dataset.metric, float(score), float(result.top1),
                                float(result.top5), best_C, len(data.train.y) + (len(data.val.y) if data.val else 0),
                                len(data.test.y), cached.extracted, round(cached.extract_seconds, 3), round(seconds, 3),
@@ -141,7 +141,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, echo=print) -> BenchRe
                 echo(f"[{len(rows)}/{total}] {dataset.name} {model} {asked}: {dataset.metric} {score:.1%} "
                      f"({'extracted' if cached.extracted else 'cached features'}, probe {seconds:.1f} s)")
                 record = {"row": asdict(row), "config": asdict(cfg), "dataset": asdict(dataset),
-                          "store_settings": store.settings, "test_split": data.test.name,
+                          "store_settings": store.settings.to_json(), "test_split": data.test.name,
                           "probe_result": result.to_dict(), "versions": versions,
                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 path = runs_dir / f"{dataset.name}__{model}__{asked}__{cfg.probe}.json"

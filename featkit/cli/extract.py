@@ -46,7 +46,7 @@ def print_result(result, console) -> None:
                   f"({result.computed:,} computed, {result.unchanged:,} already there, {result.failed:,} skipped) "
                   f"in {result.seconds:.1f} s, {result.images_per_s:.1f} img/s on {result.device}")
     for tap, dims in result.taps.items():
-        console.print(f"  features/{tap}/part-*.npy  ({len(store):,} × {dims:,} {store.manifest['taps'][tap]['dtype']})")
+        console.print(f"  features/{tap}/part-*.npy  ({len(store):,} × {dims:,} {store[tap].dtype})")
     console.print("  metadata/part-*.parquet  (row, path, label, split, width, height, bytes, mtime_ns)")
     if result.changed or result.removed:
         console.print(f"  {result.changed} changed and {result.removed} removed files since the last run (old rows retired)")
@@ -81,7 +81,8 @@ def extract(
 
     Example: featkit extract --model vgg16 --layer fc7 PHOTOS/ -o feats/
     """
-    from featkit.extraction.run import resolve_taps, run_extraction
+    from featkit.extraction.embed import resolve_taps
+    from featkit.extraction.run import run_extraction
 
     cfg = ExtractConfig(model=model, taps=tuple(layer or ()), weights=weights, pool=pool.value, l2=l2,
                         dtype=dtype.value, precision=precision.value, batch_size=batch_size, device=device,

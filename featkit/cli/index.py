@@ -46,10 +46,9 @@ def _records(frame) -> list[dict]:
 
 def _describe(index) -> str:
     m = index.manifest
-    s = m["source"]
     params = ", ".join(f"{k} {v}" for k, v in m["search_params"].items())
     pca = f", PCA {m['dim']}→{m['pca']}" if m["pca"] else ""
-    return (f"{len(index):,} × {m['dim']:,}-d {s['settings']['model']} {s['tap']} ({m['metric']}{pca}); "
+    return (f"{len(index):,} × {m['dim']:,}-d {index.settings.model} {index.tap} ({m['metric']}{pca}); "
             f"{m['kind']} '{m['factory']}'{' ' + params if params else ''}; recall@10 vs exact {m['recall_at_10']:.3f}")
 
 
@@ -138,11 +137,11 @@ def info(index_path: IndexArg, as_json: Annotated[bool, typer.Option("--json", h
 
     index = Index.open(index_path)
     console = make_console()
-    s = index.manifest["source"]
+    s = index.settings
     console.print(f"[bold]{index_path}[/]: {_describe(index)}")
-    console.print(f"weights {s['settings']['weights']['id']} (sha256 {s['settings']['weights']['sha256'][:12]}…), "
-                  f"pool {s['settings']['pool']}, faiss {manifest['faiss_version']}, {manifest['training_size']:,} training vectors")
-    for store in s["stores"]:
+    console.print(f"weights {s.weights.id} (sha256 {s.weights.sha256[:12]}…), pool {s.pool}, "
+                  f"faiss {manifest['faiss_version']}, {manifest['training_size']:,} training vectors")
+    for store in index.manifest["source"]["stores"]:
         console.print(f"  from {store}")
 
 

@@ -56,13 +56,13 @@ def probe(
         chosen_on = "val" if val else (f"{result.folds}-fold CV on train" if result.folds > 1 else "a split of train")
         summary = f"linear probe (C={result.best_C:.3g} chosen on {chosen_on})"
     payload = {"store": str(store), "tap": tap, "kind": kind.value, "test_split": data.test.name,
-               "settings": fs.settings, **result.to_dict()}
+               "settings": fs.settings.to_json(), **result.to_dict()}
     if as_json:
         print(json.dumps(payload, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
         return
     console = make_console()
     seconds = getattr(result, "fit_seconds", getattr(result, "seconds", 0.0))
-    console.print(f"{fs.settings['model']} {tap} ({data.train.X.shape[1]:,}-d), {summary}: "
+    console.print(f"{fs.settings.model} {tap} ({data.train.X.shape[1]:,}-d), {summary}: "
                   f"top-1 {result.top1:.1%}, top-5 {result.top5:.1%} on {len(data.test.y):,} {data.test.name} images "
                   f"(trained on {len(data.train.y):,}) in {seconds:.1f} s")
     if kind is Kind.linear:

@@ -18,10 +18,10 @@ def info(store: Annotated[Path, typer.Argument(help="A feature store directory."
     s = fs.settings
     console = make_console()
     console.print(f"[bold]{store}[/]: {len(fs):,} rows, {len(fs.manifest['shards'])} shards")
-    console.print(f"model {s['model']}, weights {s['weights']['id']} (sha256 {s['weights']['sha256'][:12]}…)")
-    pre = s["preprocess"]
-    console.print(f"preprocess: resize {pre['resize']}, crop {pre['crop']}, {pre['interpolation']}; "
-                  f"pool {s['pool']}, l2 {s['l2']}, dtype {s['dtype']}, precision {s['precision']}")
+    console.print(f"model {s.model}, weights {s.weights.id} (sha256 {s.weights.sha256[:12]}…)")
+    pre = s.preprocess
+    console.print(f"preprocess: resize {pre.resize}, crop {pre.crop}, {pre.interpolation}; "
+                  f"pool {s.pool}, l2 {s.l2}, dtype {s.dtype}, precision {s.precision}")
     for tap, meta in fs.manifest["taps"].items():
         console.print(f"  tap {tap}: {meta['dims']:,}-d {meta['dtype']} → features/{tap}/")
     labels = fs.rows["label"].dropna()

@@ -124,6 +124,62 @@ def decode_bytes(
     return _decode(io.BytesIO(data), label, max_pixels, min_side)
 
 
+def decode_pil(image: Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<image>") -> Image.Image:
+    """An image the caller opened with PIL, or made, brought to the same RGB form as :func:`decode_image` gives.
+
+    The first frame, the EXIF orientation applied once, alpha composited on :data:`ALPHA_BACKGROUND`, 16-bit scaled.
+    Pixels are taken as they are: a JPEG the caller already loaded was not draft-decoded. Raises
+    :class:`DecodeError`.
+    """
+    _check_args(max_pixels, None)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"decode_pil needs a PIL image, got {type(image).__name__}")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DecodeError("too_many_pixels", f"{name}: {width}x{height} = {width * height} pixels is more than "
+                                             f"max_pixels={max_pixels}")
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        image.load()
+        orientation = _orientation(image)
+        out = _to_rgb(image)
+    except MemoryError:
+        raise
+    except Exception as e:  # a lazily opened file that turns out to be damaged
+        raise _failure(e, name, ran_out=False) from None
+    if orientation in _TRANSPOSE:
+        out = out.transpose(_TRANSPOSE[orientation])
+    if out is image:
+        out = image.copy()  # never hand back (and later change) the caller's own object
+    out.info = {}
+    return out
+
+
+def decode_array(array: np.ndarray, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<array>") -> Image.Image:
+    """A uint8 array of shape (H, W) (grey), (H, W, 3) (RGB) or (H, W, 4) (RGBA) as an RGB image."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise DecodeError("not_an_image", f"{name}: an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4); "
+                                          f"got {array.dtype} {array.shape}")
+    return decode_pil(Image.fromarray(np.ascontiguousarray(array)), max_pixels=max_pixels, name=name)
+
+
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
+"""What featkit can embed: a file path, an image file's bytes, a PIL image or a uint8 array."""
+
+
+def decode_source(source: ImageSource, *, min_side: int | None = None, name: str | None = None) -> Image.Image:
+    """Decode any :data:`ImageSource` with the rules of its kind (bytes are a file's contents, not a path)."""
+    if isinstance(source, Image.Image):
+        return decode_pil(source, name=name or "<image>")
+    if isinstance(source, np.ndarray):
+        return decode_array(source, name=name or "<array>")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_bytes(source, min_side=min_side, name=name or "<bytes>")
+    return decode_image(source, min_side=min_side)
+
+
 _OPEN_LOCK = threading.Lock()
 
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featkit.backbones.spec import Preprocess
-from featkit.data.decode import DecodeError
+from featkit.data.decode import DecodeError, ImageSource
 from featkit.data.transforms import load_crop
 
 
@@ -34,15 +34,20 @@ class DecodedChunk:
 
 
 class CropDataset(Dataset):
-    def __init__(self, paths: Sequence[str], positions: Sequence[int], pre: Preprocess, draft: bool):
-        self.paths, self.positions, self.pre, self.draft = list(paths), list(positions), pre, draft
+    """Decoded, resized and cropped images of ``sources`` (paths, bytes, PIL images, arrays), or why not."""
+
+    def __init__(self, sources: Sequence[ImageSource], positions: Sequence[int], pre: Preprocess, draft: bool,
+                 names: Sequence[str] | None = None):
+        self.sources, self.positions, self.pre, self.draft = list(sources), list(positions), pre, draft
+        self.names = list(names) if names is not None else None
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.sources)
 
     def __getitem__(self, i: int):
         try:
-            crop, size = load_crop(self.paths[i], self.pre, draft=self.draft)
+            name = self.names[i] if self.names is not None else None
+            crop, size = load_crop(self.sources[i], self.pre, draft=self.draft, name=name)
             return self.positions[i], crop, size, None
         except DecodeError as exc:
             return self.positions[i], None, None, (exc.reason, str(exc))
@@ -92,14 +97,18 @@ class ThreadedChunks:
                 yield collate(items, self.dataset.pre.crop)
 
 
-def make_loader(paths: Sequence[str], positions: Sequence[int], pre: Preprocess, *, chunk: int, workers: int,
-                pin_memory: bool = False, draft: bool = True):
+def make_loader(sources: Sequence[ImageSource], positions: Sequence[int], pre: Preprocess, *, chunk: int,
+                workers: int, pin_memory: bool = False, draft: bool = True, names: Sequence[str] | None = None):
     """Chunks of ``chunk`` consecutive inputs, in order, decoded by ``workers`` processes running alongside the
-    model, or (``workers=0``) by a thread per core in this process before each chunk is computed."""
+    model, or (``workers=0``) by a thread per core in this process before each chunk is computed.
+
+    ``names`` are how in-memory sources are called in failure messages (a path is its own name).
+    """
+    dataset = CropDataset(sources, positions, pre, draft, names)
     if workers == 0:
-        return ThreadedChunks(CropDataset(paths, positions, pre, draft), chunk, max(1, torch.get_num_threads()))
+        return ThreadedChunks(dataset, chunk, max(1, torch.get_num_threads()))
     return DataLoader(
-        CropDataset(paths, positions, pre, draft),
+        dataset,
         batch_size=chunk,
         shuffle=False,
         num_workers=workers,

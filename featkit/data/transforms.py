@@ -7,15 +7,13 @@ normalised on the device that runs the model, with the same arithmetic as torchv
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from featkit.backbones.spec import Preprocess
-from featkit.data.decode import decode_image
+from featkit.data.decode import ImageSource, decode_source
 
 
 def crop_image(image: Image.Image, pre: Preprocess) -> torch.Tensor:
@@ -25,15 +23,22 @@ def crop_image(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     return TF.pil_to_tensor(image)
 
 
-def load_crop(path: str | os.PathLike, pre: Preprocess, *, draft: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Decode ``path`` (JPEG draft decoding down to the resize size when ``draft``) and crop it.
+def load_crop(source: ImageSource, pre: Preprocess, *, draft: bool = True,
+              name: str | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Decode ``source`` (JPEG draft decoding down to the resize size when ``draft``) and crop it.
+
+    Args:
+        source: a file path, an image file's bytes, a PIL image or a uint8 array.
+        pre: the preprocessing.
+        draft: decode JPEG files and bytes at the smallest DCT scale still at least the resize size.
+        name: how an in-memory source is called in error messages.
 
     Returns:
         The uint8 crop and the decoded image's (width, height).
     Raises:
-        featkit.data.decode.DecodeError: the file is not a usable image.
+        featkit.data.decode.DecodeError: the source is not a usable image.
     """
-    image = decode_image(path, min_side=pre.resize if draft else None)
+    image = decode_source(source, min_side=pre.resize if draft else None, name=name)
     return crop_image(image, pre), image.size
 
 

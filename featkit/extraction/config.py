@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from featkit.errors import FeatkitError
+from featkit.backbones.spec import TapSpec
+from featkit.choices import DType, Pool, Precision
+from featkit.errors import check_choice, check_int
+from featkit.store.settings import StoreSettings, TapRecord, WeightsRecord
 
-DTYPES = ("float32", "float16")
-POOLS = ("none", "avg", "max", "gem")
+if TYPE_CHECKING:
+    from featkit.backbones.weights import WeightsInfo
+
 DEFAULT_MODEL = "resnet50"
 
 
@@ -64,12 +70,36 @@ class ExtractConfig:
     download: bool = True
 
     def __post_init__(self) -> None:
-        if self.pool not in POOLS:
-            raise FeatkitError(f"The pool must be one of {', '.join(POOLS)}. Got '{self.pool}' instead.")
-        if self.dtype not in DTYPES:
-            raise FeatkitError(f"The dtype must be one of {', '.join(DTYPES)}. Got '{self.dtype}' instead.")
+        # choices are kept as plain strings (an enum member is accepted), so they compare and serialise as text
+        for name, choices in (("pool", Pool), ("dtype", DType), ("precision", Precision)):
+            object.__setattr__(self, name, check_choice(name, getattr(self, name), choices, "extract"))
         for name in ("batch_size", "shard_rows"):
-            if int(getattr(self, name)) < 1:
-                raise FeatkitError(f"The {name} must be an integer >= 1. Got {getattr(self, name)} instead.")
-        if self.workers is not None and self.workers < 0:
-            raise FeatkitError(f"The workers must be an integer >= 0. Got {self.workers} instead.")
+            check_int(name, getattr(self, name), "extract", minimum=1)
+        if self.workers is not None:
+            check_int("workers", self.workers, "extract", minimum=0)
+        if isinstance(self.taps, str):  # a single tap name, not its letters
+            object.__setattr__(self, "taps", (self.taps,))
+
+
+SHARD_BYTES = 512 * 2**20  # a shard is held in memory until it is committed
+_ITEMSIZE = {"float32": 4, "float16": 2}
+
+
+def rows_per_shard(cfg: ExtractConfig, taps: list[TapSpec]) -> int:
+    """``cfg.shard_rows``, lowered for huge rows (e.g. flattened early conv maps) so a shard fits in memory."""
+    row_bytes = sum(t.dims(cfg.pool) for t in taps) * _ITEMSIZE[cfg.dtype]
+    return max(1, min(cfg.shard_rows, SHARD_BYTES // max(1, row_bytes)))
+
+
+def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo) -> StoreSettings:
+    """Everything that determines the stored numbers (a store never mixes two of these)."""
+    wid = Path(weights.id).name if weights.kind == "file" else weights.id
+    return StoreSettings(
+        model=cfg.model,
+        weights=WeightsRecord(weights.kind, wid, weights.sha256, weights.num_classes,
+                              cfg.seed if weights.kind == "random" else None),
+        preprocess=weights.preprocess,
+        taps=tuple(TapRecord(t.name, t.node) for t in taps),
+        pool=cfg.pool, l2=cfg.l2, dtype=cfg.dtype, precision=cfg.precision, draft=cfg.draft, fold_bn=True,
+        shard_rows=rows_per_shard(cfg, taps),
+    )

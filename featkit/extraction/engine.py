@@ -16,7 +16,8 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from featkit._device import Runtime
 from featkit.backbones.spec import TapSpec
-from featkit.extraction.config import POOLS
+from featkit.choices import Pool
+from featkit.errors import check_choice
 
 GEM_P = 3.0  # Radenović et al. (2018): p = 3 is their default for retrieval
 
@@ -59,8 +60,7 @@ class TapExtractor(nn.Module):
 
     def __init__(self, model: nn.Module, taps: list[TapSpec], runtime: Runtime, pool: str = "none", l2: bool = False):
         super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}")
+        pool = check_choice("pool", pool, Pool, "TapExtractor")
         self.tap_names = [t.name for t in taps]
         body = create_feature_extractor(model.eval(), return_nodes={t.node: t.name for t in taps})
         _clone_outputs(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -15,12 +16,13 @@ from tqdm.auto import tqdm
 
 from featkit._faiss import faiss
 from featkit.errors import SearchIndexError, unknown
+from featkit.extraction.embed import Embedder, Embedding, config_for, expand_sources
 from featkit.index import gpu
 from featkit.index import manifest as files
-from featkit.index.embed import Embedded, embed_images, settings_differences
 from featkit.index.exact import exact_knn, faiss_metric, prepare
 from featkit.index.kinds import IndexPlan, plan_index, recall_at_k, search_knob
 from featkit.store.reader import FeatureStore, open_features
+from featkit.store.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,11 @@ class Index:
         self.ids = ids.reset_index(drop=True)
         self.manifest = manifest
         self.path = path
+        where = f"{path / files.MANIFEST}" if path is not None else "the index manifest"
+        source = manifest.get("source")
+        self.settings = StoreSettings.from_json(source.get("settings") if isinstance(source, dict) else None, where,
+                                                field="source.settings")
+        self._embedders: dict[tuple, Embedder] = {}  # loaded models for image queries, by (weights file, device)
         self._apply(self._cpu, manifest.get("search_params", {}))
 
     # ---- building ----------------------------------------------------------------------------------------
@@ -116,7 +123,7 @@ class Index:
             "reason": plan.reason, "metric": metric, "normalised": metric == "cosine", "pca": pca, "dim": dim,
             "training_size": plan.train_size, "build_seconds": round(build_seconds, 3), "next_id": n,
             "search_params": {}, "recall_at_10": 1.0, "recall_target": recall_target, "tuning_queries": 0,
-            "source": {"tap": tap, "settings": {k: v for k, v in store.settings.items() if k != "shard_rows"},
+            "source": {"tap": tap, "settings": store.settings.to_json(),
                        "weights_path": str(Path(weights_file).resolve()) if weights_file else None,
                        "stores": [str(store.root.resolve())]},
         }
@@ -181,8 +188,7 @@ class Index:
         return int(self._cpu.ntotal)
 
     def __repr__(self) -> str:
-        s = self.manifest["source"]
-        return (f"Index({self.path or 'unsaved'}: {len(self):,} × {self.manifest['dim']}-d {s['settings']['model']} {s['tap']}, "
+        return (f"Index({self.path or 'unsaved'}: {len(self):,} × {self.manifest['dim']}-d {self.settings.model} {self.tap}, "
                 f"{self.kind} '{self.manifest['factory']}', {self.metric}, recall@10 {self.manifest['recall_at_10']})")
 
     def _apply(self, index: faiss.Index, params: dict) -> None:
@@ -198,9 +204,8 @@ class Index:
         x = np.asarray(vectors, dtype=np.float32)
         x = x[None, :] if x.ndim == 1 else x
         if x.ndim != 2 or x.shape[1] != self.manifest["dim"]:
-            s = self.manifest["source"]
             raise SearchIndexError(f"Query vectors have shape {x.shape} but the index holds {self.manifest['dim']}-d "
-                                   f"{s['settings']['model']} {s['tap']} features; embed queries with the same model and tap.")
+                                   f"{self.settings.model} {self.tap} features; embed queries with the same model and tap.")
         if k < 1:
             raise SearchIndexError(f"k must be an integer >= 1. Got {k} instead.")
         if self._searcher is None:
@@ -211,12 +216,51 @@ class Index:
             scores = np.sqrt(np.maximum(scores, 0))
         return scores, ids
 
-    def embed(self, images: Sequence[str | os.PathLike], *, weights_file: str | os.PathLike | None = None,
-              device: str = "auto", progress: bool = False) -> Embedded:
-        """Vectors of image files or folders, computed exactly like the indexed ones (see :mod:`featkit.index.embed`)."""
-        source = self.manifest["source"]
-        return embed_images(images, source["settings"], source["tap"], weights_file=weights_file or source["weights_path"],
-                            device=device, progress=progress)
+    @property
+    def tap(self) -> str:
+        return self.manifest["source"]["tap"]
+
+    def embedder(self, *, weights_file: str | os.PathLike | None = None, device: str = "auto") -> Embedder:
+        """The model that embeds query images exactly like the indexed ones, loaded on first use and kept.
+
+        Only the indexed tap is computed, with the model, weights, preprocessing, pooling, dtype and precision the
+        store recorded; the loaded weights are checked against the recorded sha256 before a query is embedded.
+
+        Raises:
+            SearchIndexError: the store used a weights file and none is given or recorded, or the weights found
+                would compute other vectors (e.g. another file with the same name).
+        """
+        weights_file = weights_file or self.manifest["source"]["weights_path"]
+        key = (str(weights_file) if weights_file else None, device)
+        if key not in self._embedders:
+            w = self.settings.weights
+            if w.kind == "file" and weights_file is None:
+                raise SearchIndexError(f"The indexed features come from the weights file '{w.id}' (sha256 "
+                                       f"{w.sha256[:12]}…); pass it with --weights FILE to embed query images.")
+            embedder = Embedder(config_for(self.settings, taps=[self.tap], weights_file=weights_file, device=device))
+            recorded = dataclasses.replace(self.settings, taps=tuple(t for t in self.settings.taps if t.name == self.tap))
+            changes = recorded.diff(embedder.settings, vectors_only=True, limit=4)
+            if changes:
+                raise SearchIndexError(f"Query images would be embedded differently from the indexed ones "
+                                       f"({'; '.join(changes)}); use the weights and featkit version the store was "
+                                       "made with.")
+            self._embedders[key] = embedder
+        return self._embedders[key]
+
+    def embed(self, images, *, weights_file: str | os.PathLike | None = None, device: str = "auto",
+              progress: bool = False) -> Embedding:
+        """Vectors of images (files, folders, bytes, PIL images, arrays), computed like the indexed ones, in memory.
+
+        Returns:
+            An :class:`~featkit.extraction.embed.Embedding` of the indexed tap; ``failures`` lists the images that
+            could not be read.
+        """
+        sources, names, unlisted = expand_sources(images)
+        embedding = self.embedder(weights_file=weights_file, device=device)(sources, names=names, progress=progress)
+        if len(unlisted):
+            failures = pd.concat([embedding.failures, unlisted.assign(position=-1)], ignore_index=True)
+            embedding = dataclasses.replace(embedding, failures=failures)
+        return embedding
 
     def search(self, queries, k: int = 10, *, params: dict | None = None, weights_file: str | os.PathLike | None = None,
                device: str = "auto") -> pd.DataFrame:
@@ -233,13 +277,12 @@ class Index:
             A DataFrame with columns query (path, or row number for vectors), rank (1 = nearest), path, score,
             label, id. Query images that could not be decoded are left out (``result.attrs["failures"]``).
         """
-        if isinstance(queries, (str, os.PathLike)) or (isinstance(queries, (list, tuple)) and queries
-                                                        and isinstance(queries[0], (str, os.PathLike))):
-            embedded = self.embed([queries] if isinstance(queries, (str, os.PathLike)) else list(queries),
-                                  weights_file=weights_file, device=device)
-            if not len(embedded.paths):
+        if _are_images(queries):
+            embedded = self.embed(queries, weights_file=weights_file, device=device)
+            if not len(embedded.names):
                 raise SearchIndexError(f"None of the query images could be read ({len(embedded.failures)} skipped).")
-            vectors, names, failures = embedded.vectors, embedded.paths, embedded.failures
+            vectors = np.asarray(embedded[self.tap], dtype=np.float32)
+            names, failures = embedded.names, embedded.failures[["path", "reason", "message"]]
         else:
             vectors = np.asarray(queries, dtype=np.float32)
             vectors = vectors[None, :] if vectors.ndim == 1 else vectors
@@ -271,12 +314,12 @@ class Index:
             SearchIndexError: the store was made with other settings, or lacks the indexed tap.
         """
         store = _store(store)
-        source = self.manifest["source"]
-        tap = source["tap"]
-        changes = settings_differences(source["settings"], store.settings)
+        tap = self.tap
+        changes = self.settings.diff(store.settings, vectors_only=True, limit=4)
         if changes:
-            raise SearchIndexError(f"{store.root} was made with other settings than the indexed features ({changes}); "
-                                   "extract it with the same model, weights and preprocessing, or build a new index.")
+            raise SearchIndexError(f"{store.root} was made with other settings than the indexed features "
+                                   f"({'; '.join(changes)}); extract it with the same model, weights and "
+                                   "preprocessing, or build a new index.")
         if tap not in store.taps:
             raise SearchIndexError(f"{store.root} has no tap '{tap}' (it has {', '.join(store.taps)}); the index holds {tap}.")
         vectors = store[tap]
@@ -316,18 +359,28 @@ class Index:
         return int(removed)
 
 
+def _are_images(queries) -> bool:
+    """Whether ``queries`` are images to embed (paths, bytes, PIL images) rather than vectors."""
+    from PIL import Image
+
+    if isinstance(queries, (str, os.PathLike, bytes, Image.Image)):
+        return True
+    return isinstance(queries, (list, tuple)) and bool(queries) and isinstance(
+        queries[0], (str, os.PathLike, bytes, Image.Image))
+
+
 def _check_weights_file(path: Path, store: FeatureStore) -> None:
     """Refuse to record a weights file other than the one the store was extracted with (a run directory is
     checked later, when query images are embedded: its model file is resolved by the extraction code)."""
-    recorded = store.settings["weights"]
-    if recorded["kind"] != "file":
-        raise SearchIndexError(f"{store.root} was extracted with '{recorded['id']}' weights, not a file; leave out --weights.")
+    recorded = store.settings.weights
+    if recorded.kind != "file":
+        raise SearchIndexError(f"{store.root} was extracted with '{recorded.id}' weights, not a file; leave out --weights.")
     if path.is_file():
         from featkit.backbones.checkpoints import sha256_file
 
-        if sha256_file(path) != recorded["sha256"]:
+        if sha256_file(path) != recorded.sha256:
             raise SearchIndexError(f"{path} is not the weights file {store.root} was extracted with "
-                                   f"('{recorded['id']}', sha256 {recorded['sha256'][:12]}…).")
+                                   f"('{recorded.id}', sha256 {recorded.sha256[:12]}…).")
     elif not path.exists():
         raise SearchIndexError(f"The weights file {path} does not exist.")
 

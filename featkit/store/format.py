@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from featkit._atomic import json_bytes, write_bytes
+from featkit.choices import DType, values
 from featkit.errors import StoreError, WriteError
+from featkit.store.settings import StoreSettings
 
 FORMAT = "featkit-store"
 VERSION = 1
@@ -57,20 +59,65 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def read_manifest(root: Path) -> dict | None:
-    """The manifest of ``root``, None if there is none; refuses what is not a featkit store v1."""
+def read_manifest(root: Path) -> tuple[dict, StoreSettings] | None:
+    """The manifest of ``root`` and its typed settings; None if there is none.
+
+    Raises:
+        StoreError: not a featkit store v1, or a manifest whose structure is damaged (names the file and field).
+    """
     path = root / MANIFEST
     if not path.exists():
         return None
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path} is not readable JSON ({exc}). Use --overwrite to start the store afresh.") from None
-    if manifest.get("format") != FORMAT:
+    except (OSError, ValueError, RecursionError) as exc:
+        raise StoreError(f"{path} is not readable JSON ({str(exc)[:200]}). Use --overwrite to start the store "
+                         "afresh.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise StoreError(f"{root} is not a featkit feature store (no '{FORMAT}' manifest).")
     if manifest.get("version") != VERSION:
-        raise StoreError(f"{root} is a featkit store of format version {manifest.get('version')}; this featkit reads version {VERSION}.")
-    return manifest
+        raise StoreError(f"{root} is a featkit store of format version {manifest.get('version')!r}; "
+                         f"this featkit reads version {VERSION}.")
+    problem = _structure_problem(manifest)
+    if problem:
+        raise StoreError(f"{path} is damaged: {problem}.")
+    return manifest, StoreSettings.from_json(manifest.get("settings"), str(path))
+
+
+def plain_name(name: object) -> bool:
+    """True for a name that stays inside its folder: no separators, no '..', no NUL, not hidden, not empty."""
+    return (isinstance(name, str) and bool(name) and not name.startswith(".") and "/" not in name
+            and "\\" not in name and "\0" not in name and ":" not in name)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _structure_problem(m: dict) -> str:
+    """What is wrong with the manifest's fields besides its settings, or an empty string."""
+    if not isinstance(m.get("taps"), dict):
+        return "taps must be an object"
+    for tap, meta in m["taps"].items():
+        if not plain_name(tap):
+            return f"taps: {tap[:80]!r} is not a plain tap name"
+        if not isinstance(meta, dict) or not _count(meta.get("dims")) or meta.get("dtype") not in values(DType):
+            return f"taps.{tap} must be an object with dims (an integer) and dtype (float32 or float16)"
+    for key in ("rows", "failures"):
+        if not _count(m.get(key)):
+            return f"{key} must be an integer >= 0"
+    if not isinstance(m.get("shards"), list):
+        return "shards must be a list"
+    for i, shard in enumerate(m["shards"]):
+        if (not isinstance(shard, dict) or shard.get("index") != i or not _count(shard.get("rows"))
+                or not _count(shard.get("failures")) or not isinstance(shard.get("files"), dict)):
+            return f"shards[{i}] must be an object with index {i}, rows, failures and files"
+    stale = m.get("stale_rows", [])
+    if not isinstance(stale, list) or not all(_count(r) for r in stale):
+        return "stale_rows must be a list of row numbers"
+    if not isinstance(m.get("runs", []), list) or not all(isinstance(r, dict) for r in m.get("runs", [])):
+        return "runs must be a list of objects"
+    return ""
 
 
 def write_manifest(root: Path, manifest: dict) -> None:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from featkit.errors import StoreError, unknown
 from featkit.store import format as fmt
+from featkit.store.settings import StoreSettings
 
 
 class TapArray:
@@ -64,8 +65,8 @@ class TapArray:
 class FeatureStore:
     """A feature store opened for reading (see :func:`open_features`)."""
 
-    def __init__(self, root: Path, manifest: dict):
-        self.root, self.manifest = root, manifest
+    def __init__(self, root: Path, manifest: dict, settings: StoreSettings):
+        self.root, self.manifest, self.settings = root, manifest, settings
         shards = manifest["shards"]
         self._meta_all = (
             pd.concat([pd.read_parquet(root / fmt.metadata_path(s["index"])) for s in shards], ignore_index=True)
@@ -79,10 +80,6 @@ class FeatureStore:
     @property
     def taps(self) -> list[str]:
         return list(self.manifest["taps"])
-
-    @property
-    def settings(self) -> dict:
-        return self.manifest["settings"]
 
     @property
     def failures(self) -> pd.DataFrame:
@@ -109,7 +106,7 @@ class FeatureStore:
     def __repr__(self) -> str:
         s = self.settings
         taps = ", ".join(f"{t} ({v['dims']}-d {v['dtype']})" for t, v in self.manifest["taps"].items())
-        return f"FeatureStore({self.root}: {len(self)} rows, {s['model']} / {s['weights']['id']}, taps: {taps})"
+        return f"FeatureStore({self.root}: {len(self)} rows, {s.model} / {s.weights.id}, taps: {taps})"
 
 
 def open_features(path: str | os.PathLike) -> FeatureStore:
@@ -122,7 +119,8 @@ def open_features(path: str | os.PathLike) -> FeatureStore:
         StoreError: ``path`` is not a featkit feature store.
     """
     root = Path(path)
-    manifest = fmt.read_manifest(root)
-    if manifest is None:
-        raise StoreError(f"{root} is not a featkit feature store (no {fmt.MANIFEST}). Create one with: featkit extract ... -o {root}")
-    return FeatureStore(root, manifest)
+    found = fmt.read_manifest(root)
+    if found is None:
+        raise StoreError(f"{root} is not a featkit feature store (no {fmt.MANIFEST}). Create one with: "
+                         f"featkit extract ... -o {root}")
+    return FeatureStore(root, *found)

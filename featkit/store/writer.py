@@ -15,24 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featkit._atomic import TMP_SUFFIX
 from featkit.errors import StoreError
 from featkit.store import format as fmt
+from featkit.store.settings import StoreSettings
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    out = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} → {b!r}")
-    return out
 
 
 class StoreWriter:
@@ -47,7 +37,7 @@ class StoreWriter:
         StoreError: another process writes to ``root``; the store holds features made with other settings.
     """
 
-    def __init__(self, root: str | os.PathLike, settings: dict, *, overwrite: bool = False):
+    def __init__(self, root: str | os.PathLike, settings: StoreSettings, *, overwrite: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.root / ".lock", "a+")
@@ -62,17 +52,21 @@ class StoreWriter:
             self.close()
             raise
 
-    def _open(self, settings: dict, overwrite: bool) -> dict:
-        manifest = fmt.read_manifest(self.root) if not overwrite else None
-        if manifest is not None and manifest["settings"] != settings:
-            changes = "; ".join(_differences(manifest["settings"], settings)[:4])
+    def _open(self, settings: StoreSettings, overwrite: bool) -> dict:
+        found = fmt.read_manifest(self.root) if not overwrite else None
+        if found is not None and found[1] != settings:
+            changes = "; ".join(found[1].diff(settings, limit=4))
             raise StoreError(f"{self.root} holds features made with other settings ({changes}). "
                              "Use another -o, or --overwrite to replace them.")
-        if manifest is None:
+        if found is None:
             self._clear()
-            manifest = {"format": fmt.FORMAT, "version": fmt.VERSION, "created": _now(), "settings": settings,
-                        "taps": {}, "rows": 0, "failures": 0, "shards": [], "stale_rows": [], "runs": []}
-        for leftover in self.root.rglob("*.tmp"):  # a kill mid-write leaves these; they were never committed
+            manifest = {"format": fmt.FORMAT, "version": fmt.VERSION, "created": _now(), "taps": {}, "rows": 0,
+                        "failures": 0, "shards": [], "stale_rows": [], "runs": []}
+        else:
+            manifest = found[0]
+        manifest["settings"] = settings.to_json()  # the same settings, in this featkit's schema
+        self.settings = settings
+        for leftover in self.root.rglob(f"*{TMP_SUFFIX}"):  # a kill mid-write leaves these; they were never committed
             leftover.unlink()
         return manifest
 

@@ -1,0 +1,287 @@
+"""Images → vectors in memory: the one path from pixels to features.
+
+:class:`Embedder` holds a loaded model and turns images (file paths, image bytes, PIL images, uint8 arrays) into
+``{tap: vectors}``, batched, with the store's decode, preprocessing, precision and bad-file records. Everything
+that computes features goes through it: ``featkit extract`` writes what it yields into a store, and a search by
+image embeds its queries with it, in memory, with the settings the indexed store recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from featkit._device import Runtime, resolve_runtime
+from featkit.backbones.registry import describe
+from featkit.backbones.spec import TapSpec
+from featkit.backbones.weights import load_backbone_weights
+from featkit.data.decode import ImageSource
+from featkit.data.loader import make_loader
+from featkit.data.transforms import normalize_batch
+from featkit.extraction.config import (
+    DEFAULT_MODEL,
+    ExtractConfig,
+    default_workers,
+    settings_of,
+)
+from featkit.extraction.engine import TapExtractor
+from featkit.store.settings import StoreSettings
+
+FAILURE_COLUMNS = ["position", "path", "reason", "message"]
+
+
+def resolve_taps(model: str, names: Sequence[str]) -> list[TapSpec]:
+    """The taps of ``model`` that ``names`` (names or aliases) stand for, in order, each once (default: its
+    default tap)."""
+    spec = describe(model)
+    taps: list[TapSpec] = []
+    for name in names or (spec.default_tap,):
+        tap = spec.tap(name)
+        if tap not in taps:
+            taps.append(tap)
+    return taps
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """What :meth:`Embedder.batches` yields: one forward pass's features, or files that failed to decode.
+
+    A batch may carry only failures (no features): those are yielded as soon as their chunk is decoded, before
+    any later image's features, so a consumer sees every input in order.
+
+    Attributes:
+        features: tap → (n, dims) array in the configured dtype; empty when the batch is only failures.
+        positions: input index of each row.
+        sizes: decoded (width, height) of each row's image.
+        failures: (input index, reason code, message) of inputs that could not be decoded.
+    """
+
+    features: dict[str, np.ndarray]
+    positions: list[int]
+    sizes: list[tuple[int, int]]
+    failures: list[tuple[int, str, str]]
+
+
+class Embedder:
+    """A loaded model that embeds images: ``Embedder(config)(images)`` → an :class:`Embedding`.
+
+    Args:
+        config: what to extract and how (model, taps, weights, pool, l2, dtype, precision, device, ...).
+    """
+
+    def __init__(self, config: ExtractConfig):
+        self.config = config
+        self.taps = resolve_taps(config.model, config.taps)
+        self.runtime: Runtime = resolve_runtime(config.device, config.precision)
+        model, self.weights = load_backbone_weights(config.model, config.weights, seed=config.seed,
+                                                    download=config.download)
+        self.extractor = TapExtractor(model, self.taps, self.runtime, pool=config.pool, l2=config.l2)
+        self.settings: StoreSettings = settings_of(config, self.taps, self.weights)
+        self._np_dtype = np.dtype(config.dtype)
+
+    @property
+    def preprocess(self):
+        return self.weights.preprocess
+
+    def dims(self) -> dict[str, int]:
+        """Each tap's vector length (one forward pass of a blank image, so it is right for any input size)."""
+        with torch.inference_mode():
+            crop = self.preprocess.crop
+            probe = torch.zeros(1, 3, crop, crop, device=self.runtime.device)
+            return {k: int(v.shape[1]) for k, v in self.extractor(probe).items()}
+
+    def batches(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
+                boundary: int | None = None, progress: bool = False) -> Iterator[EmbeddedBatch]:
+        """Decode, crop and forward ``sources`` in batches of ``config.batch_size`` good images, in input order.
+
+        Args:
+            sources: file paths, image bytes, PIL images or uint8 arrays.
+            names: how in-memory sources are called in failure messages (default ``<image N>``).
+            boundary: batches never straddle a multiple of this many good images, so a run that resumes at such
+                a multiple (a store's shard) forms exactly the batches an uninterrupted run would have.
+            progress: show a progress bar.
+        """
+        cfg = self.config
+        n = len(sources)
+        if names is None:
+            names = [os.fsdecode(s) if isinstance(s, (str, os.PathLike)) else f"<image {i}>"
+                     for i, s in enumerate(sources)]
+        workers = default_workers(self.runtime.device.type) if cfg.workers is None else cfg.workers
+        # a few queries are decoded in this process: starting decoder processes would cost more than they save
+        workers = min(workers, n // cfg.batch_size)
+        loader = make_loader(sources, range(n), self.preprocess, chunk=cfg.batch_size, workers=workers,
+                             pin_memory=self.runtime.is_cuda, draft=cfg.draft, names=names)
+        pixels: list[torch.Tensor] = []
+        positions: list[int] = []
+        sizes: list[tuple[int, int]] = []
+        done = 0  # good images forwarded so far
+
+        def room() -> int:
+            left = cfg.batch_size if boundary is None else boundary - done % boundary
+            return min(cfg.batch_size, left)
+
+        def forward(count: int) -> EmbeddedBatch:
+            nonlocal pixels, positions, sizes, done
+            batch = torch.cat(pixels) if len(pixels) > 1 else pixels[0]
+            x, rest = batch[:count], batch[count:]
+            if self.runtime.channels_last:  # convert the uint8 batch: the float ops keep the layout (no float copy)
+                x = x.contiguous(memory_format=torch.channels_last)
+            feats = self.extractor(normalize_batch(x, self.preprocess))
+            out = EmbeddedBatch({tap: v.cpu().numpy().astype(self._np_dtype, copy=False) for tap, v in feats.items()},
+                                positions[:count], sizes[:count], [])
+            pixels = [rest] if len(rest) else []
+            positions, sizes = positions[count:], sizes[count:]
+            done += count
+            return out
+
+        with tqdm(total=n, unit="img", disable=not progress, dynamic_ncols=True, desc="extract") as bar:
+            for chunk in loader:
+                if chunk.failures:
+                    yield EmbeddedBatch({}, [], [], list(chunk.failures))
+                if chunk.positions:
+                    pixels.append(chunk.pixels.to(self.runtime.device, non_blocking=True))
+                    positions += chunk.positions
+                    sizes += chunk.sizes
+                while len(positions) >= room():
+                    yield forward(room())
+                bar.update(len(chunk.positions) + len(chunk.failures))
+            while positions:
+                yield forward(min(room(), len(positions)))
+
+    def __call__(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
+                 progress: bool = False) -> Embedding:
+        """Embed ``sources`` and collect the vectors of every tap (rows: the images that decoded, in order)."""
+        if names is None:
+            names = [os.fsdecode(s) if isinstance(s, (str, os.PathLike)) else f"<image {i}>"
+                     for i, s in enumerate(sources)]
+        parts: dict[str, list[np.ndarray]] = {t.name: [] for t in self.taps}
+        positions: list[int] = []
+        failures: list[tuple[int, str, str]] = []
+        for batch in self.batches(sources, names=names, progress=progress):
+            for tap, array in batch.features.items():
+                parts[tap].append(array)
+            positions += batch.positions
+            failures += batch.failures
+        dims = self.dims() if not positions else {}
+        features = {tap: np.concatenate(arrays) if arrays else np.empty((0, dims[tap]), dtype=self._np_dtype)
+                    for tap, arrays in parts.items()}
+        fails = pd.DataFrame([(p, names[p], r, m) for p, r, m in failures], columns=FAILURE_COLUMNS)
+        return Embedding(features, np.asarray(positions, dtype=np.int64), [names[p] for p in positions], fails,
+                         self.settings)
+
+
+@dataclass(frozen=True)
+class Embedding(Mapping[str, np.ndarray]):
+    """Vectors of images, one row per image that decoded: ``embedding["fc7"]`` is an (n, dims) array.
+
+    Attributes:
+        features: tap → (n, dims) array.
+        positions: the input index of each row (inputs that failed have no row).
+        names: each row's path (``<image N>`` for in-memory images).
+        failures: position, path, reason, message of each input that could not be decoded.
+        settings: how the vectors were computed (the settings a store made the same way records).
+    """
+
+    features: dict[str, np.ndarray]
+    positions: np.ndarray
+    names: list[str]
+    failures: pd.DataFrame
+    settings: StoreSettings
+
+    def __getitem__(self, tap: str) -> np.ndarray:
+        return self.features[tap]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __repr__(self) -> str:
+        taps = ", ".join(f"{t} {a.shape[1]}-d" for t, a in self.features.items())
+        return (f"Embedding({len(self.positions)} images, {len(self.failures)} failed; {self.settings.model} "
+                f"{self.settings.weights.id}: {taps})")
+
+
+def expand_sources(images: ImageSource | Sequence[ImageSource]) -> tuple[list[ImageSource], list[str], pd.DataFrame]:
+    """Folders become their image files (as ``featkit extract`` lists them), in order; other sources stay.
+
+    Returns:
+        The sources, their names (paths, or ``<image N>``) and the names that could not be listed
+        (path, reason, message).
+    """
+    from featkit.data.sources import list_inputs
+
+    items = [images] if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or not isinstance(
+        images, Sequence) else list(images)
+    sources: list[ImageSource] = []
+    names: list[str] = []
+    bad: list[pd.DataFrame] = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            listing = list_inputs(item)
+            sources += listing.table["path"].tolist()
+            names += listing.table["path"].tolist()
+            bad.append(listing.bad_names)
+        else:
+            names.append(f"<image {len(sources)}>")
+            sources.append(item)
+    unlisted = pd.concat(bad, ignore_index=True) if bad else pd.DataFrame(columns=["path", "reason", "message"])
+    return sources, names, unlisted
+
+
+def config_for(settings: StoreSettings, *, taps: Sequence[str] | None = None,
+               weights_file: str | os.PathLike | None = None, device: str = "auto",
+               batch_size: int = 32) -> ExtractConfig:
+    """The extraction config that computes vectors the way ``settings`` (a store's) say.
+
+    Raises:
+        ValueError: the settings used a weights file and ``weights_file`` is not given.
+    """
+    w = settings.weights
+    if w.kind == "file" and weights_file is None:
+        raise ValueError("weights_file is needed")
+    weights = {"imagenet": "imagenet", "random": "random"}.get(w.kind, str(weights_file))
+    return ExtractConfig(model=settings.model, taps=tuple(taps) if taps is not None else settings.tap_names,
+                         weights=weights, pool=settings.pool, l2=settings.l2, dtype=settings.dtype,
+                         precision=settings.precision, draft=settings.draft, seed=w.seed or 0,
+                         batch_size=batch_size, device=device, download=False)
+
+
+def embed(images: ImageSource | Sequence[ImageSource], *, model: str = DEFAULT_MODEL, weights: str = "imagenet",
+          layers: str | Sequence[str] = (), pool: str = "none", progress: bool = False, **options) -> Embedding:
+    """Vectors of ``layers`` of ``model`` for ``images``, in memory (nothing is written).
+
+    The same decode, preprocessing and precision as :func:`featkit.extract`: for the same images and settings the
+    vectors equal those a feature store holds.
+
+    Args:
+        images: a file path, a folder (its images, as extract lists them), an image file's bytes, a PIL image, a
+            uint8 array (H, W[, 3|4]), or a sequence of these.
+        model: backbone name (``featkit.list_backbones()``).
+        weights: ``imagenet``, ``random`` or a weights file (loaded with ``weights_only=True``).
+        layers: tap names or aliases (default: the backbone's default tap).
+        pool: how spatial taps become vectors: ``none`` (flatten), ``avg``, ``max``, ``gem``.
+        progress: show a progress bar.
+        **options: any other :class:`~featkit.ExtractConfig` field (l2, dtype, precision, batch_size, device, ...).
+
+    Returns:
+        An :class:`Embedding`: ``result["fc7"]`` is an (n, dims) array, one row per image that decoded
+        (``result.failures`` says which did not and why; ``result.positions`` maps rows to inputs).
+    """
+    taps = (layers,) if isinstance(layers, str) else tuple(layers)
+    config = ExtractConfig(model=model, taps=taps, weights=weights, pool=pool, **options)
+    sources, names, unlisted = expand_sources(images)
+    result = Embedder(config)(sources, names=names, progress=progress)
+    if len(unlisted):
+        extra = unlisted.assign(position=-1)[FAILURE_COLUMNS]
+        result = dataclasses.replace(result, failures=pd.concat([result.failures, extra], ignore_index=True))
+    return result
+
