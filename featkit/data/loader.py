@@ -91,6 +91,9 @@ class ThreadedChunks:
 
     def __iter__(self):
         n = len(self.dataset)
+        if n == 1:  # one query image: starting threads would cost more than they save
+            yield collate([self.dataset[0]], self.dataset.pre.crop)
+            return
         with ThreadPoolExecutor(self.threads, thread_name_prefix="featkit-decode") as pool:
             for start in range(0, n, self.chunk):
                 items = list(pool.map(self.dataset.__getitem__, range(start, min(start + self.chunk, n))))

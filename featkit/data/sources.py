@@ -108,6 +108,11 @@ def _list_file_rows(path: Path) -> list[dict]:
     return rows
 
 
+def is_list_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a list file (.csv/.tsv/.parquet/.txt) rather than an image."""
+    return Path(path).suffix.lower() in LIST_SUFFIXES and os.path.isfile(path)
+
+
 def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> Listing:
     """List the images a run will read, in a deterministic order.
 
@@ -126,7 +131,7 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> List
         p = Path(item).expanduser()
         if p.is_dir():
             rows += _folder_rows(p.absolute())
-        elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
+        elif is_list_file(p):
             rows += _list_file_rows(p)
         elif p.exists() or p.is_symlink():
             rows.append({"path": os.path.abspath(p), "label": None, "split": None})

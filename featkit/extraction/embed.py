@@ -217,7 +217,7 @@ def expand_sources(images: ImageSource | Sequence[ImageSource]) -> tuple[list[Im
         The sources, their names (paths, or ``<image N>``) and the names that could not be listed
         (path, reason, message).
     """
-    from featkit.data.sources import list_inputs
+    from featkit.data.sources import is_list_file, list_inputs
 
     items = [images] if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or not isinstance(
         images, Sequence) else list(images)
@@ -225,7 +225,10 @@ def expand_sources(images: ImageSource | Sequence[ImageSource]) -> tuple[list[Im
     names: list[str] = []
     bad: list[pd.DataFrame] = []
     for item in items:
-        if isinstance(item, (str, os.PathLike)):
+        if isinstance(item, (str, os.PathLike)) and os.path.isfile(item) and not is_list_file(item):
+            sources.append(os.path.abspath(os.path.expanduser(item)))  # one image file: as list_inputs would list it, without a table
+            names.append(sources[-1])
+        elif isinstance(item, (str, os.PathLike)):
             listing = list_inputs(item)
             sources += listing.table["path"].tolist()
             names += listing.table["path"].tolist()

@@ -155,6 +155,17 @@ class Index:
         self._searcher = None
         self.manifest.update(search_params=chosen, recall_at_10=round(recall, 4), tuning_queries=len(own))
 
+    @property
+    def ids(self) -> pd.DataFrame:
+        """The id table: id, path, label, store, row of each indexed vector."""
+        return self._ids
+
+    @ids.setter
+    def ids(self, table: pd.DataFrame) -> None:
+        self._ids = table
+        # ids, the order that sorts them, paths and labels as arrays: made on the first search after a change
+        self._id_lookup: tuple[np.ndarray, ...] | None = None
+
     # ---- reading and writing -----------------------------------------------------------------------------
 
     @classmethod
@@ -296,11 +307,13 @@ class Index:
         valid = ids >= 0
         q, rank = np.nonzero(valid)
         found = ids[valid]
-        order = np.argsort(self.ids["id"].to_numpy())
-        rows = order[np.searchsorted(self.ids["id"].to_numpy(), found, sorter=order)]
-        hits = self.ids.iloc[rows]
-        return pd.DataFrame({"query": [names[i] for i in q], "rank": rank + 1, "path": hits["path"].to_numpy(),
-                             "score": scores[valid].astype(float), "label": hits["label"].to_numpy(),
+        if self._id_lookup is None:
+            ids = self.ids["id"].to_numpy()
+            self._id_lookup = (ids, np.argsort(ids), self.ids["path"].to_numpy(), self.ids["label"].to_numpy())
+        ids, order, paths, labels = self._id_lookup
+        rows = order[np.searchsorted(ids, found, sorter=order)]
+        return pd.DataFrame({"query": [names[i] for i in q], "rank": rank + 1, "path": paths[rows],
+                             "score": scores[valid].astype(float), "label": labels[rows],
                              "id": found.astype(np.int64)})
 
     # ---- changing ----------------------------------------------------------------------------------------
