@@ -1,4 +1,7 @@
-"""The one place that decides device and numeric precision (auto: cuda > mps > cpu)."""
+"""The one place that asks torch about devices and decides device and numeric precision (auto: cuda > mps > cpu).
+
+Everything else in featkit reads the same on a CPU and a GPU: it takes a :class:`Runtime` from here.
+"""
 
 from __future__ import annotations
 
@@ -84,3 +87,43 @@ def resolve_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
         # batches have one shape, so cuDNN's autotuner pays for itself after the first batch
         torch.backends.cudnn.benchmark = True
     return Runtime(dev, precision)
+
+
+def training_runtime(device: str, amp: bool, *, local_rank: int = 0, world: int = 1) -> Runtime:
+    """Where one training process runs, and in which precision.
+
+    Under torchrun (``world`` > 1) ``auto`` means one GPU per process (``cuda:local_rank``). ``amp`` trains in
+    bf16 autocast on GPUs that have it, else fp16 (with a grad scaler); CPUs train in fp32.
+    """
+    one_gpu_each = world > 1 and device == "auto" and torch.cuda.is_available()
+    dev = resolve_device(f"cuda:{local_rank}" if one_gpu_each else device)
+    precision = "fp32"
+    if amp and dev.type == "cuda":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return resolve_runtime(str(dev), precision)
+
+
+def distributed_backend(local_rank: int) -> str:
+    """The process-group backend for this machine (NCCL with GPUs, gloo without); binds the process's GPU first,
+    so that NCCL starts on the right one."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return "nccl"
+    return "gloo"
+
+
+def rng_state() -> dict:
+    """This process's torch random states: the CPU's, and every CUDA device's when there are any."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only where CUDA is present)."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from featkit.bench.datasets import BenchDataset
 from featkit.store import format as fmt
 
 KEY_FILE = "bench.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,8 @@ class FeatureCache:
                 found.append((key_file.parent, list(opened[0]["taps"])))
         return found
 
-    def ensure(self, dataset: BenchDataset, model: str, taps: list[str], cfg, *, progress: bool = True,
-               echo=print) -> dict[str, CachedTap]:
+    def ensure(self, dataset: BenchDataset, model: str, taps: list[str], cfg, *, progress: bool = False,
+               echo: Callable[[str], None] = log.info) -> dict[str, CachedTap]:
         """Map each of ``taps`` (canonical tap names of ``model``) to a store holding it, extracting what is missing."""
         from featkit.extraction.run import run_extraction
         from featkit.store.reader import open_features

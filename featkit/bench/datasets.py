@@ -18,7 +18,8 @@ class BenchDataset:
     card: str  # the data card it follows ("imagefolder" for a user folder)
 
 
-def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None, download: bool) -> BenchDataset:
+def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None, download: bool,
+                    progress: bool = False) -> BenchDataset:
     """A card name is prepared (rendered, downloaded or verified) under ``data_root``; a folder is used as is."""
     from featkit.data.cards import get_card
 
@@ -35,6 +36,6 @@ def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None
         raise InputError("'imagefolder' stands for your own folder: pass its path to --datasets.")
     from featkit.data.prepare import prepare
 
-    prepared = prepare(card.name, data_root, download=download, per_class=per_class, progress=True)
+    prepared = prepare(card.name, data_root, download=download, per_class=per_class, progress=progress)
     metric = "mean_per_class" if card.metric == "mean_per_class" else "accuracy"
     return BenchDataset(card.name, prepared.folder, metric, card.name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from featkit.bench.cache import FeatureCache
 from featkit.bench.config import BenchConfig
 from featkit.bench.datasets import BenchDataset, resolve_dataset
 from featkit.errors import UnknownNameError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,13 +114,17 @@ def _jsonable(value):
     return str(value)
 
 
-def run_bench(cfg: BenchConfig, *, progress: bool = True, echo=print) -> BenchReport:
-    """Extract what the cache lacks, probe every (dataset, model, tap), write ``runs/*.json``; return the rows."""
+def run_bench(cfg: BenchConfig, *, progress: bool = False, echo: Callable[[str], None] = log.info) -> BenchReport:
+    """Extract what the cache lacks, probe every (dataset, model, tap), write ``runs/*.json``; return the rows.
+
+    ``echo`` receives one line per step (the CLI prints them; by default they go to the log).
+    """
     from featkit.store.reader import open_features
 
     start = time.perf_counter()
     plan = model_taps(cfg.models, cfg.taps)
-    datasets = [resolve_dataset(d, data_root=cfg.data_root, per_class=cfg.per_class, download=cfg.download)
+    datasets = [resolve_dataset(d, data_root=cfg.data_root, per_class=cfg.per_class, download=cfg.download,
+                                progress=progress)
                 for d in cfg.datasets]
     cache = FeatureCache(cfg.cache_dir)
     runs_dir = Path(cfg.output) / "runs"

@@ -93,7 +93,7 @@ def prepare(
     *,
     download: bool = True,
     per_class: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Prepared:
     """Download (or find) the dataset of card ``name``, verify it against the card, and write its ImageFolder.
 

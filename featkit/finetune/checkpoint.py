@@ -58,16 +58,3 @@ def load_checkpoint(path: Path) -> dict:
                            f"this featkit reads version {VERSION}.")
     return state
 
-
-def rng_state() -> dict:
-    """This process's torch RNG states (CPU, and every CUDA device when there is one)."""
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

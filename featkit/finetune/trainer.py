@@ -23,7 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from featkit._device import Runtime, resolve_device, resolve_runtime
+from featkit._device import (
+    Runtime,
+    distributed_backend,
+    rng_state,
+    set_rng_state,
+    training_runtime,
+)
 from featkit._versions import library_versions
 from featkit.backbones.card import WeightsCard
 from featkit.backbones.registry import describe
@@ -75,23 +81,8 @@ def distributed_from_env() -> Dist:
         return Dist()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)  # before NCCL starts, so each process binds its own GPU
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(distributed_backend(local_rank))
     return Dist(dist.get_rank(), world, local_rank)
-
-
-def training_runtime(device: str, amp: bool, d: Dist) -> Runtime:
-    """Device (under torchrun, ``auto`` means one GPU per process) and precision: bf16/fp16 autocast on GPUs
-    if ``amp``, fp32 otherwise."""
-    one_gpu_each = d.world > 1 and device == "auto" and torch.cuda.is_available()
-    dev = resolve_device(f"cuda:{d.local_rank}" if one_gpu_each else device)
-    precision = "fp32"
-    if amp and dev.type == "cuda":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return resolve_runtime(str(dev), precision)
 
 
 @torch.no_grad()
@@ -136,7 +127,7 @@ class Trainer:
                                f"`featkit finetune --resume {output}`, or pass another -o.")
         if resume and not self.run.last.exists():
             raise FeatkitError(f"{output} has no checkpoint to resume from (last.pt); start it again without --resume.")
-        self.runtime = training_runtime(device, recipe.amp, self.d)
+        self.runtime = training_runtime(device, recipe.amp, local_rank=self.d.local_rank, world=self.d.world)
         self.folder: FolderData = read_folder(data)
         # A resumed run's checkpoint holds every weight: the initial ones need not exist (or download) any more.
         built = dataclasses.replace(recipe, weights="random") if resume else recipe
@@ -204,7 +195,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _rng_states(self) -> list[dict]:
-        mine = ckpt.rng_state()
+        mine = rng_state()
         if self.d.world == 1:
             return [mine]
         states: list = [None] * self.d.world
@@ -240,7 +231,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        ckpt.set_rng_state(state["rng"][self.d.rank])
+        set_rng_state(state["rng"][self.d.rank])
         self.epoch, self.step = progress["epoch"], progress["step"]
         self.loss_sum, self.seen, self.seconds = progress["loss_sum"], progress["seen"], progress["seconds"]
         self.stopped_early, self.history = progress["stopped_early"], list(state["history"])
