@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from featkit.errors import DeviceError
+from featkit.choices import Precision
+from featkit.errors import DeviceError, check_choice
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
-    if precision not in PRECISIONS:
-        raise DeviceError(f"Unknown precision '{precision}'. Use one of: {', '.join(PRECISIONS)}.")
+    precision = check_choice("precision", precision, Precision, "resolve_runtime", error=DeviceError)
     dev = resolve_device(device)
     if dev.type == "cpu" and precision == "fp16":
         raise DeviceError("--precision fp16 needs a GPU; on the CPU use --precision bf16 (or fp32).")

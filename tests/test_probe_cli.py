@@ -63,3 +63,13 @@ def test_data_list_and_show_read_the_cards():
     assert listing.exit_code == 0 and "flowers102" in listing.output and "mean_per_class" in listing.output
     shown = runner.invoke(app, ["data", "show", "oxford_iiit_pet"], catch_exceptions=False)
     assert shown.exit_code == 0 and "trainval: 3,680 images" in shown.output and "OxfordIIITPet" in shown.output
+
+
+def test_linear_and_knn_results_have_one_shape_and_a_store_of_several_taps_needs_tap(stores, tmp_path):
+    linear, knn = invoke(str(stores / "all")), invoke(str(stores / "all"), "--kind", "knn", "--k", "3")
+    assert set(linear) == set(knn) and (linear["kind"], knn["kind"]) == ("linear", "knn")
+    assert knn["best_C"] is None and linear["k"] is None and len(knn["confusion"]) == 2
+    featkit.extract(stores / "d", tmp_path / "two", **{**FAST, "layers": ["fire9", "fire8"]})
+    with pytest.raises(featkit.FeatkitError, match=r"holds several taps \(fire9, fire8\); choose one with --tap"):
+        runner.invoke(app, ["probe", str(tmp_path / "two")], catch_exceptions=False)
+    assert invoke(str(tmp_path / "two"), "--tap", "fire8")["tap"] == "fire8"

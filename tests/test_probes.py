@@ -144,7 +144,7 @@ def test_run_linear_probe_reports_top5_and_confusion():
     assert len(res.confusion) == 7 and all(len(row) == 7 for row in res.confusion)
     assert sum(map(sum, res.confusion)) == 200 == res.n_test
     assert res.top5 >= res.top1 > 0.5 and 0 < res.mean_per_class <= 1
-    assert res.n_train + res.n_val == 500 and res.fit_seconds > 0
+    assert res.n_train + res.n_val == 500 and res.seconds > 0
     assert res.to_dict()["best_C"] == res.best_C
 
 

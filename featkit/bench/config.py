@@ -6,9 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from featkit.errors import FeatkitError
-
-PROBES = ("linear", "knn")
+from featkit.choices import Pool, Precision, ProbeKind
+from featkit.errors import FeatkitError, check_choice, check_int
 
 
 def parse_grid(text: str) -> tuple[float, ...]:
@@ -76,12 +75,13 @@ class BenchConfig:
         for name in ("models", "taps", "datasets"):
             if not getattr(self, name):
                 raise FeatkitError(f"Give at least one of --{name} (comma-separated).")
-        if self.probe not in PROBES:
-            raise FeatkitError(f"The probe must be one of {', '.join(PROBES)}. Got '{self.probe}' instead.")
+        object.__setattr__(self, "probe", check_choice("probe", self.probe, ProbeKind, "bench"))
+        object.__setattr__(self, "pool", check_choice("pool", self.pool, Pool, "bench"))
+        object.__setattr__(self, "precision", check_choice("precision", self.precision, Precision, "bench"))
         if any(not 0 < c < float("inf") for c in self.grid):
             raise FeatkitError(f"Every C of the grid must be a finite number > 0. Got {list(self.grid)}.")
-        if self.per_class is not None and self.per_class < 2:
-            raise FeatkitError(f"--per-class must be at least 2 (train and test need images). Got {self.per_class}.")
+        if self.per_class is not None:
+            check_int("per_class", self.per_class, "bench (train and test need images)", minimum=2)
 
     @property
     def c_grid(self) -> tuple[float, ...]:

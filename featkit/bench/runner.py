@@ -93,17 +93,14 @@ def _probe(cfg: BenchConfig, dataset: BenchDataset, store, tap: str):
 
     data = probe_data(store, tap)
     if cfg.probe == "knn":
-        result = run_knn_probe(data.train.X, data.train.y, data.test.X, data.test.y, k=cfg.k,
-                               temperature=cfg.temperature)
-        return data, result, result.top1, None, result.seconds
+        return data, run_knn_probe(data.train.X, data.train.y, data.test.X, data.test.y, k=cfg.k,
+                                   temperature=cfg.temperature)
     val = (data.val.X, data.val.y) if data.val is not None else None
     with warnings.catch_warnings():
         # the least regularised fits of separable data stop at max_iter; the sweep's choice is what matters
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = run_linear_probe(data.train.X, data.train.y, data.test.X, data.test.y, val=val,
-                                  grid=cfg.c_grid, metric=dataset.metric, seed=cfg.seed)
-    score = result.mean_per_class if dataset.metric == "mean_per_class" else result.top1
-    return data, result, score, result.best_C, result.fit_seconds
+        return data, run_linear_probe(data.train.X, data.train.y, data.test.X, data.test.y, val=val,
+                                      grid=cfg.c_grid, metric=dataset.metric, seed=cfg.seed)
 
 
 def _jsonable(value):
@@ -139,15 +136,17 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False, echo: Callable[[str],
             for asked, layer in pairs:
                 cached = located[layer]
                 store = open_features(cached.store)
-                data, result, score, best_C, seconds = _probe(cfg, dataset, store, layer)
-                row = BenchRow(dataset.name, model, store.settings.weights.id, asked, layer,
-                               int(data.train.X.shape[1]), len(set(data.train.y)), cfg.probe, dataset.metric, float(score), float(result.top1),
-                               float(result.top5), best_C, len(data.train.y) + (len(data.val.y) if data.val else 0),
-                               len(data.test.y), cached.extracted, round(cached.extract_seconds, 3), round(seconds, 3),
-                               str(cached.store))
+                data, result = _probe(cfg, dataset, store, layer)
+                row = BenchRow(
+                    dataset=dataset.name, model=model, weights=store.settings.weights.id, tap=asked, layer=layer,
+                    dims=int(data.train.X.shape[1]), classes=len(result.classes), probe=cfg.probe,
+                    metric=dataset.metric, score=result.score(dataset.metric), top1=result.top1, top5=result.top5,
+                    best_C=result.best_C, n_train=result.n_train + result.n_val, n_test=result.n_test,
+                    extracted=cached.extracted, extract_seconds=round(cached.extract_seconds, 3),
+                    probe_seconds=round(result.seconds, 3), store=str(cached.store))
                 rows.append(row)
-                echo(f"[{len(rows)}/{total}] {dataset.name} {model} {asked}: {dataset.metric} {score:.1%} "
-                     f"({'extracted' if cached.extracted else 'cached features'}, probe {seconds:.1f} s)")
+                echo(f"[{len(rows)}/{total}] {dataset.name} {model} {asked}: {dataset.metric} {row.score:.1%} "
+                     f"({'extracted' if cached.extracted else 'cached features'}, probe {result.seconds:.1f} s)")
                 record = {"row": asdict(row), "config": asdict(cfg), "dataset": asdict(dataset),
                           "store_settings": store.settings.to_json(), "test_split": data.test.name,
                           "probe_result": result.to_dict(), "versions": versions,

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from featkit.choices import Pool, Precision, ProbeKind
 from featkit.cli._console import console as make_console
-from featkit.cli.extract import Pool, Precision
-
-
-class ProbeKind(str, Enum):
-    linear = "linear"
-    knn = "knn"
+from featkit.cli._options import BatchSizeOpt, DeviceOpt, PoolOpt, PrecisionOpt
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -28,16 +23,16 @@ def bench(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for results.csv, results.md, runs/*.json and accuracy.png.")] = Path("bench_out"),
     weights: Annotated[str, typer.Option("--weights", "-w", help="imagenet, random (seeded) or a weights file, for every model.")] = "imagenet",
     probe: Annotated[ProbeKind, typer.Option(help="linear: logistic regression, C chosen on val or by 5-fold CV; knn: cosine kNN.")] = ProbeKind.linear,
-    pool: Annotated[Pool, typer.Option(help="How conv taps become vectors.")] = Pool.avg,
+    pool: PoolOpt = Pool.avg,
     per_class: Annotated[int | None, typer.Option("--per-class", help="Only N images per class and split: a smoke run, not a benchmark number.")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Where datasets are prepared (default: $FEATKIT_DATA or ~/.cache/featkit/data).")] = None,
     cache: Annotated[Path | None, typer.Option("--cache", help="Feature stores kept between runs (default: $FEATKIT_CACHE or ~/.cache/featkit/features).")] = None,
     grid: Annotated[str, typer.Option("--grid", help="The linear probe's C values: LOW:HIGH:N log-spaced, or a comma-separated list.")] = "1e-6:1e5:45",
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours for --probe knn.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the validation split and of --weights random.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[Precision, typer.Option(help="Compute precision of the extraction.")] = Precision.fp32,
+    batch_size: BatchSizeOpt = 32,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.fp32,
     no_download: Annotated[bool, typer.Option("--no-download", help="Never download datasets or weights.")] = False,
 ) -> None:
     """Extract (or re-use cached) features, probe every tap of every model on every dataset, report the scores.
@@ -51,8 +46,8 @@ def bench(
     from featkit.reports.bench import to_frame, to_markdown, write_results
 
     cfg = BenchConfig(models=_names(models), taps=_names(taps), datasets=_names(datasets), output=output,
-                      weights=weights, pool=pool.value, probe=probe.value, per_class=per_class, data_root=data_root,
-                      cache=cache, seed=seed, grid=parse_grid(grid), k=k, batch_size=batch_size, device=device, precision=precision.value,
+                      weights=weights, pool=pool, probe=probe, per_class=per_class, data_root=data_root,
+                      cache=cache, seed=seed, grid=parse_grid(grid), k=k, batch_size=batch_size, device=device, precision=precision,
                       download=not no_download)
     console = make_console()
     report = run_bench(cfg, progress=True, echo=console.print)

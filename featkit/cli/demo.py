@@ -10,6 +10,7 @@ import numpy as np
 import typer
 
 from featkit.cli._console import console as make_console
+from featkit.cli._options import ModelOpt
 from featkit.cli.extract import print_result
 from featkit.errors import WeightsError
 from featkit.extraction.config import DEFAULT_MODEL, ExtractConfig
@@ -35,7 +36,7 @@ def _nearest_centroid_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
 
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the images and the store.")] = Path("demo_out"),
-    model: Annotated[str, typer.Option("--model", "-m")] = DEFAULT_MODEL,
+    model: ModelOpt = DEFAULT_MODEL,
     per_class: Annotated[int, typer.Option(help="Digits per class to render.", min=1)] = 20,
 ) -> None:
     """Render scikit-learn's digits as images, extract features, and print what was written."""

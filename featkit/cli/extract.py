@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from featkit.choices import DType, Pool, Precision
 from featkit.cli._console import console as make_console
+from featkit.cli._options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    LayerOpt,
+    ModelOpt,
+    PoolOpt,
+    PrecisionOpt,
+    WeightsOpt,
+)
 from featkit.extraction.config import DEFAULT_MODEL, ExtractConfig
 
 LARGE_DIMS = 100_000  # flattened maps above this size get a note suggesting pooling
-
-
-class Pool(str, Enum):
-    none = "none"
-    avg = "avg"
-    max = "max"
-    gem = "gem"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Backbone (featkit models).")]
-LayerOpt = Annotated[list[str] | None, typer.Option("--layer", "-l", help="Tap to extract; repeat for several (featkit taps MODEL). Default: the model's default tap.")]
-WeightsOpt = Annotated[str, typer.Option("--weights", "-w", help="imagenet (torch hub cache), random (seeded), or a .pth/.pt/.safetensors file.")]
 
 
 def print_result(result, console) -> None:
@@ -63,12 +49,12 @@ def extract(
     model: ModelOpt = DEFAULT_MODEL,
     layer: LayerOpt = None,
     weights: WeightsOpt = "imagenet",
-    pool: Annotated[Pool, typer.Option(help="Spatial taps → vectors: none (flatten), avg, max, gem.")] = Pool.none,
+    pool: PoolOpt = Pool.none,
     l2: Annotated[bool, typer.Option("--l2", help="L2-normalise stored vectors.")] = False,
     dtype: Annotated[DType, typer.Option(help="Stored dtype.")] = DType.float32,
-    precision: Annotated[Precision, typer.Option(help="Compute precision (bf16: CPUs with AVX512-BF16/AMX and GPUs; fp16: GPUs).")] = Precision.fp32,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
+    precision: PrecisionOpt = Precision.fp32,
+    batch_size: BatchSizeOpt = 32,
+    device: DeviceOpt = "auto",
     workers: Annotated[int | None, typer.Option(help="Decoder processes beside the model (default: every spare core on a GPU; 0 on a CPU = decode on a thread per core between batches).", min=0)] = None,
     shard_rows: Annotated[int, typer.Option(help="Rows per committed shard (the unit of resume).", min=1)] = 2048,
     draft: Annotated[bool, typer.Option("--draft/--no-draft", help="Decode large JPEGs at reduced DCT scale (still ≥ the resize size).")] = True,
@@ -84,8 +70,8 @@ def extract(
     from featkit.extraction.embed import resolve_taps
     from featkit.extraction.run import run_extraction
 
-    cfg = ExtractConfig(model=model, taps=tuple(layer or ()), weights=weights, pool=pool.value, l2=l2,
-                        dtype=dtype.value, precision=precision.value, batch_size=batch_size, device=device,
+    cfg = ExtractConfig(model=model, taps=tuple(layer or ()), weights=weights, pool=pool, l2=l2,
+                        dtype=dtype, precision=precision, batch_size=batch_size, device=device,
                         workers=workers, shard_rows=shard_rows, draft=draft, seed=seed, overwrite=overwrite,
                         download=not offline)
     console = make_console(stderr=True)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from featkit.cli._console import console as make_console
+from featkit.cli._options import DeviceOpt
 from featkit.errors import FeatkitError
 
 
@@ -37,7 +38,7 @@ def finetune(
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="imagenet | random | a file | a run directory (default: the recipe's).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set optim.lr=0.05 (repeatable).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory after a crash or Ctrl-C.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (torchrun: one GPU per process).")] = "auto",
+    device: DeviceOpt = "auto",
     workers: Annotated[int | None, typer.Option(min=0, help="Loader processes (default: 0 on a CPU, spare cores on a GPU).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; the per-epoch lines stay.")] = False,
 ) -> None:

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from featkit.choices import IndexKind, SearchMetric
 from featkit.cli._console import console as make_console
+from featkit.cli._options import DeviceOpt, JsonOpt, QuietOpt, StoreArg, TapOpt
 
 app = typer.Typer(help="Similar-image search indexes over a feature store: build, extend, inspect.", no_args_is_help=True)
 
 
-class Kind(str, Enum):
-    auto = "auto"
-    flat = "flat"
-    hnsw = "hnsw"
-    ivf = "ivf"
-    ivfpq = "ivfpq"
-
-
-class Metric(str, Enum):
-    cosine = "cosine"
-    l2 = "l2"
-
-
 IndexArg = Annotated[Path, typer.Argument(help="An index directory (featkit index build ... -o NAME).")]
-TapOpt = Annotated[str | None, typer.Option("--tap", "-t", help="Tap to use (default: the store's only tap).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="The weights file the store was extracted with (needed to embed query images when the store used a file).")]
+StoreWeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="The weights file the store was extracted with (needed to embed query images when the store used a file).")]
 
 
 def _jsonable(value):
@@ -54,15 +40,15 @@ def _describe(index) -> str:
 
 @app.command("build")
 def build(
-    store: Annotated[Path, typer.Argument(help="Feature store directory (featkit extract ... -o STORE).")],
+    store: StoreArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Index directory to write (e.g. photos.index).")],
     tap: TapOpt = None,
-    kind: Annotated[Kind, typer.Option(help="auto picks by size and --max-memory: flat ≤ 10k, hnsw, ivf, then ivfpq.")] = Kind.auto,
-    metric: Annotated[Metric, typer.Option(help="cosine (normalised, inner product) or l2.")] = Metric.cosine,
+    kind: Annotated[IndexKind, typer.Option(help="auto picks by size and --max-memory: flat ≤ 10k, hnsw, ivf, then ivfpq.")] = IndexKind.auto,
+    metric: Annotated[SearchMetric, typer.Option(help="cosine (normalised, inner product) or l2.")] = SearchMetric.cosine,
     pca: Annotated[int | None, typer.Option("--pca", min=1, help="Reduce to this many dimensions first (e.g. 256 for 4096-d taps).")] = None,
     max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory the index may take, e.g. 8GB (default: half the RAM).")] = None,
     recall: Annotated[float, typer.Option("--recall", min=0.0, max=1.0, help="recall@10 vs exact search that approximate kinds are tuned to.")] = 0.95,
-    weights: WeightsOpt = None,
+    weights: StoreWeightsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index at --output.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -75,7 +61,7 @@ def build(
     from featkit.index.manifest import check_target
 
     check_target(output, overwrite)  # refuse before minutes of building
-    index = Index.build(store, tap=tap, kind=kind.value, metric=metric.value, pca=pca,
+    index = Index.build(store, tap=tap, kind=kind, metric=metric, pca=pca,
                         max_memory=parse_bytes(max_memory) if max_memory else None, recall_target=recall,
                         weights_file=weights, progress=not quiet)
     index.save(output, overwrite=overwrite)
@@ -125,7 +111,7 @@ def remove(
 
 
 @app.command("info")
-def info(index_path: IndexArg, as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False) -> None:
+def info(index_path: IndexArg, as_json: JsonOpt = False) -> None:
     """Show what an index holds: source store, model, tap, kind, search settings and recall."""
     from featkit.index.manifest import read_manifest
 
@@ -149,11 +135,11 @@ def search(
     index_path: IndexArg,
     queries: Annotated[list[Path], typer.Argument(help="Query images, folders of them, or a .npy file of vectors.")],
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    as_json: JsonOpt = False,
     csv: Annotated[Path | None, typer.Option("--csv", help="Write query, rank, path, score (+ label) to this CSV file.")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained page of thumbnails.")] = None,
-    weights: WeightsOpt = None,
-    device: Annotated[str, typer.Option(help="Where query images are embedded: auto | cpu | cuda | mps.")] = "auto",
+    weights: StoreWeightsOpt = None,
+    device: DeviceOpt = "auto",
     nprobe: Annotated[int | None, typer.Option(help="Override the tuned nprobe (IVF kinds).", min=1)] = None,
     ef_search: Annotated[int | None, typer.Option("--ef-search", help="Override the tuned efSearch (HNSW).", min=1)] = None,
 ) -> None:
@@ -210,11 +196,11 @@ def _print_table(frame, console, score_name: str) -> None:
 
 
 def dedup(
-    store: Annotated[Path, typer.Argument(help="Feature store directory.")],
+    store: StoreArg,
     tap: TapOpt = None,
     threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which two images are duplicates.")] = 0.95,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the groups to a .csv or .json file.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Find groups of near-duplicate images (largest first, each with a representative to keep).

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from featkit.choices import ActivationDType, InspectDepth, TableFormat
 from featkit.cli._console import console as make_console
-
-
-class Depth(str, Enum):
-    layer = "layer"
-    block = "block"
-    stage = "stage"
-
-
-class Format(str, Enum):
-    table = "table"
-    csv = "csv"
-    markdown = "markdown"
-    json = "json"
-
-
-class ActivationDType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
 
 
 def inspect(
     model: Annotated[str, typer.Argument(help="Backbone name (featkit models).", show_default=False)],
     input_size: Annotated[int | None, typer.Option("--input", min=1, show_default=False,
                                                    help="Square input side in pixels. Default: the model's (224; 227 for alexnet2012).")] = None,
-    depth: Annotated[Depth, typer.Option(help="layer: every layer; block: conv+ReLU, Bottleneck, Fire, ...; stage: ResNet's layer1..4, VGG's blocks between pools.")] = Depth.layer,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), csv, markdown or json on stdout.")] = Format.table,
+    depth: Annotated[InspectDepth, typer.Option(help="layer: every layer; block: conv+ReLU, Bottleneck, Fire, ...; stage: ResNet's layer1..4, VGG's blocks between pools.")] = InspectDepth.layer,
+    fmt: Annotated[TableFormat, typer.Option("--format", "-f", help="table (terminal), csv, markdown or json on stdout.")] = TableFormat.table,
     dtype: Annotated[ActivationDType, typer.Option(help="Bytes per activation value for the memory columns.")] = ActivationDType.float32,
     plot: Annotated[Path | None, typer.Option(help="Also draw activation memory and parameters per row into this PNG.")] = None,
 ) -> None:
@@ -47,7 +28,7 @@ def inspect(
     from featkit.reports import tables
 
     result = inspect_backbone(InspectConfig(model, input_size, depth.value, dtype.value))
-    if fmt is Format.table:
+    if fmt is TableFormat.table:
         console = make_console()
         console.print(tables.rich_table(result))
         for line in tables.totals_lines(result):

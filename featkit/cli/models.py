@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from featkit.choices import Pool
 from featkit.cli._console import console as make_console
 
 
@@ -47,7 +48,7 @@ def models(
 
 def taps(
     model: Annotated[str, typer.Argument(help="Backbone name, e.g. vgg16.")],
-    pool: Annotated[str, typer.Option(help="Show dims and bytes under this pooling (none|avg|max|gem).")] = "none",
+    pool: Annotated[Pool, typer.Option(help="Show dims and bytes under this pooling.")] = Pool.none,
 ) -> None:
     """List every tap of MODEL: name, aliases, graph node, output shape, dims and bytes per image."""
     from featkit.backbones.registry import describe

@@ -3,34 +3,25 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from featkit.choices import ProbeKind, SelectionMetric
 from featkit.cli._console import console as make_console
-
-
-class Kind(str, Enum):
-    linear = "linear"
-    knn = "knn"
-
-
-class Metric(str, Enum):
-    accuracy = "accuracy"
-    mean_per_class = "mean_per_class"
+from featkit.cli._options import JsonOpt
 
 
 def probe(
     store: Annotated[Path, typer.Argument(help="Feature store (its split column decides train/val/test).")],
     tap: Annotated[str, typer.Option("--tap", "-t", help="Tap to probe (default: the store's only tap).")] = "",
     test: Annotated[Path | None, typer.Option("--test", help="A separate test store (STORE is then all train).")] = None,
-    kind: Annotated[Kind, typer.Option(help="linear: logistic regression, C chosen on val; knn: cosine kNN.")] = Kind.linear,
+    kind: Annotated[ProbeKind, typer.Option(help="linear: logistic regression, C chosen on val or by 5-fold CV; knn: cosine kNN.")] = ProbeKind.linear,
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours for --kind knn.")] = 20,
     temperature: Annotated[float, typer.Option(help="Vote temperature for --kind knn.")] = 0.07,
-    metric: Annotated[Metric, typer.Option(help="What chooses C on the validation split.")] = Metric.accuracy,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    metric: Annotated[SelectionMetric, typer.Option(help="What chooses C on the validation split.")] = SelectionMetric.accuracy,
+    as_json: JsonOpt = False,
 ) -> None:
     """Fit a linear (or kNN) probe on a store's features and report test accuracy.
 
@@ -44,9 +35,9 @@ def probe(
     from featkit.store.reader import open_features
 
     fs = open_features(store)
-    tap = tap or fs.taps[0]
+    tap = fs.resolve_tap(tap)
     data = probe_data(fs, tap, open_features(test) if test is not None else None)
-    if kind is Kind.knn:
+    if kind is ProbeKind.knn:
         result = run_knn_probe(data.train.X, data.train.y, data.test.X, data.test.y, k=k, temperature=temperature)
         summary = f"kNN (k={k}, T={temperature})"
     else:
@@ -61,9 +52,7 @@ def probe(
         print(json.dumps(payload, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
         return
     console = make_console()
-    seconds = getattr(result, "fit_seconds", getattr(result, "seconds", 0.0))
     console.print(f"{fs.settings.model} {tap} ({data.train.X.shape[1]:,}-d), {summary}: "
-                  f"top-1 {result.top1:.1%}, top-5 {result.top5:.1%} on {len(data.test.y):,} {data.test.name} images "
-                  f"(trained on {len(data.train.y):,}) in {seconds:.1f} s")
-    if kind is Kind.linear:
-        console.print(f"mean per-class accuracy {result.mean_per_class:.1%}")
+                  f"top-1 {result.top1:.1%}, top-5 {result.top5:.1%} on {result.n_test:,} {data.test.name} images "
+                  f"(trained on {len(data.train.y):,}) in {result.seconds:.1f} s")
+    console.print(f"mean per-class accuracy {result.mean_per_class:.1%}")

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
-import typer
-
 from featkit.cli._console import console as make_console
+from featkit.cli._options import StoreArg
 
 
-def info(store: Annotated[Path, typer.Argument(help="A feature store directory.")]) -> None:
+def info(store: StoreArg) -> None:
     """Summarise a feature store: settings, rows, taps, labels and skipped files."""
     from featkit.store.reader import open_features
 

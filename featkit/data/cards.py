@@ -21,7 +21,7 @@ from featkit._search_path import search_dirs
 from featkit.errors import InputError, unknown
 
 ENV_VAR = "FEATKIT_DATA_CARDS"
-METRICS = ("top1", "mean_per_class")
+CARD_METRICS = ("top1", "mean_per_class")  # what a dataset's protocol reports
 LOADER_KINDS = ("torchvision", "folder", "embedded")
 ALL_SPLITS = "all"  # a loader-args key meaning "the whole dataset; the card's split_protocol carves the splits"
 
@@ -135,8 +135,8 @@ def _check_values(path: Path, data: dict) -> None:
         raise _fail(path, "name", "must be lower_snake_case")
     if data["name"] != path.stem:
         raise _fail(path, "name", f"must equal the file name '{path.stem}', got '{data['name']}'")
-    if data["metric"] not in METRICS:
-        raise _fail(path, "metric", f"must be one of {', '.join(METRICS)}, got '{data['metric']}'")
+    if data["metric"] not in CARD_METRICS:
+        raise _fail(path, "metric", f"must be one of {', '.join(CARD_METRICS)}, got '{data['metric']}'")
     if data["classes"] is not None and not _positive_int(data["classes"]):
         raise _fail(path, "classes", f"must be a positive integer, got {data['classes']!r}")
     for split, count in (data["splits"] or {}).items():

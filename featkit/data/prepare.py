@@ -26,7 +26,7 @@ from typing import Any
 
 from featkit.data import fetch, materialise
 from featkit.data.cards import ALL_SPLITS, DataCard, get_card
-from featkit.errors import InputError
+from featkit.errors import InputError, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def prepare(
             f"'{name}' is any folder of yours: there is nothing to prepare. Pass the folder itself to "
             f"featkit extract (or featkit bench)."
         )
-    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
-        raise InputError(f"per_class must be a positive integer, got {per_class!r}.")
+    if per_class is not None:
+        check_int("per_class", per_class, "prepare", minimum=1, error=InputError)
     done = find_prepared(name, root, per_class=per_class)
     if done is not None:
         return done

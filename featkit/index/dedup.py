@@ -14,9 +14,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from featkit._faiss import faiss
-from featkit.errors import SearchIndexError
+from featkit.errors import SearchIndexError, check_float
 from featkit.index.exact import prepare
-from featkit.index.index import CHUNK, _store, _tap_of
+from featkit.index.index import CHUNK, _store
 from featkit.store.reader import FeatureStore
 
 BATCH = 2048
@@ -54,10 +54,9 @@ def find_duplicates(store: FeatureStore | str | os.PathLike, *, tap: str | None 
         member with the most pixels, then the most bytes: the copy to keep), score (cosine similarity to the
         representative), label. Groups are ordered largest first.
     """
-    if not -1 <= threshold <= 1:
-        raise SearchIndexError(f"The threshold is a cosine similarity in [-1, 1]. Got {threshold} instead.")
+    check_float("threshold", threshold, "dedup", low=-1, high=1, closed="both", error=SearchIndexError)
     store = _store(store)
-    tap = _tap_of(store, tap)
+    tap = store.resolve_tap(tap)
     vectors = store[tap]
     n = len(vectors)
     exact = faiss.IndexFlatIP(vectors.shape[1])

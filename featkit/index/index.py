@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from featkit._faiss import faiss
-from featkit.errors import SearchIndexError, unknown
+from featkit.errors import SearchIndexError, check_float, check_int
 from featkit.extraction.embed import Embedder, Embedding, config_for, expand_sources
 from featkit.index import gpu
 from featkit.index import manifest as files
@@ -37,16 +37,6 @@ def _now() -> str:
 
 def _store(store: FeatureStore | str | os.PathLike) -> FeatureStore:
     return store if isinstance(store, FeatureStore) else open_features(store)
-
-
-def _tap_of(store: FeatureStore, tap: str | None) -> str:
-    if tap is None:
-        if len(store.taps) != 1:
-            raise SearchIndexError(f"{store.root} holds several taps ({', '.join(store.taps)}); choose one with --tap.")
-        return store.taps[0]
-    if tap not in store.taps:
-        raise unknown("tap", tap, store.taps, context=f"the store {store.root}", see=f"featkit info {store.root}")
-    return tap
 
 
 def _id_rows(store: FeatureStore, first_id: int, keep: np.ndarray | None = None) -> pd.DataFrame:
@@ -99,10 +89,9 @@ class Index:
             weights_file: where the store's weights file is, recorded so searches by image can find it.
             progress: show progress bars.
         """
-        if not 0 < recall_target <= 1:
-            raise SearchIndexError(f"The recall target must be in (0, 1]. Got {recall_target} instead.")
+        check_float("recall_target", recall_target, "Index.build", low=0, high=1, closed="right", error=SearchIndexError)
         store = _store(store)
-        tap = _tap_of(store, tap)
+        tap = store.resolve_tap(tap)
         vectors = store[tap]
         n, dim = vectors.shape
         if n == 0:
@@ -217,8 +206,7 @@ class Index:
         if x.ndim != 2 or x.shape[1] != self.manifest["dim"]:
             raise SearchIndexError(f"Query vectors have shape {x.shape} but the index holds {self.manifest['dim']}-d "
                                    f"{self.settings.model} {self.tap} features; embed queries with the same model and tap.")
-        if k < 1:
-            raise SearchIndexError(f"k must be an integer >= 1. Got {k} instead.")
+        check_int("k", k, "search", minimum=1, error=SearchIndexError)
         if self._searcher is None:
             self._searcher = gpu.to_gpu(self._cpu, self.kind)
         self._apply(self._searcher, {**self.manifest.get("search_params", {}), **(params or {})})

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featkit.errors import SearchIndexError, unknown
+from featkit.choices import IndexKind, SearchMetric, values
+from featkit.errors import SearchIndexError, invalid_parameter, unknown
 
-KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
-METRICS = ("cosine", "l2")
+KINDS = values(IndexKind)
+SEARCH_METRICS = values(SearchMetric)
 FLAT_MAX = 10_000
 HNSW_MAX = 1_000_000
 HNSW_M = 32
@@ -100,10 +101,11 @@ def plan_index(n: int, dim: int, kind: str = "auto", *, metric: str = "cosine", 
     """
     if kind not in KINDS:
         raise unknown("index kind", kind, KINDS, see="featkit index build --help")
-    if metric not in METRICS:
-        raise unknown("metric", metric, METRICS, see="featkit index build --help")
-    if pca is not None and not 0 < pca < dim:
-        raise SearchIndexError(f"The pca dimension must be between 1 and {dim - 1} for {dim}-d features. Got {pca} instead.")
+    if metric not in SEARCH_METRICS:
+        raise unknown("metric", metric, SEARCH_METRICS, see="featkit index build --help")
+    if pca is not None and (isinstance(pca, bool) or not isinstance(pca, int) or not 0 < pca < dim):
+        raise invalid_parameter("pca", "index build", f"an int from 1 to {dim - 1} for {dim}-d features", pca,
+                                error=SearchIndexError)
     d = pca or dim
     budget = max_memory or default_memory_budget()
     # cosine after PCA: the projected vectors are normalised again, so scores stay cosine similarities

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from featkit.choices import ActivationDType
 from featkit.inspect.receptive import Field, is_identity_pool, merge, propagate
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DTYPE_BYTES = {ActivationDType.float32: 4, ActivationDType.float16: 2, ActivationDType.bfloat16: 2}
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ from torch import nn
 
 from featkit.backbones.registry import describe, meta_module
 from featkit.backbones.spec import BackboneSpec
+from featkit.choices import InspectDepth, values
 from featkit.errors import InputError, unknown
 from featkit.inspect.groups import group_rows
 from featkit.inspect.layers import DTYPE_BYTES, LayerRow, layer_rows
 
-DEPTHS = ("layer", "block", "stage")
+DEPTHS = values(InspectDepth)
 BACKWARD_FACTOR = 2  # training keeps the forward's activations and about as much again for their gradients
 
 

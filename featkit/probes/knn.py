@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import numbers
 import time
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from featkit._faiss import faiss
+from featkit.errors import check_float, check_int
 from featkit.probes.linear import ProbeError, encode_labels, validated
-from featkit.probes.protocol import class_indices, topk_accuracy
+from featkit.probes.protocol import ProbeResult, scored_on_test
 
 
 def l2_normalized(X: np.ndarray) -> np.ndarray:
@@ -39,12 +38,8 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
     def fit(self, X, y) -> KNNProbe:
         """Remember the L2-normalised training features and their labels."""
         for name in ("k", "batch_size"):
-            value = getattr(self, name)
-            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
-                raise ProbeError(f"The '{name}' parameter of KNNProbe must be an int >= 1. Got {value!r} instead.")
-        if not (isinstance(self.temperature, numbers.Real) and 0 < self.temperature < np.inf):
-            raise ProbeError(f"The 'temperature' parameter of KNNProbe must be a float in the range (0, inf). "
-                             f"Got {self.temperature!r} instead.")
+            check_int(name, getattr(self, name), "KNNProbe", minimum=1, error=ProbeError)
+        check_float("temperature", self.temperature, "KNNProbe", low=0, high=np.inf, error=ProbeError)
         X, y = validated(self, X, y, reset=True)
         self._labels = encode_labels(self, y)
         self._train = l2_normalized(X)
@@ -76,30 +71,10 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         return self.classes_[votes.argmax(axis=1)]
 
 
-@dataclass(frozen=True)
-class KNNResult:
-    """Test metrics of a kNN probe."""
-
-    k: int
-    temperature: float
-    top1: float
-    top5: float
-    n_train: int
-    n_test: int
-    seconds: float
-    predictions: list
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def run_knn_probe(train_X, train_y, test_X, test_y, *, k: int = 20, temperature: float = 0.07) -> KNNResult:
-    """Fit a :class:`KNNProbe` on train and report top-1/top-5 accuracy and predictions on test."""
+def run_knn_probe(train_X, train_y, test_X, test_y, *, k: int = 20, temperature: float = 0.07) -> ProbeResult:
+    """Fit a :class:`KNNProbe` on train and report its test metrics and predictions."""
     start = time.perf_counter()
     probe = KNNProbe(k=k, temperature=temperature).fit(train_X, train_y)
-    votes = probe.votes(test_X)
-    y_idx = class_indices(probe.classes_, test_y)
-    preds = probe.classes_[votes.argmax(axis=1)]
-    return KNNResult(k=k, temperature=temperature, top1=topk_accuracy(votes, y_idx, 1),
-                     top5=topk_accuracy(votes, y_idx, 5), n_train=len(probe._labels), n_test=len(y_idx),
-                     seconds=time.perf_counter() - start, predictions=preds.tolist())
+    metrics = scored_on_test(probe.classes_, probe.votes(test_X), test_y)
+    return ProbeResult(kind="knn", **metrics, n_train=len(probe._labels), n_val=0,
+                       seconds=time.perf_counter() - start, k=k, temperature=temperature)

@@ -12,7 +12,6 @@ With ``standardize=True`` the penalty applies in the standardised space (as ``St
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import numpy as np
@@ -25,7 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featkit._device import resolve_device
-from featkit.errors import FeatkitError
+from featkit.errors import FeatkitError, check_choice, check_float, check_int
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -125,15 +124,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> None:
         name = type(self).__name__
-        if not (isinstance(self.C, numbers.Real) and not isinstance(self.C, bool) and 0 < self.C < np.inf):
-            raise ProbeError(f"The 'C' parameter of {name} must be a float in the range (0, inf). Got {self.C!r} instead.")
-        if not (isinstance(self.max_iter, numbers.Integral) and not isinstance(self.max_iter, bool)
-                and self.max_iter >= 1):
-            raise ProbeError(f"The 'max_iter' parameter of {name} must be an int >= 1. Got {self.max_iter!r} instead.")
-        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
-            raise ProbeError(f"The 'tol' parameter of {name} must be a float >= 0. Got {self.tol!r} instead.")
-        if self.dtype not in DTYPES:
-            raise ProbeError(f"The 'dtype' parameter of {name} must be one of {', '.join(DTYPES)}. Got {self.dtype!r} instead.")
+        check_float("C", self.C, name, low=0, high=np.inf, error=ProbeError)
+        check_int("max_iter", self.max_iter, name, minimum=1, error=ProbeError)
+        check_float("tol", self.tol, name, low=0, high=np.inf, closed="left", error=ProbeError)
+        check_choice("dtype", self.dtype, DTYPES, name, error=ProbeError)
 
     def fit(self, X, y) -> LinearProbe:
         """Fit on features ``X`` (n, d) and labels ``y`` (n,)."""

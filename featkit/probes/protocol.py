@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from featkit.choices import SelectionMetric
+from featkit.errors import check_choice, check_float, invalid_parameter
 from featkit.probes.linear import LinearProbe, ProbeError, standardisation
 
 DEFAULT_GRID = tuple(np.logspace(-6, 5, 45))
-METRICS = ("accuracy", "mean_per_class")
 # Sweep and refit in float32, stopping at scikit-learn's default tolerance (largest gradient entry 1e-4), unless
 # told otherwise: about 4-5x faster than scikit-learn's own sweep on a CPU (benchmarks/probe_speed.py) and native
 # on GPUs, at the same test accuracy (tests hold it within 0.5 points of float64 fits to 1e-6). The one
@@ -87,25 +88,56 @@ class Selection:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """A linear probe run: the C sweep, then test metrics of the refit on train + val."""
+    """What a probe (linear or kNN) scored on test, in one shape for both.
 
-    best_C: float
-    metric: str
-    grid: tuple[float, ...]
-    val_scores: tuple[float, ...]
+    Attributes:
+        kind: ``linear`` or ``knn``.
+        classes: the class labels, in the order of ``confusion``'s rows and columns.
+        top1, top5, mean_per_class: test metrics (top-5 is 1.0 with five classes or fewer).
+        confusion: test counts, true classes as rows, predicted as columns.
+        predictions: the predicted label of each test row.
+        n_train, n_val, n_test: rows used (n_val: 0 when C was chosen by cross-validation, and for kNN).
+        seconds: the probe's whole time (the C sweep included).
+        best_C, metric, grid, val_scores, folds: the linear probe's C selection (None / empty for kNN).
+        k, temperature: the kNN probe's settings (None for the linear probe).
+    """
+
+    kind: str
     classes: list
     top1: float
     top5: float
     mean_per_class: float
     confusion: list[list[int]]
+    predictions: list
     n_train: int
     n_val: int
     n_test: int
-    folds: int
-    fit_seconds: float
+    seconds: float
+    best_C: float | None = None
+    metric: str | None = None
+    grid: tuple[float, ...] = ()
+    val_scores: tuple[float, ...] = ()
+    folds: int | None = None
+    k: int | None = None
+    temperature: float | None = None
+
+    def score(self, metric: str) -> float:
+        """The test value of a selection metric: ``accuracy`` (top-1) or ``mean_per_class``."""
+        return self.mean_per_class if metric == SelectionMetric.mean_per_class else self.top1
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def scored_on_test(classes: np.ndarray, scores: np.ndarray, test_y) -> dict:
+    """The test fields of a :class:`ProbeResult` from per-class scores (or a binary decision function)."""
+    n = len(classes)
+    y_idx = class_indices(classes, test_y)
+    pred_idx = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+    return {"classes": classes.tolist(), "top1": score("accuracy", y_idx, pred_idx, n),
+            "top5": topk_accuracy(scores, y_idx, 5), "mean_per_class": mean_per_class_accuracy(y_idx, pred_idx, n),
+            "confusion": confusion(y_idx, pred_idx, n).tolist(), "predictions": classes[pred_idx].tolist(),
+            "n_test": len(y_idx)}
 
 
 def _sweep(probe_params: dict, grid: np.ndarray, X_train, y_train, X_val, y_val, metric: str) -> np.ndarray:
@@ -138,7 +170,8 @@ def _folds_for(y_train, folds: int | str) -> int:
         smallest = int(np.unique(np.asarray(y_train), return_counts=True)[1].min())
         return min(CV_FOLDS, smallest) if smallest >= 2 else 1
     if not isinstance(folds, (int, np.integer)) or isinstance(folds, bool) or folds < 1:
-        raise ProbeError(f"folds must be 'auto' or an integer >= 1 (1: one validation split). Got {folds!r} instead.")
+        raise invalid_parameter("folds", "select_C", "'auto' or an int >= 1 (1: one validation split)", folds,
+                                error=ProbeError)
     return int(folds)
 
 
@@ -151,8 +184,7 @@ def select_C(X_train, y_train, X_val=None, y_val=None, *, grid=DEFAULT_GRID, met
     seeded by ``seed``. The smaller C of a tie is the more regularised model, the safer choice when validation
     cannot tell them apart. ``probe_params`` go to :class:`LinearProbe` (device, dtype, max_iter, ...).
     """
-    if metric not in METRICS:
-        raise ProbeError(f"Unknown probe metric '{metric}'. Use one of: {', '.join(METRICS)}.")
+    metric = check_choice("metric", metric, SelectionMetric, "select_C", error=ProbeError)
     grid = np.sort(np.asarray(grid, dtype=np.float64).ravel())
     if len(grid) == 0 or not np.all(np.isfinite(grid)) or grid[0] <= 0:
         raise ProbeError("The C grid must hold at least one finite value > 0.")
@@ -171,8 +203,7 @@ def select_C(X_train, y_train, X_val=None, y_val=None, *, grid=DEFAULT_GRID, met
             if k > 1:
                 splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X_train, y_train))
             else:
-                if not 0 < val_fraction < 1:
-                    raise ProbeError(f"val_fraction must be in (0, 1). Got {val_fraction!r} instead.")
+                check_float("val_fraction", val_fraction, "select_C", low=0, high=1, error=ProbeError)
                 splits = [train_test_split(np.arange(n_train), test_size=val_fraction, stratify=y_train,
                                            random_state=seed)]
         except ValueError as exc:
@@ -205,13 +236,7 @@ def run_linear_probe(train_X, train_y, test_X, test_y, *, val=None, grid=DEFAULT
         train_X, train_y = np.concatenate([np.asarray(train_X), np.asarray(X_val)]), np.concatenate(
             [np.asarray(train_y), np.asarray(y_val)])
     probe = LinearProbe(C=sel.best_C, **{**PROTOCOL_PROBE, **probe_params}).fit(train_X, train_y)
-    fit_seconds = time.perf_counter() - start
-    n = len(probe.classes_)
-    y_idx = class_indices(probe.classes_, test_y)
-    scores = probe.decision_function(test_X)
-    pred_idx = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-    return ProbeResult(best_C=sel.best_C, metric=metric, grid=sel.grid, val_scores=sel.val_scores,
-                       classes=probe.classes_.tolist(), top1=score("accuracy", y_idx, pred_idx, n),
-                       top5=topk_accuracy(scores, y_idx, 5), mean_per_class=mean_per_class_accuracy(y_idx, pred_idx, n),
-                       confusion=confusion(y_idx, pred_idx, n).tolist(), n_train=sel.n_train, n_val=sel.n_val,
-                       n_test=len(y_idx), folds=sel.folds, fit_seconds=fit_seconds)
+    seconds = time.perf_counter() - start
+    return ProbeResult(kind="linear", **scored_on_test(probe.classes_, probe.decision_function(test_X), test_y),
+                       n_train=sel.n_train, n_val=sel.n_val, seconds=seconds, best_C=sel.best_C, metric=sel.metric,
+                       grid=sel.grid, val_scores=sel.val_scores, folds=sel.folds)

@@ -8,9 +8,10 @@ import json
 
 from rich.table import Table
 
+from featkit.choices import TableFormat, values
 from featkit.inspect import Inspection, LayerRow
 
-FORMATS = ("table", "csv", "markdown", "json")
+FORMATS = values(TableFormat)
 # Terminal and Markdown columns; the numeric ones are right-aligned.
 HEADERS = ("layer", "tap", "kind", "output", "activations", "memory", "weights", "biases", "MACs", "RF", "stride")
 NUMERIC = {"activations", "memory", "weights", "biases", "MACs", "RF", "stride"}

@@ -91,6 +91,16 @@ class FeatureStore:
         fails = pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
         return fails[~fails["path"].isin(self.rows["path"])].reset_index(drop=True)
 
+    def resolve_tap(self, tap: str | None) -> str:
+        """``tap`` if the store holds it; with None, the store's only tap (several taps: say which is needed)."""
+        if tap is None or tap == "":
+            if len(self.taps) != 1:
+                raise StoreError(f"{self.root} holds several taps ({', '.join(self.taps)}); choose one with --tap.")
+            return self.taps[0]
+        if tap not in self.manifest["taps"]:
+            raise unknown("tap", tap, self.taps, context=f"the store {self.root}", see=f"featkit info {self.root}")
+        return tap
+
     def features(self, tap: str) -> TapArray:
         if tap not in self.manifest["taps"]:
             raise unknown("tap", tap, self.taps, context=f"the store {self.root}")
