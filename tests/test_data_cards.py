@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torchvision
 
-from featkit.data import cards
+from featkit.datasets import cards
 from featkit.errors import InputError, UnknownNameError
 
 REQUIRED = {

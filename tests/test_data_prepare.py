@@ -19,9 +19,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featkit.cli.app import app
-from featkit.data import prepare as prep
-from featkit.data.cards import ENV_VAR as CARDS_ENV
-from featkit.data.cards import get_card
+from featkit.datasets import prepare as prep
+from featkit.datasets.cards import ENV_VAR as CARDS_ENV
+from featkit.datasets.cards import get_card
 from featkit.errors import InputError
 
 REPO_CARDS = Path(__file__).resolve().parents[1] / "data_cards"

@@ -21,7 +21,7 @@ class BenchDataset:
 def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None, download: bool,
                     progress: bool = False) -> BenchDataset:
     """A card name is prepared (rendered, downloaded or verified) under ``data_root``; a folder is used as is."""
-    from featkit.data.cards import get_card
+    from featkit.datasets.cards import get_card
 
     path = Path(entry).expanduser()
     if path.is_dir():
@@ -34,7 +34,7 @@ def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None
     card = get_card(entry)
     if card.loader.kind == "folder" and card.name == "imagefolder":
         raise InputError("'imagefolder' stands for your own folder: pass its path to --datasets.")
-    from featkit.data.prepare import prepare
+    from featkit.datasets.prepare import prepare
 
     prepared = prepare(card.name, data_root, download=download, per_class=per_class, progress=progress)
     metric = "mean_per_class" if card.metric == "mean_per_class" else "accuracy"

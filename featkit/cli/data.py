@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from featkit.cli._console import console as make_console
-from featkit.data.cards import get_card, list_cards
+from featkit.datasets.cards import get_card, list_cards
 
 app = typer.Typer(help="Datasets with data cards: what they hold and how probes evaluate on them.", no_args_is_help=True)
 
@@ -67,7 +67,7 @@ def prepare_command(
 
     Example: featkit data prepare cifar10 --root ~/data
     """
-    from featkit.data.prepare import prepare
+    from featkit.datasets.prepare import prepare
 
     done = prepare(name, root, download=not no_download, per_class=per_class, progress=True)
     console = make_console()

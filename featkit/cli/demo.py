@@ -42,7 +42,7 @@ def demo(
     """Render scikit-learn's digits as images, extract features, and print what was written."""
     from featkit.backbones import checkpoints
     from featkit.backbones.weights import default_weights_enum
-    from featkit.data.digits import write_digits
+    from featkit.datasets.digits import write_digits
     from featkit.extraction.run import run_extraction
     from featkit.store.reader import open_features
 

@@ -48,8 +48,8 @@ def resolve_data(data: str | Path) -> Path:
     path = Path(data).expanduser()
     if path.is_dir() or len(path.parts) != 1:
         return path
-    from featkit.data.cards import card_names
-    from featkit.data.prepare import images_dir
+    from featkit.datasets.cards import card_names
+    from featkit.datasets.prepare import images_dir
 
     if str(data) not in card_names():
         return path

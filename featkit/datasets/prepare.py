@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featkit.data import fetch, materialise
-from featkit.data.cards import ALL_SPLITS, DataCard, get_card
+from featkit.datasets import fetch, materialise
+from featkit.datasets.cards import ALL_SPLITS, DataCard, get_card
 from featkit.errors import InputError, check_int
 
 logger = logging.getLogger(__name__)
@@ -132,11 +132,12 @@ def prepare(
 def _write_embedded(card: DataCard, folder: Path, per_class: int | None) -> tuple[dict[str, int], list[str]]:
     if card.name != "digits":
         raise InputError(f"featkit has no embedded data for card '{card.name}'.")
-    from featkit.data.digits import write_digit_splits
+    from featkit.datasets.digits import digit_items, write_digit_splits
 
-    seed = (card.split_protocol or {}).get("seed", 0)
-    # digit_splits' per_class counts a class's images before its half split; twice that is N per split
-    counts = write_digit_splits(folder, per_class=None if per_class is None else 2 * per_class, seed=seed)
+    splits = materialise.carve_splits(digit_items(), card.split_protocol or {})
+    if per_class is not None:
+        splits = {s: materialise.limit_per_class(items, per_class) for s, items in splits.items()}
+    counts = write_digit_splits(folder, splits)
     if per_class is None:
         _check_counts(card, counts)
     return counts, [str(d) for d in range(10)]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 
-from featkit.data.cards import DataCard
+from featkit.datasets.cards import DataCard
 from featkit.errors import InputError
 
 logger = logging.getLogger(__name__)

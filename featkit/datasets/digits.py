@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from featkit.datasets.materialise import Item
+
 
 def _render(image: np.ndarray, path: Path, size: int) -> None:
     """The 8×8 scan (16 grey levels) scaled to ``size`` px with bicubic interpolation, ink dark on white."""
@@ -31,36 +33,21 @@ def write_digits(root: str | Path, per_class: int = 20, size: int = 64) -> Path:
     return root
 
 
-def digit_splits(per_class: int | None = None, seed: int = 0) -> dict[str, list[tuple[int, int]]]:
-    """The data card's split: ``{"train": [(index, label), ...], "test": [...]}`` into ``load_digits()``.
-
-    For each class in turn, its images in ``load_digits()`` order are permuted by one
-    ``numpy.random.default_rng(seed)``; the first ``floor(n / 2)`` go to train and the rest to test (896 / 901).
-    ``per_class`` keeps only the first ``per_class`` images of each permutation, for quick smoke runs.
-    """
+def digit_items() -> list[Item]:
+    """Every image of ``load_digits()`` as a dataset item (index, label; an array, so no file)."""
     from sklearn.datasets import load_digits
 
-    target = load_digits().target
-    rng = np.random.default_rng(seed)
-    splits: dict[str, list[tuple[int, int]]] = {"train": [], "test": []}
-    for label in range(10):
-        order = rng.permutation(np.flatnonzero(target == label))
-        if per_class is not None:
-            order = order[:per_class]
-        half = len(order) // 2
-        splits["train"] += [(int(i), label) for i in order[:half]]
-        splits["test"] += [(int(i), label) for i in order[half:]]
-    return splits
+    return [Item(i, int(label), None) for i, label in enumerate(load_digits().target)]
 
 
-def write_digit_splits(root: str | Path, per_class: int | None = None, size: int = 64, seed: int = 0) -> dict[str, int]:
-    """Render the card's split as ``root/{train,test}/<digit>/<index>.png``; returns the image count per split."""
+def write_digit_splits(root: str | Path, splits: dict[str, list[Item]], size: int = 64) -> dict[str, int]:
+    """Render ``splits`` (from the card's split protocol) as ``root/SPLIT/<digit>/<index>.png``; returns the image
+    count per split."""
     from sklearn.datasets import load_digits
 
     images = load_digits().images
     root = Path(root)
-    splits = digit_splits(per_class, seed)
     for split, members in splits.items():
-        for index, label in members:
-            _render(images[index], root / split / str(label) / f"{index:04d}.png", size)
+        for item in members:
+            _render(images[item.index], root / split / str(item.label) / f"{item.index:04d}.png", size)
     return {split: len(members) for split, members in splits.items()}
