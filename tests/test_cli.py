@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import featkit
 from featkit.cli.app import app
+from featkit.cli.app import main as featkit_main
+from featkit.errors import UnknownNameError
 
 runner = CliRunner()
 
@@ -45,6 +47,15 @@ def test_extract_prints_what_it_wrote(tiny_folder, tmp_path):
     assert info.exit_code == 0 and "resnet18" in info.output and "2 classes" in info.output
 
 
+def main(monkeypatch, *args: str) -> int:
+    """Run the console entry point in this process, as ``featkit ARGS`` would; returns the exit code."""
+    monkeypatch.setattr(sys, "argv", ["featkit", *args])
+    monkeypatch.setenv("FEATKIT_DEBUG", "0")  # --debug sets it to 1; monkeypatch restores it afterwards
+    with pytest.raises(SystemExit) as exited:
+        featkit_main()
+    return exited.value.code
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -53,26 +64,28 @@ def test_extract_prints_what_it_wrote(tiny_folder, tmp_path):
         (["--weights", "missing.pth"], "error: Weights 'missing.pth' are neither 'imagenet', 'random' nor an existing file."),
     ],
 )
-def test_cli_errors_are_one_line_without_traceback(tiny_folder, tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "featkit", "extract", str(tiny_folder), "-o", str(tmp_path / "s"), *args],
-                          capture_output=True, text=True)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().startswith(message), proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+def test_cli_errors_are_one_line_without_traceback(tiny_folder, tmp_path, args, message, monkeypatch, capsys):
+    assert main(monkeypatch, "extract", str(tiny_folder), "-o", str(tmp_path / "s"), *args) == 1
+    err = capsys.readouterr().err
+    assert err.strip().startswith(message), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_debug_flag_shows_the_traceback(tiny_folder, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "featkit", "--debug", "extract", str(tiny_folder), "-o", str(tmp_path / "s"),
-                           "--model", "resnet5"], capture_output=True, text=True)
-    assert proc.returncode != 0 and "Traceback" in proc.stderr
+def test_debug_flag_lets_the_error_through_with_its_traceback(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["featkit", "--debug", "extract", str(tiny_folder), "-o", str(tmp_path / "s"),
+                                      "--model", "resnet5"])
+    monkeypatch.setenv("FEATKIT_DEBUG", "0")
+    with pytest.raises(UnknownNameError, match="Unknown model 'resnet5'") as info:
+        featkit_main()
+    assert info.traceback  # raised, not printed: Python shows the traceback
 
 
-def test_offline_imagenet_weights_fail_in_one_line_naming_the_fix(tiny_folder, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "featkit", "extract", str(tiny_folder), "-o", str(tmp_path / "s"),
-                           "--model", "squeezenet1_1", "--offline"], capture_output=True, text=True,
-                          env={**os.environ, "TORCH_HOME": str(tmp_path / "empty_hub")})
-    assert proc.returncode == 1
-    line = proc.stderr.strip()
+def test_offline_imagenet_weights_fail_in_one_line_naming_the_fix(tiny_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # follow TORCH_HOME, as a new process would
+    assert main(monkeypatch, "extract", str(tiny_folder), "-o", str(tmp_path / "s"), "--model", "squeezenet1_1",
+                "--offline") == 1
+    line = capsys.readouterr().err.strip()
     assert "not cached" in line and "--weights random" in line and len(line.splitlines()) == 1
 
 
