@@ -107,7 +107,8 @@ def training_runtime(device: str, amp: bool, *, local_rank: int = 0, world: int 
 
 def distributed_backend(local_rank: int) -> str:
     """The process-group backend for this machine (NCCL with GPUs, gloo without); binds the process's GPU first,
-    so that NCCL starts on the right one."""
+    so that NCCL starts on the right one.
+    """
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         return "nccl"

@@ -1,5 +1,6 @@
 """Where featkit looks for files that live beside the package (data cards, recipes): an environment variable's
-folders first, then the repository's own folder (a source checkout or an editable install)."""
+folders first, then the repository's own folder (a source checkout or an editable install).
+"""
 
 from __future__ import annotations
 

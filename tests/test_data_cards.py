@@ -37,7 +37,7 @@ def test_every_card_validates_and_is_named_after_its_file(all_cards):
 
 
 def test_required_cards_present(all_cards):
-    assert REQUIRED <= set(all_cards), sorted(REQUIRED - set(all_cards))
+    assert set(all_cards) >= REQUIRED, sorted(REQUIRED - set(all_cards))
 
 
 def test_metrics_follow_the_protocol(all_cards):

@@ -232,7 +232,7 @@ def test_max_pixels_is_ours_and_pil_global_state_is_untouched(bad):
         warnings.simplefilter("always")
         assert reason_of(decode_image, folder / "bomb_10000.png") == "too_many_pixels"
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
-    assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before
+    assert before == (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
     assert DEFAULT_MAX_PIXELS == 89_478_485
 
 

@@ -42,7 +42,7 @@ class WeightsInfo:
 
 
 def default_weights_enum(name: str):
-    """torchvision's recommended weights for ``name`` or None (curated names included)."""
+    """Torchvision's recommended weights for ``name`` or None (curated names included)."""
     try:
         return tvm.get_model_weights(name).DEFAULT
     except (ValueError, KeyError):

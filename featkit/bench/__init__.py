@@ -1,2 +1,3 @@
 """``featkit bench``: extract (or re-use) features of several models' taps on several datasets, probe each one,
-and report which layer transfers best."""
+and report which layer transfers best.
+"""

@@ -28,7 +28,7 @@ class DecodedChunk:
     failures: list[tuple[int, str, str]]  # (input position, reason code, message)
     last_position: int  # the last input position this chunk covers
 
-    def pin_memory(self) -> "DecodedChunk":  # called by DataLoader(pin_memory=True) for fast GPU copies
+    def pin_memory(self) -> DecodedChunk:  # called by DataLoader(pin_memory=True) for fast GPU copies
         self.pixels = self.pixels.pin_memory()
         return self
 

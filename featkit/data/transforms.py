@@ -35,6 +35,7 @@ def load_crop(source: ImageSource, pre: Preprocess, *, draft: bool = True,
 
     Returns:
         The uint8 crop and the decoded image's (width, height).
+
     Raises:
         featkit.data.decode.DecodeError: the source is not a usable image.
     """

@@ -42,7 +42,8 @@ def digit_items() -> list[Item]:
 
 def write_digit_splits(root: str | Path, splits: dict[str, list[Item]], size: int = 64) -> dict[str, int]:
     """Render ``splits`` (from the card's split protocol) as ``root/SPLIT/<digit>/<index>.png``; returns the image
-    count per split."""
+    count per split.
+    """
     from sklearn.datasets import load_digits
 
     images = load_digits().images

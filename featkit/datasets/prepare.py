@@ -146,7 +146,7 @@ def _write_embedded(card: DataCard, folder: Path, per_class: int | None) -> tupl
 def _write_sources(
     card: DataCard, dataset_root: Path, folder: Path, download: bool, per_class: int | None, progress: bool
 ) -> tuple[dict[str, int], list[str]]:
-    """torchvision or folder cards: collect each split's items, verify the counts, then link/render them."""
+    """Torchvision or folder cards: collect each split's items, verify the counts, then link/render them."""
     if card.loader.kind == "folder":
         splits, classes, datasets = _folder_splits(card, dataset_root, download)
     else:

@@ -39,7 +39,8 @@ FAILURE_COLUMNS = ["position", "path", "reason", "message"]
 
 def resolve_taps(model: str, names: Sequence[str]) -> list[TapSpec]:
     """The taps of ``model`` that ``names`` (names or aliases) stand for, in order, each once (default: its
-    default tap)."""
+    default tap).
+    """
     spec = describe(model)
     taps: list[TapSpec] = []
     for name in names or (spec.default_tap,):

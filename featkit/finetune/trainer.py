@@ -75,7 +75,7 @@ class FitResult:
 
 
 def distributed_from_env() -> Dist:
-    """torchrun's RANK/WORLD_SIZE/LOCAL_RANK; joins the process group (NCCL on GPUs, gloo on CPUs)."""
+    """Torchrun's RANK/WORLD_SIZE/LOCAL_RANK; joins the process group (NCCL on GPUs, gloo on CPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()

@@ -372,7 +372,8 @@ def _are_images(queries) -> bool:
 
 def _check_weights_file(path: Path, store: FeatureStore) -> None:
     """Refuse to record a weights file other than the one the store was extracted with (a run directory is
-    checked later, when query images are embedded: its model file is resolved by the extraction code)."""
+    checked later, when query images are embedded: its model file is resolved by the extraction code).
+    """
     recorded = store.settings.weights
     if recorded.kind != "file":
         raise SearchIndexError(f"{store.root} was extracted with '{recorded.id}' weights, not a file; leave out --weights.")

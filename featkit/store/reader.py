@@ -125,6 +125,7 @@ def open_features(path: str | os.PathLike) -> FeatureStore:
     Returns:
         A :class:`FeatureStore`: ``store["fc7"]`` is a memory-mapped (rows, dims) array, ``store.rows`` a
         DataFrame (row, path, label, split, width, height, bytes, mtime_ns) aligned with it.
+
     Raises:
         StoreError: ``path`` is not a featkit feature store.
     """
