@@ -6,14 +6,15 @@ One run measures, on the machine it runs on (``--device auto``: CUDA if visible,
   (where the hardware has it) bf16; on a CPU as torch.mm and as a 1×1 convolution, whichever is faster.
   On CUDA, fp32 is real fp32 (TF32 off, PyTorch's matmul default); as cuDNN runs fp32 convolutions as TF32
   by default, a TF32 peak is measured too, and fp32 rows are divided by it.
-* **pure forward** (the ceiling): the truncated graph (torchvision's feature extractor cut at the tap), random weights, on pre-made 224×224 tensors already on the device, batch 32, under
+* **pure forward** (the ceiling): the truncated graph (torchvision's feature extractor cut at the tap), random
+  weights, on pre-made 224×224 tensors already on the device, batch 32, under
   ``torch.inference_mode``: fp32 contiguous, fp32 channels_last, bf16 autocast + channels_last, and featkit's
   own engine (BatchNorm folded into the convolutions, channels_last; fp32 and bf16). Warm-up
   iterations, then the median time of the timed iterations.
 * **naive**: what people hand-write: ``ImageFolder`` + ``T.Compose([Resize, CenterCrop, ToTensor,
   Normalize])`` (the sizes of the model's ``weights.transforms()``) + ``DataLoader(batch_size=32,
-  num_workers=N)``, N = every spare core on a GPU; on a CPU the faster of 0 and half the cores) + ``create_feature_extractor``, fp32, default memory
-  format, features moved to numpy.
+  num_workers=N)``, N = every spare core on a GPU; on a CPU the faster of 0 and half the cores) +
+  ``create_feature_extractor``, fp32, default memory format, features moved to numpy.
 * **featkit** end-to-end: ``featkit.extract`` over the same folder of synthetic 500×375 JPEGs (smooth random
   colour + noise, quality 90, ~65 KB each, like a photo) into a fresh store, default settings (resnet
   ``layer2`` with ``pool="avg"``: unpooled it would store 401k floats per image).
@@ -188,7 +189,7 @@ def make_images(root: Path, n: int) -> list[Path]:
     todo = [(p, i) for i, p in enumerate(paths) if not p.exists()]
     if todo:
         with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-            list(pool.map(_write_image, *zip(*todo), chunksize=16))
+            list(pool.map(_write_image, *zip(*todo, strict=True), chunksize=16))
     return sorted(paths)
 
 
@@ -207,7 +208,8 @@ def pure_forward(model: str, tap: str, device: torch.device, batch: int, kinds: 
             x = x.contiguous(memory_format=torch.channels_last)
         amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
         with torch.inference_mode(), amp:
-            times = timed(lambda: graph(x), device, 1 if quick else 2, 2 if quick else 3, 2.0 if quick else 5.0)
+            times = timed(lambda graph=graph, x=x: graph(x), device, 1 if quick else 2, 2 if quick else 3,
+                          2.0 if quick else 5.0)
         out[kind] = batch / statistics.median(times)
         log(f"  {model}/{tap} {kind}: {out[kind]:.1f} img/s (median of {len(times)} iterations)")
     for kind, precision in ENGINE.items():
@@ -216,7 +218,8 @@ def pure_forward(model: str, tap: str, device: torch.device, batch: int, kinds: 
         engine = TapExtractor(tvm.get_model(model, weights=None), [describe(model).tap(tap)],
                               resolve_runtime(str(device), precision))
         xc = x.contiguous()
-        times = timed(lambda: engine(xc), device, 1 if quick else 2, 2 if quick else 3, 2.0 if quick else 5.0)
+        times = timed(lambda engine=engine, xc=xc: engine(xc), device, 1 if quick else 2, 2 if quick else 3,
+                      2.0 if quick else 5.0)
         out[kind] = batch / statistics.median(times)
         log(f"  {model}/{tap} {kind}: {out[kind]:.1f} img/s (median of {len(times)} iterations)")
     return macs, out
@@ -269,9 +272,11 @@ def add_checks(rows: list[dict]) -> list[dict]:
     for model in dict.fromkeys(r["model"] for r in rows):
         tap = describe(model).default_tap
         fk, fk16 = by.get((model, tap, "featkit", "fp32")), by.get((model, tap, "featkit", "bf16"))
-        ceiling = max((by[k] for k in [(model, tap, "pure channels_last", "fp32"), (model, tap, "pure featkit engine", "fp32")]
+        ceiling = max((by[k] for k in [(model, tap, "pure channels_last", "fp32"),
+                                       (model, tap, "pure featkit engine", "fp32")]
                        if k in by), key=lambda r: r["img_s"], default=None)
-        pairs = [("featkit/pure_cl", fk, ceiling, f"of the best fp32 pure forward ({ceiling['pipeline'] if ceiling else '-'})"),
+        pairs = [("featkit/pure_cl", fk, ceiling,
+                  f"of the best fp32 pure forward ({ceiling['pipeline'] if ceiling else '-'})"),
                  ("featkit/naive", fk, by.get((model, tap, "naive", "fp32")), "vs naive fp32"),
                  ("layer2/avgpool", by.get((model, "layer2", "featkit", "fp32")), fk, f"vs featkit {tap}"),
                  ("bf16/naive", fk16, by.get((model, tap, "naive", "fp32")), "vs naive fp32")]

@@ -72,7 +72,7 @@ def best_of(repeats: int, fn) -> tuple[float, object]:
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(f, t)) / truth.shape[1] for f, t in zip(found, truth)]))
+    return float(np.mean([len(np.intersect1d(f, t)) / truth.shape[1] for f, t in zip(found, truth, strict=True)]))
 
 
 def main() -> None:
@@ -107,8 +107,9 @@ def main() -> None:
     fit_s = time.perf_counter() - start
     seconds, (_, truth) = best_of(args.repeats, lambda: nn.kneighbors(queries, K))
     base_qps = nq / seconds
-    rows.append({"method": "sklearn brute cosine", "factory": "-", "build_s": round(fit_s, 2), "queries_per_s": round(base_qps, 1),
-                 "vs_sklearn": 1.0, "recall_at_10": 1.0, "recorded_recall": None, "params": {}})
+    rows.append({"method": "sklearn brute cosine", "factory": "-", "build_s": round(fit_s, 2),
+                 "queries_per_s": round(base_qps, 1), "vs_sklearn": 1.0, "recall_at_10": 1.0, "recorded_recall": None,
+                 "params": {}})
     with tempfile.TemporaryDirectory(prefix="featkit-index-bench-") as tmp:
         store = featkit.open_features(write_store(Path(tmp) / "store", x))
         for kind in args.kinds.split(","):
@@ -131,8 +132,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         params = ", ".join(f"{k} {v}" for k, v in r["params"].items()) or "-"
-        print(f"| {r['method']} | `{r['factory']}` | {r['build_s']:.1f} | {r['queries_per_s']:,.0f} | {r['vs_sklearn']:.1f} | "
-              f"{r['recall_at_10']:.3f} | {params} |")
+        print(f"| {r['method']} | `{r['factory']}` | {r['build_s']:.1f} | {r['queries_per_s']:,.0f} | "
+              f"{r['vs_sklearn']:.1f} | {r['recall_at_10']:.3f} | {params} |")
     if args.json:
         args.json.write_text(json.dumps({"setup": header, "rows": rows}, indent=1))
 

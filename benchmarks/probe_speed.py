@@ -10,8 +10,8 @@ One run, one machine, the same data and the same validation split for both:
   range of ImageNet features on CIFAR-100).
 * **featkit**: :func:`featkit.probes.select_C` over the grid (L-BFGS in torch, features standardised once,
   each fit warm-started from the previous C's solution), then the refit on train + val at the chosen C and
-  the test accuracy. Rows for float32 with tolerance 1e-4 (the protocol's default, scikit-learn's tolerance) and float64 with
-  1e-6 (LinearProbe's own default; ``--dtypes``).
+  the test accuracy. Rows for float32 with tolerance 1e-4 (the protocol's default, scikit-learn's tolerance)
+  and float64 with 1e-6 (LinearProbe's own default; ``--dtypes``).
 * **scikit-learn**: ``StandardScaler`` (fitted once) + ``LogisticRegression(solver="lbfgs", max_iter=1000)``
   fitted for every C of the same grid (from scratch, as a hand-written sweep does), the same choice rule (best
   validation accuracy, ties to the smaller C), the refit and the test accuracy.
@@ -92,7 +92,8 @@ def main() -> None:
     X, y = make_features(args.n + args.test, args.dims, args.classes)
     X_train, y_train, X_test, y_test = X[: args.n], y[: args.n], X[args.n:], y[args.n:]
     fit_idx, val_idx = train_test_split(np.arange(args.n), test_size=0.2, stratify=y_train, random_state=0)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    device = ("cuda" if args.device == "auto" and torch.cuda.is_available()
+              else ("cpu" if args.device == "auto" else args.device))
 
     rows = []
     for dtype in args.dtypes.split(","):

@@ -13,7 +13,9 @@ import torch
 from featkit.choices import Precision
 from featkit.errors import DeviceError, check_choice
 
-PRECISIONS = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
+# StrEnum keys: looked up by the plain strings too
+PRECISIONS: dict[str, torch.dtype | None] = {Precision.fp32: None, Precision.bf16: torch.bfloat16,
+                                             Precision.fp16: torch.float16}
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,9 @@ def training_runtime(device: str, amp: bool, *, local_rank: int = 0, world: int 
 
 
 def distributed_backend(local_rank: int) -> str:
-    """The process-group backend for this machine (NCCL with GPUs, gloo without); binds the process's GPU first,
-    so that NCCL starts on the right one.
+    """The process-group backend for this machine (NCCL with GPUs, gloo without).
+
+    Binds the process's GPU first, so that NCCL starts on the right one.
     """
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -117,7 +120,7 @@ def distributed_backend(local_rank: int) -> str:
 
 def rng_state() -> dict:
     """This process's torch random states: the CPU's, and every CUDA device's when there are any."""
-    state = {"cpu": torch.get_rng_state()}
+    state: dict[str, torch.Tensor | list[torch.Tensor]] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

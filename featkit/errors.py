@@ -86,7 +86,9 @@ def check_choice(name: str, value: Any, choices: Iterable[str], owner: str, *,
 def check_int(name: str, value: Any, owner: str, *, minimum: int | None = None,
               error: type[FeatkitError] = ParameterError) -> int:
     """``value`` if it is an integer (not a bool) of at least ``minimum``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and (minimum is None or value >= minimum):
+    # a flag, not a narrowing: typeshed's numbers.Integral types no comparison with an int
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if integral and (minimum is None or value >= minimum):
         return int(value)
     raise invalid_parameter(name, owner, "an int" + (f" >= {minimum}" if minimum is not None else ""), value,
                             error=error)
@@ -100,8 +102,9 @@ def check_float(name: str, value: Any, owner: str, *, low: float, high: float, c
     the message as scikit-learn does: "(0, inf)", "[0, 1]".
     """
     left, right = closed in ("left", "both"), closed in ("right", "both")
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and (low <= value if left else low < value) and (value <= high if right else value < high))
+    # a flag, not a narrowing: typeshed's numbers.Real types no comparison with a float
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = real and (low <= value if left else low < value) and (value <= high if right else value < high)
     if ok:
         return float(value)
     span = f"{'[' if left else '('}{_bound(low)}, {_bound(high)}{']' if right else ')'}"

@@ -17,7 +17,8 @@ HYMENOPTERA = SHARED / "data" / "hymenoptera_160"
 @pytest.fixture(scope="session")
 def shared_weights() -> Path:
     if not SQUEEZENET_WEIGHTS.exists():
-        pytest.skip(f"needs the real SqueezeNet weights at {SQUEEZENET_WEIGHTS} (present in CI, not in a user checkout)")
+        pytest.skip(f"needs the real SqueezeNet weights at {SQUEEZENET_WEIGHTS} "
+                    f"(present in CI, not in a user checkout)")
     return SQUEEZENET_WEIGHTS
 
 

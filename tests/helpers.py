@@ -20,7 +20,8 @@ def write_images(root: Path, classes: int = 2, per_class: int = 4, size: tuple[i
         for i in range(per_class):
             freq = rng.uniform(0.05, 0.3, size=3)
             phase = rng.uniform(0, 6.28, size=3)
-            img = np.stack([127 + 120 * np.sin(freq[c] * (xx + k * 7) + phase[c] + yy * 0.1 * (c + 1)) for c in range(3)], -1)
+            img = np.stack([127 + 120 * np.sin(freq[c] * (xx + k * 7) + phase[c] + yy * 0.1 * (c + 1))
+                            for c in range(3)], -1)
             Image.fromarray(img.astype(np.uint8)).save(folder / f"{i:03d}.{fmt}")
     return root
 

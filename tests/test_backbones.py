@@ -24,7 +24,8 @@ SMALL_INPUT = {"alexnet2012": ALEXNET2012_MIN}
 
 
 def test_curated_families_are_registered():
-    expected = {"alexnet", "alexnet2012", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "squeezenet1_0", "squeezenet1_1"}
+    expected = {"alexnet", "alexnet2012", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                "squeezenet1_0", "squeezenet1_1"}
     expected |= {f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")}
     assert expected == set(CURATED)
     assert set(CURATED) < set(list_backbones())
@@ -37,7 +38,8 @@ def test_declared_shapes_at_the_default_input_match_a_meta_forward(name):
     with torch.device("meta"):
         model = build_module(name).eval()
     size = spec.input_size  # 224, and 227 for alexnet2012
-    out = create_feature_extractor(model, {t.node: t.name for t in spec.taps})(torch.empty(1, 3, size, size, device="meta"))
+    out = create_feature_extractor(model, {t.node: t.name for t in spec.taps})(
+        torch.empty(1, 3, size, size, device="meta"))
     assert {t.name: tuple(out[t.name].shape[1:]) for t in spec.taps} == {t.name: t.shape for t in spec.taps}
 
 
@@ -90,7 +92,8 @@ def test_generic_torchvision_model_has_graph_taps_penultimate_and_logits():
 
 
 def test_unknown_names_say_did_you_mean_and_where_to_look():
-    with pytest.raises(UnknownNameError, match=r"Unknown tap 'fc_7' for vgg16\. Did you mean 'fc7'\? See: featkit taps vgg16"):
+    with pytest.raises(UnknownNameError,
+                       match=r"Unknown tap 'fc_7' for vgg16\. Did you mean 'fc7'\? See: featkit taps vgg16"):
         describe("vgg16").tap("fc_7")
     with pytest.raises(UnknownNameError, match=r"Unknown model 'resnet5'\. Did you mean 'resnet50'\?.*featkit models"):
         describe("resnet5")

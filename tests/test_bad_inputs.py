@@ -40,7 +40,8 @@ def test_bad_corpus_is_skipped_and_recorded_and_good_features_are_unchanged(fold
     assert recorded == files
     assert store.failures["message"].str.len().min() > 0
     # the same good images, whatever bad files sat between them: bitwise equal features (and row metadata)
-    np.testing.assert_array_equal(np.asarray(store["fire9"]), np.asarray(featkit.open_features(tmp_path / "good")["fire9"]))
+    np.testing.assert_array_equal(np.asarray(store["fire9"]),
+                                  np.asarray(featkit.open_features(tmp_path / "good")["fire9"]))
     features = {k: v for k, v in store_bytes(tmp_path / "mixed").items() if k.startswith("features/")}
     assert features == {k: v for k, v in store_bytes(tmp_path / "good").items() if k.startswith("features/")}
 

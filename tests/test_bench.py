@@ -68,7 +68,8 @@ def test_bench_on_digits_writes_every_output_and_reuses_features(dirs, extractio
     assert run["config"]["seed"] == 0 and run["config"]["weights"] == "random"
     assert run["store_settings"]["model"] == "resnet18" and run["store_settings"]["pool"] == "avg"
     assert {"torch", "torchvision", "scikit-learn", "faiss", "featkit"} <= set(run["versions"])
-    assert run["probe_result"]["grid"] == pytest.approx([1e-3, 3.16e-2, 1], rel=1e-2) and run["probe_result"]["folds"] >= 2
+    assert (run["probe_result"]["grid"] == pytest.approx([1e-3, 3.16e-2, 1], rel=1e-2)
+            and run["probe_result"]["folds"] >= 2)
     assert "digits resnet18 avgpool" in first.output
 
     extractions.clear()

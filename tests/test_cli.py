@@ -59,9 +59,11 @@ def main(monkeypatch, *args: str) -> int:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "vgg16", "--layer", "fc_7"], "error: Unknown tap 'fc_7' for vgg16. Did you mean 'fc7'? See: featkit taps vgg16"),
+        (["--model", "vgg16", "--layer", "fc_7"],
+         "error: Unknown tap 'fc_7' for vgg16. Did you mean 'fc7'? See: featkit taps vgg16"),
         (["--model", "resnet5"], "error: Unknown model 'resnet5'. Did you mean 'resnet50'?"),
-        (["--weights", "missing.pth"], "error: Weights 'missing.pth' are neither 'imagenet', 'random' nor an existing file."),
+        (["--weights", "missing.pth"],
+         "error: Weights 'missing.pth' are neither 'imagenet', 'random' nor an existing file."),
     ],
 )
 def test_cli_errors_are_one_line_without_traceback(tiny_folder, tmp_path, args, message, monkeypatch, capsys):
@@ -100,7 +102,8 @@ def test_demo_runs_offline_on_the_embedded_digits(tmp_path, monkeypatch):
 
 
 def test_help_answers_without_importing_torch():
-    code = "import sys, featkit, featkit.cli.app; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    code = ("import sys, featkit, featkit.cli.app; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
     assert subprocess.run([sys.executable, "-m", "featkit", "--help"], capture_output=True).returncode == 0

@@ -185,7 +185,8 @@ def test_an_interrupted_prepare_is_cleared_and_redone(tmp_path, tinyeurosat):
 
 def test_caltech101_path_scheme_and_per_class_count_split(tmp_path, cards_dir):
     _card_like(cards_dir, "caltech101", "tinycaltech",
-               {"train: 3030": "train: 4", "test: 5647": "test: 4", "train_per_class: 30": "train_per_class: 2"})  # fmt: skip
+               {"train: 3030": "train: 4", "test: 5647": "test: 4",
+                "train_per_class: 30": "train_per_class: 2"})  # fmt: skip
     categories = tmp_path / "tinycaltech" / "caltech101" / "101_ObjectCategories"
     for cls in ("BACKGROUND_Google", "ant", "brain"):  # torchvision drops the background class
         for i in range(4):

@@ -82,7 +82,7 @@ def in_thread(fn, timeout: float = 20):
     def run():
         try:
             result.append((fn(), None))
-        except BaseException as e:  # handed to the test's thread below
+        except BaseException as e:  # noqa: BLE001 - handed to the test's thread below
             result.append((None, e))
 
     worker = threading.Thread(target=run, daemon=True)
@@ -305,7 +305,7 @@ def test_modes_come_back_as_correct_rgb(good, name, colors, tol):
     im = decode_image(folder / name)
     assert im.mode == "RGB" and im.size == (16 * len(colors), 16)
     got = [band(im, i) for i in range(len(colors))]
-    assert all(close(g, w, tol) for g, w in zip(got, colors)), f"{name}: {got} != {colors}"
+    assert all(close(g, w, tol) for g, w in zip(got, colors, strict=True)), f"{name}: {got} != {colors}"
 
 
 @pytest.mark.parametrize("name", ["pixel_1x1.png", "tall_1x10000.png", "wide_10000x1.jpg"])

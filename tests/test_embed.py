@@ -85,7 +85,8 @@ class _WriteWatch:
         if not self.active or event != "open":
             return
         path, mode, flags = args
-        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & self.WRITE_FLAGS):
+        if ((isinstance(mode, str) and any(c in mode for c in "wax+"))
+                or (isinstance(flags, int) and flags & self.WRITE_FLAGS)):
             self.writes.append(str(path))
 
 
@@ -105,5 +106,6 @@ def test_a_search_by_image_writes_no_file_anywhere(tiny_folder, tmp_path):
     finally:
         watch.active = False
     assert watch.writes == []
-    assert set(os.listdir(tempfile.gettempdir())) == tmp_before and sorted(p.name for p in tmp_path.rglob("*")) == tree_before
+    assert (set(os.listdir(tempfile.gettempdir())) == tmp_before
+            and sorted(p.name for p in tmp_path.rglob("*")) == tree_before)
     assert hits["path"].iloc[0] == str(query) and hits["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)

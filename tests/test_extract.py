@@ -49,7 +49,8 @@ def test_split_column_from_train_val_layout(tmp_path):
 
 def test_list_file_input_with_labels_and_relative_paths(tiny_folder, tmp_path):
     files = sorted(tiny_folder.rglob("*.png"))[:3]
-    (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"{os.path.relpath(f, tmp_path)},x{i}\n" for i, f in enumerate(files)))
+    (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"{os.path.relpath(f, tmp_path)},x{i}\n"
+                                                                for i, f in enumerate(files)))
     featkit.extract(tmp_path / "list.csv", tmp_path / "s", **FAST)
     rows = featkit.open_features(tmp_path / "s").rows
     assert rows["path"].tolist() == [str(f) for f in files] and rows["label"].tolist() == ["x0", "x1", "x2"]
@@ -81,7 +82,8 @@ def test_pool_values_match_the_flattened_map(tiny_folder, tmp_path):
     featkit.extract(tiny_folder, tmp_path / "avg", layers=["fire9"], pool="avg", **FAST)
     featkit.extract(tiny_folder, tmp_path / "max", layers=["fire9"], pool="max", **FAST)
     maps = np.asarray(featkit.open_features(tmp_path / "none")["fire9"]).reshape(8, 512, 13 * 13)
-    np.testing.assert_allclose(np.asarray(featkit.open_features(tmp_path / "avg")["fire9"]), maps.mean(2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(featkit.open_features(tmp_path / "avg")["fire9"]), maps.mean(2),
+                               rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(featkit.open_features(tmp_path / "max")["fire9"]), maps.max(2))
 
 
@@ -94,7 +96,8 @@ def test_l2_and_float16_storage(tiny_folder, tmp_path):
 
 def test_several_taps_come_from_one_forward_pass_that_stops_at_the_deepest():
     spec = describe("squeezenet1_1")
-    ex = TapExtractor(build_module("squeezenet1_1").eval(), [spec.tap("pool1"), spec.tap("fire3")], resolve_runtime("cpu"))
+    ex = TapExtractor(build_module("squeezenet1_1").eval(), [spec.tap("pool1"), spec.tap("fire3")],
+                      resolve_runtime("cpu"))
     targets = {str(n.target) for n in ex.body.graph.nodes if n.op == "call_module"}
     assert "features.4.expand3x3" in targets  # fire3 computed
     assert not any(t.startswith(("features.5", "features.6", "classifier")) for t in targets)  # nothing after it
@@ -125,9 +128,9 @@ def test_second_writer_is_refused(tiny_folder, tmp_path):
     from featkit.store.writer import StoreWriter
 
     featkit.extract(tiny_folder, tmp_path / "s", **FAST)
-    with StoreWriter(tmp_path / "s", featkit.open_features(tmp_path / "s").settings):
-        with pytest.raises(StoreError, match="Another featkit process is writing"):
-            featkit.extract(tiny_folder, tmp_path / "s", **FAST)
+    with (StoreWriter(tmp_path / "s", featkit.open_features(tmp_path / "s").settings),
+          pytest.raises(StoreError, match="Another featkit process is writing")):
+        featkit.extract(tiny_folder, tmp_path / "s", **FAST)
 
 
 def test_same_inputs_twice_and_zero_vs_two_workers_are_bitwise_equal(tiny_folder, tmp_path):

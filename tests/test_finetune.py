@@ -117,7 +117,8 @@ def test_fine_tuned_weights_give_the_trainers_logits_in_featkit_extract(photos, 
 
 def test_run_weights_refuse_another_architecture(photos, tmp_path):
     Trainer(tiny("linear-head"), photos, tmp_path / "run").fit()
-    with pytest.raises(WeightsError, match="fine-tuned from squeezenet1_1, not squeezenet1_0; pass --model squeezenet1_1"):
+    with pytest.raises(WeightsError,
+                       match="fine-tuned from squeezenet1_1, not squeezenet1_0; pass --model squeezenet1_1"):
         load_backbone_weights("squeezenet1_0", str(tmp_path / "run"))
     assert "classifier.1.weight" in load_state_dict_file(tmp_path / "run" / "best.pt")
 

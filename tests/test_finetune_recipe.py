@@ -68,7 +68,8 @@ def test_a_broken_recipe_names_the_key(tmp_path, text, message):
 
 def test_overrides_are_type_checked_dotted_keys():
     base = resolve_recipe("last-stage")
-    r = with_overrides(base, ["optim.lr=0.05", "epochs=7", "optim.nesterov=true", "model=resnet18", "optim.betas=[0.8, 0.9]"])
+    r = with_overrides(base, ["optim.lr=0.05", "epochs=7", "optim.nesterov=true", "model=resnet18",
+                              "optim.betas=[0.8, 0.9]"])
     assert (r.optim.lr, r.epochs, r.optim.nesterov, r.model, r.optim.betas) == (0.05, 7, True, "resnet18", (0.8, 0.9))
     assert base.optim.lr == 0.01  # frozen recipes are never changed in place
     with pytest.raises(RecipeError, match="key 'epochs' must be an integer"):

@@ -38,7 +38,8 @@ def featkit(*args: str, kill: str | None = None) -> subprocess.CompletedProcess:
     env.pop(KILL_ENV, None)
     if kill:
         env[KILL_ENV] = kill
-    return subprocess.run([sys.executable, "-c", CLI, *args], check=False, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", CLI, *args], check=False, env=env, capture_output=True, text=True,
+                          timeout=600)
 
 
 def start(photos: Path, run: Path, recipe: str = "transfer-fastai", settings=SETTINGS, kill: str | None = None):
@@ -52,7 +53,8 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "images_per_s"} for row in csv.DictReader((run / "metrics.csv").open())]
+    return [{k: v for k, v in row.items() if k != "images_per_s"}
+            for row in csv.DictReader((run / "metrics.csv").open())]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +87,8 @@ def test_kill_during_training_then_resume_is_bitwise_identical(photos, tmp_path,
 
 
 @pytest.mark.slow
-def test_kill_during_a_checkpoint_save_leaves_the_last_one_loadable_and_resume_is_bitwise_identical(photos, tmp_path, reference):
+def test_kill_during_a_checkpoint_save_leaves_the_last_one_loadable_and_resume_is_bitwise_identical(
+        photos, tmp_path, reference):
     run = tmp_path / "run"
     # saves: mid-epoch 1, best 1, last 1, mid-epoch 2 <- killed with half of it written to last.pt.tmp
     killed = start(photos, run, kill="save:4")

@@ -49,7 +49,8 @@ def write_store(root: Path, x: np.ndarray, *, first: int = 0, model: str = "synt
             meta = pd.DataFrame({"path": [f"/img/{i:06d}.jpg" for i in ids],
                                  "label": [None if labels is None else str(labels[i - first]) for i in ids],
                                  "split": None, "width": 64, "height": 48, "bytes": 1000, "mtime_ns": 1})
-            writer.commit_shard({tap: part}, meta, pd.DataFrame(columns=["path", "reason", "message", "bytes", "mtime_ns"]))
+            writer.commit_shard({tap: part}, meta,
+                                pd.DataFrame(columns=["path", "reason", "message", "bytes", "mtime_ns"]))
     return root
 
 
@@ -62,7 +63,7 @@ def cosine_oracle(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(f, t)) / truth.shape[1] for f, t in zip(found, truth)]))
+    return float(np.mean([len(np.intersect1d(f, t)) / truth.shape[1] for f, t in zip(found, truth, strict=True)]))
 
 
 @pytest.fixture(scope="module")

@@ -68,8 +68,9 @@ def test_csv_for_a_folder_of_queries_and_an_html_page(photos, tmp_path):
     shutil.copy(val_paths[0], queries / "a<b>&'.jpg")  # a name that must be escaped in HTML
     shutil.copy(val_paths[100], queries / "b.jpg")
     (queries / "notes.jpg").write_text("not an image")
-    result = runner.invoke(app, ["search", str(photos["index"]), str(queries), "-k", "3", "--csv", str(tmp_path / "out.csv"),
-                                   "--html", str(tmp_path / "out.html")], catch_exceptions=False)
+    result = runner.invoke(app, ["search", str(photos["index"]), str(queries), "-k", "3",
+                                 "--csv", str(tmp_path / "out.csv"), "--html", str(tmp_path / "out.html")],
+                           catch_exceptions=False)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "out.csv")
     assert list(table.columns) == ["query", "rank", "path", "score", "label"]
@@ -104,7 +105,8 @@ def test_image_queries_need_the_same_weights_file(photos, tmp_path):
 def test_dedup_finds_reencoded_resized_and_cropped_copies_without_false_merges(photos, hymenoptera, tmp_path):
     folder = tmp_path / "dups"
     folder.mkdir()
-    originals = sorted((hymenoptera / "train" / "ants").iterdir())[:10] + sorted((hymenoptera / "train" / "bees").iterdir())[:10]
+    originals = (sorted((hymenoptera / "train" / "ants").iterdir())[:10]
+                 + sorted((hymenoptera / "train" / "bees").iterdir())[:10])
     planted = {}
     for i, path in enumerate(originals):
         image = Image.open(path).convert("RGB")

@@ -95,7 +95,8 @@ def test_blocks_are_the_networks_own_units():
     assert vgg.rows[1].taps == ("conv1_1",) and vgg.rows[1].weight_formula == "(3*3*3)*64 = 1,728"
     squeeze = inspect_backbone(InspectConfig("squeezenet1_1", depth="block"))
     assert sum(r.kind == "Fire" for r in squeeze.rows) == 8
-    assert by_tap(squeeze)["fire9"].memory == 2 * 256 * 13 * 13 + 64 * 13 * 13 + 512 * 13 * 13  # expands, squeeze, concat
+    # expands, squeeze, concat
+    assert by_tap(squeeze)["fire9"].memory == 2 * 256 * 13 * 13 + 64 * 13 * 13 + 512 * 13 * 13
 
 
 @pytest.mark.parametrize("depth", ["layer", "block", "stage"])

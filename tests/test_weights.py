@@ -93,7 +93,8 @@ def test_weights_file_with_module_prefix_and_a_new_head_loads_and_keeps_tap_name
         assert store["logits"].shape == (8, 5)
         assert store.settings.weights.num_classes == 5
         assert store.settings.weights.sha256 == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
-    a, b = (np.asarray(featkit.open_features(tmp_path / f"s_{n}")["fire9"]) for n in ("finetuned.pth", "finetuned.safetensors"))
+    a, b = (np.asarray(featkit.open_features(tmp_path / f"s_{n}")["fire9"])
+            for n in ("finetuned.pth", "finetuned.safetensors"))
     np.testing.assert_array_equal(a, b)
 
 

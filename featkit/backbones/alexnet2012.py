@@ -69,7 +69,8 @@ class AlexNet2012(nn.Module):
 def alexnet2012_spec(size: int = INPUT_SIZE) -> BackboneSpec:
     """Tap table at a square input of ``size`` pixels (``size`` ≥ 67)."""
     if size < MIN_INPUT_SIZE:
-        raise ValueError(f"alexnet2012 needs inputs of at least {MIN_INPUT_SIZE} pixels (conv1 is unpadded); got {size}")
+        raise ValueError(f"alexnet2012 needs inputs of at least {MIN_INPUT_SIZE} pixels (conv1 is unpadded); "
+                         f"got {size}")
     c1 = conv_out(size, 11, 4)  # 55
     p1 = conv_out(c1, 3, 2)  # 27
     p2 = conv_out(p1, 3, 2)  # 13

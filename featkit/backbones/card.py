@@ -1,5 +1,6 @@
-"""The weights card: the JSON file beside fine-tuned weights that says what they are, and the run directory that
-stands for its final weights.
+"""The weights card, and the run directory that stands for its final weights.
+
+The weights card is the JSON file beside fine-tuned weights that says what they are.
 
 ``featkit finetune`` writes ``RUN/model.pth`` (a plain state_dict) and ``RUN/model.json`` (its card: the model it
 was fine-tuned from, the class names, the eval preprocessing). ``--weights RUN`` or ``--weights RUN/model.pth``

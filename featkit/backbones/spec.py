@@ -110,7 +110,7 @@ class BackboneSpec:
     logits_module: str = ""
     description: str = ""
     resize_size: int = 0
-    _index: dict[str, TapSpec] = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
+    _index: dict[str, TapSpec] = field(init=False, repr=False, compare=False)  # set by __post_init__
 
     def __post_init__(self) -> None:
         index: dict[str, TapSpec] = {}

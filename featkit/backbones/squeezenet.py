@@ -9,8 +9,10 @@ FIRE_OUT = (128, 128, 256, 256, 384, 384, 512, 512)
 
 # Position in `features` of each layer, per version: (conv1 stem channels, kernel, [layer kinds]).
 LAYOUT = {
-    "squeezenet1_0": (96, 7, ["conv", "relu", "pool", "fire", "fire", "fire", "pool", "fire", "fire", "fire", "fire", "pool", "fire"]),
-    "squeezenet1_1": (64, 3, ["conv", "relu", "pool", "fire", "fire", "pool", "fire", "fire", "pool", "fire", "fire", "fire", "fire"]),
+    "squeezenet1_0": (96, 7, ["conv", "relu", "pool", "fire", "fire", "fire", "pool",
+                              "fire", "fire", "fire", "fire", "pool", "fire"]),
+    "squeezenet1_1": (64, 3, ["conv", "relu", "pool", "fire", "fire", "pool",
+                              "fire", "fire", "pool", "fire", "fire", "fire", "fire"]),
 }
 
 
@@ -35,7 +37,8 @@ def squeezenet_spec(name: str, size: int = 224) -> BackboneSpec:
             fire += 1
             last = fire == len(FIRE_OUT)
             aliases = ("penultimate",) if last else ()
-            taps.append(TapSpec(f"fire{fire + 1}", node, (channels, spatial, spatial), aliases=aliases, note="Fire module output"))
+            taps.append(TapSpec(f"fire{fire + 1}", node, (channels, spatial, spatial), aliases=aliases,
+                                note="Fire module output"))
     taps += [
         TapSpec("conv10", "classifier.2", (1000, spatial, spatial), note="1×1 class conv, post-ReLU"),
         TapSpec("logits", "flatten", (1000,), aliases=("fc8",), note="class scores (global average of conv10)"),

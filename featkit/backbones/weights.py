@@ -73,7 +73,8 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(str(tuple(t.shape)).encode())
         if t.numel():
-            h.update(t.view(-1).view(torch.uint8).numpy())
+            # numpy's stubs give ndarray __buffer__ only for Python >= 3.12; it is a buffer on 3.11 too
+            h.update(t.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
     return h.hexdigest()
 
 
@@ -101,7 +102,8 @@ def load_backbone_weights(name: str, weights: str = "imagenet", *, seed: int = 0
     if weights == "imagenet":
         enum = default_weights_enum(name)
         if enum is None:
-            raise WeightsError(f"torchvision has no ImageNet weights for {name}. Pass --weights random or --weights FILE.")
+            raise WeightsError(f"torchvision has no ImageNet weights for {name}. "
+                               f"Pass --weights random or --weights FILE.")
         path = checkpoints.fetch_checkpoint(enum.url, download=download)
         state = checkpoints.load_state_dict_file(path)
         model = build_module(name, num_classes=len(enum.meta["categories"]))
@@ -118,7 +120,8 @@ def load_backbone_weights(name: str, weights: str = "imagenet", *, seed: int = 0
     card = read_card(path)
     if card is not None:  # fine-tuned weights: their class names, and the preprocessing they were evaluated with
         if card.model != name:
-            raise WeightsError(f"Weights {path} were fine-tuned from {card.model}, not {name}; pass --model {card.model}.")
+            raise WeightsError(f"Weights {path} were fine-tuned from {card.model}, not {name}; "
+                               f"pass --model {card.model}.")
         categories, preprocess = card.classes, card.preprocess
     state = checkpoints.load_state_dict_file(path)
     num_classes = _classes_in(state, spec.logits_module) or 1000

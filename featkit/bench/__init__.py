@@ -1,3 +1,4 @@
-"""``featkit bench``: extract (or re-use) features of several models' taps on several datasets, probe each one,
-and report which layer transfers best.
+"""``featkit bench``: extract (or re-use) features of several models' taps on several datasets, probe each one.
+
+Report which layer transfers best.
 """

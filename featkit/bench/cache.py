@@ -80,8 +80,9 @@ class FeatureCache:
         return self.root / f"{dataset.name}-{_digest(str(dataset.folder))[:8]}" / model
 
     def _key(self, dataset: BenchDataset, model: str, cfg) -> dict:
-        return {"folder": str(dataset.folder), "model": model, "weights": weights_identity(model, cfg.weights, cfg.seed),
-                "pool": cfg.pool, "precision": cfg.precision, "dtype": "float32", "l2": False}
+        return {"folder": str(dataset.folder), "model": model,
+                "weights": weights_identity(model, cfg.weights, cfg.seed), "pool": cfg.pool, "precision": cfg.precision,
+                "dtype": "float32", "l2": False}
 
     def _matching_stores(self, model_dir: Path, key: dict) -> list[tuple[Path, list[str]]]:
         """Stores made for ``key`` with a committed manifest, and the taps each holds."""

@@ -38,7 +38,8 @@ def _root(
 ) -> None:
     if debug:
         os.environ["FEATKIT_DEBUG"] = "1"
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 app.command("models")(models_cmd.models)

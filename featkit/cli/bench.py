@@ -17,17 +17,31 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def bench(
-    models: Annotated[str, typer.Option("--models", help="Comma-separated backbones, e.g. alexnet,vgg16,resnet50.")] = "resnet50",
-    taps: Annotated[str, typer.Option("--taps", help="Comma-separated taps, shallow to deep; each model is probed on those it has.")] = "avgpool",
-    datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated data cards (featkit data list) or ImageFolder paths with train/, optional val/, and test/.")] = "digits",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for results.csv, results.md, runs/*.json and accuracy.png.")] = Path("bench_out"),
-    weights: Annotated[str, typer.Option("--weights", "-w", help="imagenet, random (seeded) or a weights file, for every model.")] = "imagenet",
-    probe: Annotated[ProbeKind, typer.Option(help="linear: logistic regression, C chosen on val or by 5-fold CV; knn: cosine kNN.")] = ProbeKind.linear,
+    models: Annotated[str, typer.Option(
+        "--models", help="Comma-separated backbones, e.g. alexnet,vgg16,resnet50.")] = "resnet50",
+    taps: Annotated[str, typer.Option(
+        "--taps", help="Comma-separated taps, shallow to deep; each model is probed on those it has.")] = "avgpool",
+    datasets: Annotated[str, typer.Option(
+        "--datasets", help="Comma-separated data cards (featkit data list) or ImageFolder paths with train/, "
+                           "optional val/, and test/.")] = "digits",
+    output: Annotated[Path, typer.Option(
+        "--output", "-o",
+        help="Folder for results.csv, results.md, runs/*.json and accuracy.png.")] = Path("bench_out"),
+    weights: Annotated[str, typer.Option(
+        "--weights", "-w", help="imagenet, random (seeded) or a weights file, for every model.")] = "imagenet",
+    probe: Annotated[ProbeKind, typer.Option(
+        help="linear: logistic regression, C chosen on val or by 5-fold CV; knn: cosine kNN.")] = ProbeKind.linear,
     pool: PoolOpt = Pool.avg,
-    per_class: Annotated[int | None, typer.Option("--per-class", help="Only N images per class and split: a smoke run, not a benchmark number.")] = None,
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="Where datasets are prepared (default: $FEATKIT_DATA or ~/.cache/featkit/data).")] = None,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Feature stores kept between runs (default: $FEATKIT_CACHE or ~/.cache/featkit/features).")] = None,
-    grid: Annotated[str, typer.Option("--grid", help="The linear probe's C values: LOW:HIGH:N log-spaced, or a comma-separated list.")] = "1e-6:1e5:45",
+    per_class: Annotated[int | None, typer.Option(
+        "--per-class", help="Only N images per class and split: a smoke run, not a benchmark number.")] = None,
+    data_root: Annotated[Path | None, typer.Option(
+        "--data-root", help="Where datasets are prepared (default: $FEATKIT_DATA or ~/.cache/featkit/data).")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Feature stores kept between runs (default: $FEATKIT_CACHE or "
+                        "~/.cache/featkit/features).")] = None,
+    grid: Annotated[str, typer.Option(
+        "--grid",
+        help="The linear probe's C values: LOW:HIGH:N log-spaced, or a comma-separated list.")] = "1e-6:1e5:45",
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours for --probe knn.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the validation split and of --weights random.")] = 0,
     batch_size: BatchSizeOpt = 32,
@@ -47,8 +61,8 @@ def bench(
 
     cfg = BenchConfig(models=_names(models), taps=_names(taps), datasets=_names(datasets), output=output,
                       weights=weights, pool=pool, probe=probe, per_class=per_class, data_root=data_root,
-                      cache=cache, seed=seed, grid=parse_grid(grid), k=k, batch_size=batch_size, device=device, precision=precision,
-                      download=not no_download)
+                      cache=cache, seed=seed, grid=parse_grid(grid), k=k, batch_size=batch_size, device=device,
+                      precision=precision, download=not no_download)
     console = make_console()
     report = run_bench(cfg, progress=True, echo=console.print)
     paths = write_results(report.rows, list(cfg.taps), output)
@@ -56,4 +70,5 @@ def bench(
     console.print(to_markdown(to_frame(report.rows)), markup=False, highlight=False)
     reused = sum(not r.extracted for r in report.rows)
     console.print(f"{len(report.rows)} probes in {report.seconds:.1f} s ({reused} on cached features); wrote "
-                  f"{paths['csv']}, {paths['markdown']}, {paths['plot']} and {len(report.runs)} files in {output / 'runs'}")
+                  f"{paths['csv']}, {paths['markdown']}, {paths['plot']} and {len(report.runs)} files in "
+                  f"{output / 'runs'}")

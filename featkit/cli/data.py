@@ -11,7 +11,8 @@ from rich.table import Table
 from featkit.cli._console import console as make_console
 from featkit.datasets.cards import get_card, list_cards
 
-app = typer.Typer(help="Datasets with data cards: what they hold and how probes evaluate on them.", no_args_is_help=True)
+app = typer.Typer(help="Datasets with data cards: what they hold and how probes evaluate on them.",
+                  no_args_is_help=True)
 
 
 @app.command("list")
@@ -37,7 +38,8 @@ def show(name: Annotated[str, typer.Argument(help="Dataset name, e.g. cifar10 (f
     for split, count in (card.splits or {}).items():
         console.print(f"  {split}: {count:,} images")
     loader = card.loader
-    how = f"torchvision.datasets.{loader.torchvision_class}" if loader.torchvision_class else loader.layout or loader.kind
+    how = (f"torchvision.datasets.{loader.torchvision_class}" if loader.torchvision_class
+           else loader.layout or loader.kind)
     console.print(f"loader: {how}")
     console.print(f"protocol: {card.protocol_notes}")
     for gotcha in card.gotchas:
@@ -62,8 +64,10 @@ def prepare_command(
                      "(smoke runs only; not the benchmark number)."),
     ] = None,
 ) -> None:
-    """Download a dataset (through torchvision) or use the copy under --root, verify it against its data card,
-    and write it as an ImageFolder (ROOT/NAME/images/{train,val,test}/CLASS/) that featkit extract reads.
+    """Download a dataset (through torchvision) or use the copy under --root.
+
+    Verify it against its data card, and write it as an ImageFolder (ROOT/NAME/images/{train,val,test}/CLASS/)
+    that featkit extract reads.
 
     Example: featkit data prepare cifar10 --root ~/data
     """

@@ -35,7 +35,8 @@ def _nearest_centroid_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
 
 
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the images and the store.")] = Path("demo_out"),
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Where to write the images and the store.")] = Path("demo_out"),
     model: ModelOpt = DEFAULT_MODEL,
     per_class: Annotated[int, typer.Option(help="Digits per class to render.", min=1)] = 20,
 ) -> None:

@@ -35,7 +35,8 @@ def print_result(result, console) -> None:
         console.print(f"  features/{tap}/part-*.npy  ({len(store):,} × {dims:,} {store[tap].dtype})")
     console.print("  metadata/part-*.parquet  (row, path, label, split, width, height, bytes, mtime_ns)")
     if result.changed or result.removed:
-        console.print(f"  {result.changed} changed and {result.removed} removed files since the last run (old rows retired)")
+        console.print(f"  {result.changed} changed and {result.removed} removed files since the last run "
+                      f"(old rows retired)")
     fails = store.failures
     if len(fails):
         reasons = ", ".join(f"{k} {v}" for k, v in fails["reason"].value_counts().items())
@@ -44,7 +45,9 @@ def print_result(result, console) -> None:
 
 
 def extract(
-    inputs: Annotated[list[Path], typer.Argument(help="Folders (ImageFolder layouts give labels), list files (.csv/.parquet/.txt with a path column) or images.", show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Folders (ImageFolder layouts give labels), list files (.csv/.parquet/.txt with a path column) or images.",
+        show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Feature store directory (resumed if it exists).")],
     model: ModelOpt = DEFAULT_MODEL,
     layer: LayerOpt = None,
@@ -55,9 +58,12 @@ def extract(
     precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSizeOpt = 32,
     device: DeviceOpt = "auto",
-    workers: Annotated[int | None, typer.Option(help="Decoder processes beside the model (default: every spare core on a GPU; 0 on a CPU = decode on a thread per core between batches).", min=0)] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Decoder processes beside the model (default: every spare core on a GPU; 0 on a CPU = decode on a "
+             "thread per core between batches).", min=0)] = None,
     shard_rows: Annotated[int, typer.Option(help="Rows per committed shard (the unit of resume).", min=1)] = 2048,
-    draft: Annotated[bool, typer.Option("--draft/--no-draft", help="Decode large JPEGs at reduced DCT scale (still ≥ the resize size).")] = True,
+    draft: Annotated[bool, typer.Option(
+        "--draft/--no-draft", help="Decode large JPEGs at reduced DCT scale (still ≥ the resize size).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for --weights random.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made with other settings.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights.")] = False,

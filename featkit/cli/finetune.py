@@ -31,15 +31,22 @@ def recipes() -> None:
 
 
 def finetune(
-    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe name (featkit recipes) or a .toml file.")] = None,
-    data: Annotated[Path | None, typer.Option("--data", "-d", help="Folder DATA/{train,val}/CLASS/* (val may be valid/validation/test), or a dataset prepared with featkit data prepare NAME.")] = None,
+    recipe: Annotated[str | None, typer.Option(
+        "--recipe", "-r", help="Recipe name (featkit recipes) or a .toml file.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", "-d", help="Folder DATA/{train,val}/CLASS/* (val may be valid/validation/test), or a dataset "
+                             "prepared with featkit data prepare NAME.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory to create.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recipe's).")] = None,
-    weights: Annotated[str | None, typer.Option("--weights", "-w", help="imagenet | random | a file | a run directory (default: the recipe's).")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set optim.lr=0.05 (repeatable).")] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory after a crash or Ctrl-C.")] = None,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", "-w", help="imagenet | random | a file | a run directory (default: the recipe's).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a recipe key, e.g. --set optim.lr=0.05 (repeatable).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Continue the run in this directory after a crash or Ctrl-C.")] = None,
     device: DeviceOpt = "auto",
-    workers: Annotated[int | None, typer.Option(min=0, help="Loader processes (default: 0 on a CPU, spare cores on a GPU).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=0, help="Loader processes (default: 0 on a CPU, spare cores on a GPU).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; the per-epoch lines stay.")] = False,
 ) -> None:
     """Fine-tune a backbone on an image folder with a recipe; the run directory is a valid --weights.
@@ -75,8 +82,10 @@ def finetune(
     result = _fit(trainer, console, progress=main and not quiet, report=main)
     if main:
         note = " (stopped early)" if result.stopped_early else ""
-        console.print(f"[bold green]done[/]{note}: best val acc {result.best_val_acc:.3f}; weights {trainer.run.weights}")
-        console.print(f"Use it: featkit extract --model {r.model} --weights {output} --layer logits IMAGES/ -o feats/")
+        console.print(f"[bold green]done[/]{note}: best val acc {result.best_val_acc:.3f}; "
+                      f"weights {trainer.run.weights}")
+        console.print(f"Use it: featkit extract --model {r.model} --weights {output} --layer logits "
+                      f"IMAGES/ -o feats/")
 
 
 def _fit(trainer, console, *, progress: bool, report: bool):
@@ -84,6 +93,7 @@ def _fit(trainer, console, *, progress: bool, report: bool):
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeRemainingColumn,
     )
@@ -101,7 +111,7 @@ def _fit(trainer, console, *, progress: bool, report: bool):
     bar = Progress(TextColumn("epoch {task.fields[epoch]}/" + str(epochs)), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} img/s"), TimeRemainingColumn(),
                    console=console, transient=True)
-    tasks: dict[int, int] = {}
+    tasks: dict[int, TaskID] = {}
 
     def on_batch(epoch: int, step: int, steps: int, loss: float, speed: float) -> None:
         if epoch not in tasks:

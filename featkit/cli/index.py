@@ -13,11 +13,14 @@ from featkit.choices import IndexKind, SearchMetric
 from featkit.cli._console import console as make_console
 from featkit.cli._options import DeviceOpt, JsonOpt, QuietOpt, StoreArg, TapOpt
 
-app = typer.Typer(help="Similar-image search indexes over a feature store: build, extend, inspect.", no_args_is_help=True)
+app = typer.Typer(help="Similar-image search indexes over a feature store: build, extend, inspect.",
+                  no_args_is_help=True)
 
 
 IndexArg = Annotated[Path, typer.Argument(help="An index directory (featkit index build ... -o NAME).")]
-StoreWeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="The weights file the store was extracted with (needed to embed query images when the store used a file).")]
+StoreWeightsOpt = Annotated[Path | None, typer.Option(
+    "--weights", "-w", help="The weights file the store was extracted with (needed to embed query images when the "
+                            "store used a file).")]
 
 
 def _jsonable(value):
@@ -43,11 +46,16 @@ def build(
     store: StoreArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Index directory to write (e.g. photos.index).")],
     tap: TapOpt = None,
-    kind: Annotated[IndexKind, typer.Option(help="auto picks by size and --max-memory: flat ≤ 10k, hnsw, ivf, then ivfpq.")] = IndexKind.auto,
-    metric: Annotated[SearchMetric, typer.Option(help="cosine (normalised, inner product) or l2.")] = SearchMetric.cosine,
-    pca: Annotated[int | None, typer.Option("--pca", min=1, help="Reduce to this many dimensions first (e.g. 256 for 4096-d taps).")] = None,
-    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory the index may take, e.g. 8GB (default: half the RAM).")] = None,
-    recall: Annotated[float, typer.Option("--recall", min=0.0, max=1.0, help="recall@10 vs exact search that approximate kinds are tuned to.")] = 0.95,
+    kind: Annotated[IndexKind, typer.Option(
+        help="auto picks by size and --max-memory: flat ≤ 10k, hnsw, ivf, then ivfpq.")] = IndexKind.auto,
+    metric: Annotated[SearchMetric, typer.Option(
+        help="cosine (normalised, inner product) or l2.")] = SearchMetric.cosine,
+    pca: Annotated[int | None, typer.Option(
+        "--pca", min=1, help="Reduce to this many dimensions first (e.g. 256 for 4096-d taps).")] = None,
+    max_memory: Annotated[str | None, typer.Option(
+        "--max-memory", help="Memory the index may take, e.g. 8GB (default: half the RAM).")] = None,
+    recall: Annotated[float, typer.Option(
+        "--recall", min=0.0, max=1.0, help="recall@10 vs exact search that approximate kinds are tuned to.")] = 0.95,
     weights: StoreWeightsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index at --output.")] = False,
     quiet: QuietOpt = False,
@@ -96,7 +104,8 @@ def add(
 @app.command("remove")
 def remove(
     index_path: IndexArg,
-    paths: Annotated[list[str], typer.Argument(help="Image paths as the index lists them (featkit search shows them).")],
+    paths: Annotated[list[str], typer.Argument(
+        help="Image paths as the index lists them (featkit search shows them).")],
 ) -> None:
     """Remove images from an index by path (flat and IVF kinds; HNSW cannot delete).
 
@@ -136,12 +145,14 @@ def search(
     queries: Annotated[list[Path], typer.Argument(help="Query images, folders of them, or a .npy file of vectors.")],
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 10,
     as_json: JsonOpt = False,
-    csv: Annotated[Path | None, typer.Option("--csv", help="Write query, rank, path, score (+ label) to this CSV file.")] = None,
+    csv: Annotated[Path | None, typer.Option(
+        "--csv", help="Write query, rank, path, score (+ label) to this CSV file.")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained page of thumbnails.")] = None,
     weights: StoreWeightsOpt = None,
     device: DeviceOpt = "auto",
     nprobe: Annotated[int | None, typer.Option(help="Override the tuned nprobe (IVF kinds).", min=1)] = None,
-    ef_search: Annotated[int | None, typer.Option("--ef-search", help="Override the tuned efSearch (HNSW).", min=1)] = None,
+    ef_search: Annotated[int | None, typer.Option(
+        "--ef-search", help="Override the tuned efSearch (HNSW).", min=1)] = None,
 ) -> None:
     """Find the indexed images most similar to each query (embedded exactly like the indexed images).
 
@@ -198,8 +209,10 @@ def _print_table(frame, console, score_name: str) -> None:
 def dedup(
     store: StoreArg,
     tap: TapOpt = None,
-    threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which two images are duplicates.")] = 0.95,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the groups to a .csv or .json file.")] = None,
+    threshold: Annotated[float, typer.Option(
+        help="Cosine similarity at or above which two images are duplicates.")] = 0.95,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the groups to a .csv or .json file.")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -220,7 +233,8 @@ def dedup(
     console = make_console()
     n_groups = int(groups["group"].nunique()) if len(groups) else 0
     console.print(f"{n_groups:,} groups of near-duplicates ({len(groups):,} images; "
-                  f"{len(groups) - n_groups:,} could go) at cosine ≥ {threshold}" + (f"; wrote {output}" if output else ""))
+                  f"{len(groups) - n_groups:,} could go) at cosine ≥ {threshold}"
+                  + (f"; wrote {output}" if output else ""))
     for group, members in list(groups.groupby("group", sort=True))[:10]:
         rep = members.loc[members["representative"], "path"].iloc[0]
         console.print(f"  group {group}: {len(members)} images, keep {rep}")

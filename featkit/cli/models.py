@@ -65,4 +65,5 @@ def taps(
                       f"{dims:,}", f"{4 * dims:,}", tap.note)
     console = make_console()
     console.print(table)
-    console.print(f"* default tap. Extract: featkit extract --model {spec.name} --layer {spec.default_tap} PHOTOS/ -o feats/")
+    console.print(f"* default tap. Extract: featkit extract --model {spec.name} --layer {spec.default_tap} "
+                  f"PHOTOS/ -o feats/")

@@ -16,11 +16,14 @@ from featkit.cli._options import JsonOpt
 def probe(
     store: Annotated[Path, typer.Argument(help="Feature store (its split column decides train/val/test).")],
     tap: Annotated[str, typer.Option("--tap", "-t", help="Tap to probe (default: the store's only tap).")] = "",
-    test: Annotated[Path | None, typer.Option("--test", help="A separate test store (STORE is then all train).")] = None,
-    kind: Annotated[ProbeKind, typer.Option(help="linear: logistic regression, C chosen on val or by 5-fold CV; knn: cosine kNN.")] = ProbeKind.linear,
+    test: Annotated[Path | None, typer.Option(
+        "--test", help="A separate test store (STORE is then all train).")] = None,
+    kind: Annotated[ProbeKind, typer.Option(
+        help="linear: logistic regression, C chosen on val or by 5-fold CV; knn: cosine kNN.")] = ProbeKind.linear,
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours for --kind knn.")] = 20,
     temperature: Annotated[float, typer.Option(help="Vote temperature for --kind knn.")] = 0.07,
-    metric: Annotated[SelectionMetric, typer.Option(help="What chooses C on the validation split.")] = SelectionMetric.accuracy,
+    metric: Annotated[SelectionMetric, typer.Option(
+        help="What chooses C on the validation split.")] = SelectionMetric.accuracy,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit a linear (or kNN) probe on a store's features and report test accuracy.
@@ -44,7 +47,8 @@ def probe(
         val = (data.val.X, data.val.y) if data.val is not None else None
         result = run_linear_probe(data.train.X, data.train.y, data.test.X, data.test.y, val=val,
                                   grid=DEFAULT_GRID, metric=metric.value)
-        chosen_on = "val" if val else (f"{result.folds}-fold CV on train" if result.folds > 1 else "a split of train")
+        cv = result.folds is not None and result.folds > 1
+        chosen_on = "val" if val else (f"{result.folds}-fold CV on train" if cv else "a split of train")
         summary = f"linear probe (C={result.best_C:.3g} chosen on {chosen_on})"
     payload = {"store": str(store), "tap": tap, "kind": kind.value, "test_split": data.test.name,
                "settings": fs.settings.to_json(), **result.to_dict()}

@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 import warnings
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -109,7 +109,8 @@ def decode_image(
 
 
 def decode_bytes(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None, name: str = "<bytes>"
+    data: bytes | bytearray | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None,
+    name: str = "<bytes>"
 ) -> Image.Image:
     """Decode image bytes (an upload, a query) with the same rules as :func:`decode_image`.
 
@@ -146,7 +147,7 @@ def decode_pil(image: Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS, name
         out = _to_rgb(image)
     except MemoryError:
         raise
-    except Exception as e:  # a lazily opened file that turns out to be damaged
+    except Exception as e:  # noqa: BLE001 - a lazily opened file that turns out to be damaged
         raise _failure(e, name, ran_out=False) from None
     if orientation in _TRANSPOSE:
         out = out.transpose(_TRANSPOSE[orientation])
@@ -214,7 +215,7 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int, min_side: int | None) -> 
         raise DecodeError("too_many_pixels", f"{name}: too many pixels: {e}") from None
     except MemoryError:
         raise  # the machine is out of memory, not the file's fault: let the run stop
-    except Exception as e:  # plugins raise OSError, ValueError, SyntaxError, EOFError, ... on malformed input
+    except Exception as e:  # noqa: BLE001 - plugins raise OSError, ValueError, SyntaxError, EOFError, ... on malformed input
         raise _failure(e, name, ran_out=(probe.hit_eof and not opened) or _riff_cut(fp)) from None
     if orientation in _TRANSPOSE:
         out = out.transpose(_TRANSPOSE[orientation])
@@ -250,7 +251,7 @@ class _EofProbe:
         self.hit_eof = False
 
     def read(self, size: int | None = -1) -> bytes:
-        data = self._fp.read(size)
+        data = self._fp.read(-1 if size is None else size)  # None and -1 both read to the end
         if size is not None and 0 <= len(data) < size:
             self.hit_eof = True
         return data
@@ -284,7 +285,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def _orientation(im: Image.Image) -> int:
     try:
         return int(im.getexif().get(0x0112, 1))
-    except Exception:  # a malformed EXIF block must not cost the pixels: treat it as upright
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not cost the pixels: treat it as upright
         return 1
 
 
@@ -298,15 +299,15 @@ def _unidentified(fp: IO[bytes], name: str) -> DecodeError:
             probe = _EofProbe(fp)
             try:
                 fp.seek(0)
-                factory(probe, "")
-            except Exception as e:
+                factory(cast(IO[bytes], probe), "")  # the probe forwards everything but read() to the file
+            except Exception as e:  # noqa: BLE001 - whatever the parser raises is why the header is broken
                 detail = str(e.__cause__ or e) or type(e).__name__
                 return _failure(SyntaxError(f"broken {fmt} header: {detail}"), name, ran_out=probe.hit_eof)
             return DecodeError("corrupt", f"{name}: broken {fmt} header")
-    fmt = _other_format(head)
-    if fmt:
+    other = _other_format(head)
+    if other:
         allowed = ", ".join(ALLOWED_FORMATS)
-        return DecodeError("format_not_allowed", f"{name}: {fmt} is not an allowed image format ({allowed})")
+        return DecodeError("format_not_allowed", f"{name}: {other} is not an allowed image format ({allowed})")
     return DecodeError("not_an_image", f"{name}: not an image (content matches no known image format)")
 
 
@@ -328,7 +329,7 @@ def _other_format(head: bytes) -> str | None:
 def _accepts(accept, prefix: bytes) -> bool:
     try:
         return bool(accept(prefix))
-    except Exception:  # some accept() functions index into the prefix without checking its length
+    except Exception:  # noqa: BLE001 - some accept() functions index into the prefix without checking its length
         return False
 
 

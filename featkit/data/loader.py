@@ -102,8 +102,10 @@ class ThreadedChunks:
 
 def make_loader(sources: Sequence[ImageSource], positions: Sequence[int], pre: Preprocess, *, chunk: int,
                 workers: int, pin_memory: bool = False, draft: bool = True, names: Sequence[str] | None = None):
-    """Chunks of ``chunk`` consecutive inputs, in order, decoded by ``workers`` processes running alongside the
-    model, or (``workers=0``) by a thread per core in this process before each chunk is computed.
+    """Chunks of ``chunk`` consecutive inputs, in order.
+
+    They are decoded by ``workers`` processes running alongside the model, or (``workers=0``) by a thread per core
+    in this process before each chunk is computed.
 
     ``names`` are how in-memory sources are called in failure messages (a path is its own name).
     """

@@ -74,7 +74,7 @@ def _folder_rows(root: Path) -> list[dict]:
     return rows
 
 
-def _pick(columns: Sequence[str], wanted: Sequence[str]) -> str | None:
+def _pick(columns: Iterable[str], wanted: Sequence[str]) -> str | None:
     lower = {c.lower(): c for c in columns}
     return next((lower[w] for w in wanted if w in lower), None)
 
@@ -93,7 +93,8 @@ def _list_file_rows(path: Path) -> list[dict]:
         raise InputError(f"Cannot read the list file {path}: {exc}") from None
     path_col = _pick(frame.columns, PATH_COLUMNS)
     if path_col is None:
-        raise InputError(f"{path} has no path column (looked for {', '.join(PATH_COLUMNS)}); columns are {list(frame.columns)}.")
+        raise InputError(f"{path} has no path column (looked for {', '.join(PATH_COLUMNS)}); "
+                         f"columns are {list(frame.columns)}.")
     label_col = _pick(frame.columns, LABEL_COLUMNS)
     split_col = _pick(frame.columns, ("split",))
     base = path.parent
@@ -102,8 +103,10 @@ def _list_file_rows(path: Path) -> list[dict]:
         p = Path(str(value)).expanduser()
         rows.append({
             "path": os.path.abspath(p if p.is_absolute() else base / p),
-            "label": None if label_col is None or frame[label_col].iloc[i] in ("", None) else str(frame[label_col].iloc[i]),
-            "split": None if split_col is None or frame[split_col].iloc[i] in ("", None) else str(frame[split_col].iloc[i]),
+            "label": (None if label_col is None or frame[label_col].iloc[i] in ("", None)
+                      else str(frame[label_col].iloc[i])),
+            "split": (None if split_col is None or frame[split_col].iloc[i] in ("", None)
+                      else str(frame[split_col].iloc[i])),
         })
     return rows
 

@@ -14,7 +14,7 @@ def _render(image: np.ndarray, path: Path, size: int) -> None:
     """The 8×8 scan (16 grey levels) scaled to ``size`` px with bicubic interpolation, ink dark on white."""
     pixels = (255 - image * (255 / 16)).clip(0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).save(path)
+    Image.fromarray(pixels, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(path)
 
 
 def write_digits(root: str | Path, per_class: int = 20, size: int = 64) -> Path:
@@ -41,8 +41,9 @@ def digit_items() -> list[Item]:
 
 
 def write_digit_splits(root: str | Path, splits: dict[str, list[Item]], size: int = 64) -> dict[str, int]:
-    """Render ``splits`` (from the card's split protocol) as ``root/SPLIT/<digit>/<index>.png``; returns the image
-    count per split.
+    """Render ``splits`` (from the card's split protocol) as ``root/SPLIT/<digit>/<index>.png``.
+
+    Returns the image count per split.
     """
     from sklearn.datasets import load_digits
 

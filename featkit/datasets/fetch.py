@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.error import URLError
 
 from featkit.datasets.cards import DataCard
@@ -88,7 +88,8 @@ def open_torchvision(card: DataCard, dataset_root: Path, args: dict[str, Any], d
     """
     import torchvision.datasets
 
-    cls = getattr(torchvision.datasets, card.loader.torchvision_class)
+    # cards validates that a torchvision loader names its class
+    cls = getattr(torchvision.datasets, cast(str, card.loader.torchvision_class))
     dataset_root.mkdir(parents=True, exist_ok=True)
     try:
         return cls(root=str(dataset_root), download=download, **args)

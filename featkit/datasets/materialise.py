@@ -40,7 +40,8 @@ def dataset_items(ds: Any) -> list[Item]:
         return [Item(i, int(y), Path(p)) for i, (p, y) in enumerate(ds.samples)]
     for files in ("_image_files", "_images"):  # DTD, Flowers102, Food101, FGVCAircraft / OxfordIIITPet
         if hasattr(ds, files):
-            return [Item(i, int(y), Path(p)) for i, (p, y) in enumerate(zip(getattr(ds, files), ds._labels, strict=True))]
+            return [Item(i, int(y), Path(p))
+                    for i, (p, y) in enumerate(zip(getattr(ds, files), ds._labels, strict=True))]
     for labels in ("targets", "labels"):  # CIFAR, MNIST / SVHN, STL10: arrays, rendered through ds[i]
         if getattr(ds, labels, None) is not None:
             return [Item(i, int(y), None) for i, y in enumerate(np.asarray(getattr(ds, labels)).tolist())]
@@ -122,7 +123,8 @@ def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except FileNotFoundError:
-        raise InputError(f"Image {src} listed by the dataset is missing: the copy is incomplete; re-download it.") from None
+        raise InputError(f"Image {src} listed by the dataset is missing: the copy is incomplete; "
+                         f"re-download it.") from None
     except OSError:
         shutil.copy2(src, dst)
 

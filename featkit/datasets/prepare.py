@@ -194,7 +194,8 @@ def _folder_splits(card: DataCard, dataset_root: Path, download: bool):
                 f"The {card.name} archive did not unpack to {'/, '.join(wanted)}/ folders under {dataset_root}; "
                 f"unpack it there by hand and rerun."
             )
-    classes = sorted({p.name for s in wanted for p in (base / s).iterdir() if p.is_dir() and not p.name.startswith(".")})
+    classes = sorted({p.name for s in wanted for p in (base / s).iterdir()
+                      if p.is_dir() and not p.name.startswith(".")})
     index = {c: i for i, c in enumerate(classes)}
     splits = {}
     for split in wanted:

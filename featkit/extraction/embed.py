@@ -12,6 +12,7 @@ import dataclasses
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -38,8 +39,9 @@ FAILURE_COLUMNS = ["position", "path", "reason", "message"]
 
 
 def resolve_taps(model: str, names: Sequence[str]) -> list[TapSpec]:
-    """The taps of ``model`` that ``names`` (names or aliases) stand for, in order, each once (default: its
-    default tap).
+    """The taps of ``model`` that ``names`` (names or aliases) stand for, in order, each once.
+
+    (Default: its default tap.)
     """
     spec = describe(model)
     taps: list[TapSpec] = []
@@ -220,15 +222,20 @@ def expand_sources(images: ImageSource | Sequence[ImageSource]) -> tuple[list[Im
     """
     from featkit.data.sources import is_list_file, list_inputs
 
-    items = [images] if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or not isinstance(
-        images, Sequence) else list(images)
+    items: list[ImageSource]
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or not isinstance(images, Sequence):
+        items = [images]
+    else:
+        items = list(cast(Sequence[ImageSource], images))  # str and the bytes-likes were taken above
     sources: list[ImageSource] = []
     names: list[str] = []
     bad: list[pd.DataFrame] = []
     for item in items:
         if isinstance(item, (str, os.PathLike)) and os.path.isfile(item) and not is_list_file(item):
-            sources.append(os.path.abspath(os.path.expanduser(item)))  # one image file: as list_inputs would list it, without a table
-            names.append(sources[-1])
+            # one image file: as list_inputs would list it, without a table
+            path = os.path.abspath(os.path.expanduser(item))
+            sources.append(path)
+            names.append(path)
         elif isinstance(item, (str, os.PathLike)):
             listing = list_inputs(item)
             sources += listing.table["path"].tolist()

@@ -69,7 +69,8 @@ class _ShardBuilder:
         if self.room == 0:
             self.commit(final=False)
 
-    def commit(self, final: bool, extra_failures: pd.DataFrame | None = None, dims: dict[str, int] | None = None) -> None:
+    def commit(self, final: bool, extra_failures: pd.DataFrame | None = None,
+               dims: dict[str, int] | None = None) -> None:
         # A failure belongs to the shard of the next good image after it, so shard contents don't depend on
         # where a previous run was killed.
         cut = self.positions[-1] if (self.positions and not final) else None
@@ -109,7 +110,8 @@ def _plan(writer: StoreWriter, listing) -> tuple[pd.DataFrame, pd.DataFrame, int
     same = known & (merged["bytes"] == merged["bytes_done"]) & (merged["mtime_ns"] == merged["mtime_ns_done"])
     changed = known & ~same
     gone = done[~done["path"].isin(table["path"])]
-    stale = list(merged.loc[changed & (merged["row"] >= 0), "row"].astype(int)) + list(gone.loc[gone["row"] >= 0, "row"].astype(int))
+    stale = (list(merged.loc[changed & (merged["row"] >= 0), "row"].astype(int))
+             + list(gone.loc[gone["row"] >= 0, "row"].astype(int)))
     writer.mark_stale(stale)
     pending = table[(~same).to_numpy()].reset_index(drop=True)
     bad = listing.bad_names[~listing.bad_names["path"].isin(done["path"])]

@@ -153,7 +153,9 @@ class ResumableSampler(DistributedSampler):
     """
 
     def __init__(self, size: int, *, num_replicas: int, rank: int, seed: int):
-        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        # torch's stubs want a Dataset, but the sampler only takes len() of it: a range of the size stands in
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True,  # type: ignore[arg-type]
+                         seed=seed)
         self.start = 0
 
     def set_position(self, epoch: int, start: int) -> None:

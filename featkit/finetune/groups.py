@@ -30,7 +30,8 @@ def _units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     units = []
     for name, child in model.named_children():
         # `features`-like sequences are opened up; a sequence of residual blocks (ResNet's layerN) is one unit
-        if isinstance(child, nn.Sequential) and any(isinstance(c, nn.Sequential) or not list(c.children()) for c in child):
+        if isinstance(child, nn.Sequential) and any(isinstance(c, nn.Sequential) or not list(c.children())
+                                                    for c in child):
             units += [(f"{name}.{n}", c) for n, c in child.named_children()]
         else:
             units.append((name, child))

@@ -38,8 +38,10 @@ def build_model(recipe: Recipe, num_classes: int) -> tuple[nn.Module, WeightsInf
 
 
 def set_dropout(model: nn.Module, head: str, p: float) -> None:
-    """Set ``p`` on the dropout layers of the classifier block (AlexNet's and VGG's fc6/fc7, SqueezeNet's and
-    EfficientNet's before the head); where it has none (ResNet), drop the head's input in training.
+    """Set ``p`` on the dropout layers of the classifier block.
+
+    They are AlexNet's and VGG's fc6/fc7, SqueezeNet's and EfficientNet's before the head; where the block has none
+    (ResNet), drop the head's input in training.
     """
     block = model.get_submodule(head.split(".")[0])
     layers = [m for m in block.modules() if isinstance(m, nn.Dropout)]

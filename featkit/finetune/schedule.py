@@ -55,7 +55,8 @@ class LRSchedule:
 
     def __init__(self, recipe: Recipe, steps_per_epoch: int):
         self.recipe, self.steps_per_epoch = recipe, steps_per_epoch
-        self.plateau_scale, self.best, self.bad_epochs = 1.0, None, 0
+        self.plateau_scale, self.bad_epochs = 1.0, 0
+        self.best: float | None = None
 
     def lr_at(self, epoch: int, step_in_epoch: int) -> float:
         phase = phase_of(self.recipe, epoch)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -160,15 +161,17 @@ class Trainer:
     def _make_loaders(self, workers: int | None) -> None:
         if workers is None:
             workers = min(8, max(0, (os.cpu_count() or 1) // self.d.world - 1)) if self.runtime.is_cuda else 0
-        common = {"num_workers": workers, "collate_fn": collate, "pin_memory": self.runtime.is_cuda,
-                  "generator": torch.Generator()}  # its own generator: creating an iterator never draws from the global RNG
+        # its own generator: creating an iterator never draws from the global RNG
+        common: dict[str, Any] = {"num_workers": workers, "collate_fn": collate, "pin_memory": self.runtime.is_cuda,
+                                  "generator": torch.Generator()}
         r = self.recipe
         train = TrainImages(self.folder.train, train_crop(r), r.data.min_scale, r.data.hflip, r.seed)
         self.sampler = ResumableSampler(len(train), num_replicas=self.d.world, rank=self.d.rank, seed=r.seed)
         self.train_loader = DataLoader(train, batch_size=self.per_rank_batch, sampler=self.sampler, **common)
         self.steps_per_epoch = -(-self.sampler.num_samples // self.per_rank_batch)
         shard = list(range(self.d.rank, len(self.folder.val.paths), self.d.world))
-        self.val_loader = DataLoader(EvalImages(self.folder.val, self.pre, shard), batch_size=self.per_rank_batch, **common)
+        self.val_loader = DataLoader(EvalImages(self.folder.val, self.pre, shard), batch_size=self.per_rank_batch,
+                                     **common)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.recipe.optim
@@ -330,10 +333,11 @@ class Trainer:
         """Train to the recipe's last epoch (or an early stop), then write the final weights."""
         if self.d.is_main:
             self._write_reports()  # a run killed between its checkpoint and its reports gets them back
-        net, active = None, None
+        net: nn.Module | None = None
+        active = None
         while self.epoch < self.recipe.epochs and not self.stopped_early:
             wanted = groups.trainable_stages(self.recipe, len(self.stages.backbone), self.epoch)
-            if wanted != active:
+            if net is None or wanted != active:  # net is None exactly when active is (the first epoch)
                 net, active = self._wrapped(wanted), wanted
             self._train_epoch(net, active, on_batch)
             self._end_epoch(on_epoch)

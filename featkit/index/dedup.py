@@ -67,7 +67,9 @@ def find_duplicates(store: FeatureStore | str | os.PathLike, *, tap: str | None 
         queries = prepare(vectors[start: start + batch_size], "cosine")
         # FAISS returns inner products strictly above the radius; nextafter makes the threshold inclusive
         lims, _, found = exact.range_search(queries, float(np.nextafter(np.float32(threshold), np.float32(-2))))
-        mine = np.repeat(np.arange(start, start + len(queries), dtype=np.int64), np.diff(lims.astype(np.int64)))
+        # numpy's stubs type np.diff of an int64 array as timedelta64 (a signedinteger subclass)
+        mine = np.repeat(np.arange(start, start + len(queries), dtype=np.int64),
+                         np.diff(lims.astype(np.int64)))  # type: ignore[arg-type]
         keep = found > mine  # each pair once, no self-pairs
         union(parent, mine[keep], found[keep])
     roots = _roots(parent, np.arange(n, dtype=np.int64))
@@ -82,7 +84,8 @@ def _groups(store: FeatureStore, vectors, roots: np.ndarray) -> pd.DataFrame:
     rows = store.rows.iloc[members]
     table = pd.DataFrame({"root": roots[members], "size": sizes[roots[members]], "path": rows["path"].to_numpy(),
                           "pixels": rows["width"].to_numpy(np.int64) * rows["height"].to_numpy(np.int64),
-                          "bytes": rows["bytes"].to_numpy(np.int64), "label": rows["label"].to_numpy(), "member": members})
+                          "bytes": rows["bytes"].to_numpy(np.int64), "label": rows["label"].to_numpy(),
+                          "member": members})
     table = table.sort_values(["size", "root", "pixels", "bytes", "path"], ascending=[False, True, False, False, True],
                               kind="stable").reset_index(drop=True)
     table["representative"] = ~table["root"].duplicated()

@@ -89,7 +89,8 @@ class Index:
             weights_file: where the store's weights file is, recorded so searches by image can find it.
             progress: show progress bars.
         """
-        check_float("recall_target", recall_target, "Index.build", low=0, high=1, closed="right", error=SearchIndexError)
+        check_float("recall_target", recall_target, "Index.build", low=0, high=1, closed="right",
+                    error=SearchIndexError)
         store = _store(store)
         tap = store.resolve_tap(tap)
         vectors = store[tap]
@@ -132,7 +133,7 @@ class Index:
         steps = knob[1] if knob else (None,)
         recall, chosen = 0.0, {}
         for value in tqdm(steps, desc="tune", disable=not progress, leave=False):
-            params = {knob[0]: int(value)} if knob else {}
+            params = {knob[0]: int(value)} if knob and value is not None else {}  # value is None only without a knob
             self._apply(self._cpu, params)
             _, found = self._cpu.search(queries, k)
             recall, chosen = recall_at_k(found, exact, own, k - 1), params
@@ -188,15 +189,17 @@ class Index:
         return int(self._cpu.ntotal)
 
     def __repr__(self) -> str:
-        return (f"Index({self.path or 'unsaved'}: {len(self):,} × {self.manifest['dim']}-d {self.settings.model} {self.tap}, "
-                f"{self.kind} '{self.manifest['factory']}', {self.metric}, recall@10 {self.manifest['recall_at_10']})")
+        return (f"Index({self.path or 'unsaved'}: {len(self):,} × {self.manifest['dim']}-d {self.settings.model} "
+                f"{self.tap}, {self.kind} '{self.manifest['factory']}', {self.metric}, "
+                f"recall@10 {self.manifest['recall_at_10']})")
 
     def _apply(self, index: faiss.Index, params: dict) -> None:
         space = gpu.parameter_space()
         for name, value in params.items():
             space.set_index_parameter(index, name, value)
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, *, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, *,
+                       params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the ``k`` nearest indexed vectors; ids are -1 where fewer than ``k`` exist.
 
         Scores are cosine similarities (higher is closer) or Euclidean distances (lower is closer).
@@ -205,7 +208,8 @@ class Index:
         x = x[None, :] if x.ndim == 1 else x
         if x.ndim != 2 or x.shape[1] != self.manifest["dim"]:
             raise SearchIndexError(f"Query vectors have shape {x.shape} but the index holds {self.manifest['dim']}-d "
-                                   f"{self.settings.model} {self.tap} features; embed queries with the same model and tap.")
+                                   f"{self.settings.model} {self.tap} features; embed queries with the same model "
+                                   f"and tap.")
         check_int("k", k, "search", minimum=1, error=SearchIndexError)
         if self._searcher is None:
             self._searcher = gpu.to_gpu(self._cpu, self.kind)
@@ -237,7 +241,8 @@ class Index:
                 raise SearchIndexError(f"The indexed features come from the weights file '{w.id}' (sha256 "
                                        f"{w.sha256[:12]}…); pass it with --weights FILE to embed query images.")
             embedder = Embedder(config_for(self.settings, taps=[self.tap], weights_file=weights_file, device=device))
-            recorded = dataclasses.replace(self.settings, taps=tuple(t for t in self.settings.taps if t.name == self.tap))
+            recorded = dataclasses.replace(self.settings,
+                                           taps=tuple(t for t in self.settings.taps if t.name == self.tap))
             changes = recorded.diff(embedder.settings, vectors_only=True, limit=4)
             if changes:
                 raise SearchIndexError(f"Query images would be embedded differently from the indexed ones "
@@ -276,6 +281,7 @@ class Index:
             A DataFrame with columns query (path, or row number for vectors), rank (1 = nearest), path, score,
             label, id. Query images that could not be decoded are left out (``result.attrs["failures"]``).
         """
+        names: list[str] | list[int]
         if _are_images(queries):
             embedded = self.embed(queries, weights_file=weights_file, device=device)
             if not len(embedded.names):
@@ -322,10 +328,12 @@ class Index:
                                    f"({'; '.join(changes)}); extract it with the same model, weights and "
                                    "preprocessing, or build a new index.")
         if tap not in store.taps:
-            raise SearchIndexError(f"{store.root} has no tap '{tap}' (it has {', '.join(store.taps)}); the index holds {tap}.")
+            raise SearchIndexError(f"{store.root} has no tap '{tap}' (it has {', '.join(store.taps)}); "
+                                   f"the index holds {tap}.")
         vectors = store[tap]
         if vectors.shape[1] != self.manifest["dim"]:
-            raise SearchIndexError(f"{store.root} {tap} is {vectors.shape[1]}-d; the index holds {self.manifest['dim']}-d vectors.")
+            raise SearchIndexError(f"{store.root} {tap} is {vectors.shape[1]}-d; "
+                                   f"the index holds {self.manifest['dim']}-d vectors.")
         keep = ~store.rows["path"].astype(str).isin(self.ids["path"]).to_numpy()
         new = _id_rows(store, self.manifest["next_id"], keep)
         if len(new):
@@ -348,10 +356,13 @@ class Index:
         wanted = pd.Index([str(p) for p in paths])
         missing = wanted[~wanted.isin(self.ids["path"])]
         if len(missing):
-            raise SearchIndexError(f"{len(missing)} path(s) are not in the index, e.g. {missing[0]}; nothing was removed.")
+            raise SearchIndexError(f"{len(missing)} path(s) are not in the index, e.g. {missing[0]}; "
+                                   f"nothing was removed.")
         drop = self.ids["path"].isin(wanted).to_numpy()
         try:
-            removed = self._cpu.remove_ids(np.ascontiguousarray(self.ids.loc[drop, "id"].to_numpy(np.int64)))
+            drop_ids = np.ascontiguousarray(self.ids.loc[drop, "id"].to_numpy(np.int64))
+            # faiss's stubs list only the SWIG IDSelector; its Python wrapper takes an int64 id array too
+            removed = self._cpu.remove_ids(drop_ids)  # type: ignore[arg-type]
         except RuntimeError:
             raise SearchIndexError(f"This {self.kind} index ('{self.manifest['factory']}') cannot remove vectors in "
                                    "FAISS; rebuild it with featkit index build.") from None
@@ -371,12 +382,15 @@ def _are_images(queries) -> bool:
 
 
 def _check_weights_file(path: Path, store: FeatureStore) -> None:
-    """Refuse to record a weights file other than the one the store was extracted with (a run directory is
-    checked later, when query images are embedded: its model file is resolved by the extraction code).
+    """Refuse to record a weights file other than the one the store was extracted with.
+
+    A run directory is checked later, when query images are embedded: its model file is resolved by the extraction
+    code.
     """
     recorded = store.settings.weights
     if recorded.kind != "file":
-        raise SearchIndexError(f"{store.root} was extracted with '{recorded.id}' weights, not a file; leave out --weights.")
+        raise SearchIndexError(f"{store.root} was extracted with '{recorded.id}' weights, not a file; "
+                               f"leave out --weights.")
     if path.is_file():
         from featkit.backbones.checkpoints import sha256_file
 
@@ -404,7 +418,8 @@ def _train(index: faiss.Index, vectors, plan: IndexPlan, metric: str, progress: 
     return device_index
 
 
-def _add_chunks(index: faiss.Index, chunks, ids: np.ndarray, metric: str, progress: bool, total: int | None = None) -> None:
+def _add_chunks(index: faiss.Index, chunks, ids: np.ndarray, metric: str, progress: bool,
+                total: int | None = None) -> None:
     if hasattr(chunks, "chunks"):  # a TapArray: stream it shard-sized
         total, chunks = len(chunks), chunks.chunks(CHUNK)
     bar = tqdm(total=total, unit="vec", desc="add", disable=not progress, dynamic_ncols=True)

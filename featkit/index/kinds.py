@@ -123,7 +123,8 @@ def plan_index(n: int, dim: int, kind: str = "auto", *, metric: str = "cosine", 
         elif flat_bytes <= budget:
             kind, reason = "ivf", f"{n:,} raw vectors fit in {budget / 2**30:.1f} GiB"
         else:
-            kind, reason = "ivfpq", f"{n:,} raw vectors need {flat_bytes / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB: compressed"
+            kind, reason = "ivfpq", (f"{n:,} raw vectors need {flat_bytes / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB: "
+                                     f"compressed")
     else:
         reason = f"--kind {kind}"
     if kind == "flat":
@@ -131,11 +132,13 @@ def plan_index(n: int, dim: int, kind: str = "auto", *, metric: str = "cosine", 
     if kind == "hnsw":
         return IndexPlan("hnsw", f"IDMap,{prefix}HNSW{HNSW_M}", dim, pca, pca_train if pca else 0, reason)
     if kind == "ivf":
-        return IndexPlan("ivf", f"{prefix}IVF{nlist}{quantizer},Flat", dim, pca, ivf_train, f"{reason}; {nlist:,} lists")
+        return IndexPlan("ivf", f"{prefix}IVF{nlist}{quantizer},Flat", dim, pca, ivf_train,
+                         f"{reason}; {nlist:,} lists")
     m = _pq_subquantizers(d, budget / n)
     if m is None:
-        raise SearchIndexError(f"{n:,} vectors of {d} dimensions do not fit in {budget / 2**20:,.0f} MiB even as PQ codes "
-                               f"(at least {n * (1 + ID_BYTES) / 2**20:,.0f} MiB); raise --max-memory or reduce with --pca.")
+        raise SearchIndexError(f"{n:,} vectors of {d} dimensions do not fit in {budget / 2**20:,.0f} MiB even as "
+                               f"PQ codes (at least {n * (1 + ID_BYTES) / 2**20:,.0f} MiB); raise --max-memory or "
+                               f"reduce with --pca.")
     return IndexPlan("ivfpq", f"{prefix}IVF{nlist}{quantizer},PQ{m}x4fs", dim, pca, ivf_train,
                      f"{reason}; {nlist:,} lists, {m // 2} bytes of code per vector")
 
@@ -153,7 +156,7 @@ def search_knob(kind: str, nlist: int | None = None) -> tuple[str, tuple[int, ..
 def recall_at_k(found: np.ndarray, exact: np.ndarray, own: np.ndarray, k: int) -> float:
     """Mean overlap of the first ``k`` neighbours, leaving out each query's own id (queries come from the index)."""
     hits = 0
-    for f, e, me in zip(found, exact, own):
+    for f, e, me in zip(found, exact, own, strict=True):
         f = f[(f != me) & (f >= 0)][:k]
         e = e[e != me][:k]
         hits += len(np.intersect1d(f, e))

@@ -56,14 +56,17 @@ def _write_faiss(index: faiss.Index, path: Path) -> tuple[str, int]:
 def read_manifest(root: Path) -> dict:
     """The manifest of the index directory ``root``; refuses anything that is not a featkit index v1."""
     if root.is_file():
-        raise SearchIndexError(f"{root} is a file, not a featkit index directory. Build one with: featkit index build STORE -o {root}")
+        raise SearchIndexError(f"{root} is a file, not a featkit index directory. "
+                               f"Build one with: featkit index build STORE -o {root}")
     path = root / MANIFEST
     if not path.exists():
-        raise SearchIndexError(f"{root} is not a featkit index (no {MANIFEST}). Build one with: featkit index build STORE -o {root}")
+        raise SearchIndexError(f"{root} is not a featkit index (no {MANIFEST}). "
+                               f"Build one with: featkit index build STORE -o {root}")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SearchIndexError(f"{path} is not readable JSON ({exc}); rebuild the index with featkit index build.") from None
+        raise SearchIndexError(f"{path} is not readable JSON ({exc}); "
+                               f"rebuild the index with featkit index build.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SearchIndexError(f"{root} is not a featkit index (its {MANIFEST} is not a '{FORMAT}' manifest).")
     if manifest.get("version") != VERSION:
@@ -75,7 +78,8 @@ def read_manifest(root: Path) -> dict:
 def _verified(root: Path, entry: dict, what: str) -> Path:
     path = root / entry["name"]
     if not path.is_file():
-        raise SearchIndexError(f"The {what} file {path} is missing; the index is incomplete. Rebuild it with featkit index build.")
+        raise SearchIndexError(f"The {what} file {path} is missing; the index is incomplete. "
+                               f"Rebuild it with featkit index build.")
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise SearchIndexError(f"The {what} file {path} is truncated or replaced ({size:,} bytes, the manifest says "
@@ -102,7 +106,8 @@ def load(root: Path) -> Loaded:
     try:
         index = faiss.read_index(str(index_path))
     except RuntimeError as exc:
-        raise SearchIndexError(f"FAISS cannot read {index_path} ({str(exc).splitlines()[0]}). Rebuild the index.") from None
+        raise SearchIndexError(f"FAISS cannot read {index_path} ({str(exc).splitlines()[0]}). "
+                               f"Rebuild the index.") from None
     if index.d != manifest["index_dim"] or index.ntotal != manifest["count"]:
         raise SearchIndexError(f"{index_path} holds {index.ntotal:,} × {index.d}-d vectors but the manifest says "
                                f"{manifest['count']:,} × {manifest['index_dim']}-d. Rebuild the index.")
@@ -122,7 +127,8 @@ def check_target(root: Path, overwrite: bool) -> None:
         raise SearchIndexError(f"{root} exists and is not a featkit index; choose another -o (nothing was written).")
     read_manifest(root)
     if not overwrite:
-        raise SearchIndexError(f"{root} already holds an index. Use --overwrite to replace it, or featkit index add to extend it.")
+        raise SearchIndexError(f"{root} already holds an index. Use --overwrite to replace it, "
+                               f"or featkit index add to extend it.")
 
 
 def save(root: Path, index: faiss.Index, ids: pd.DataFrame, manifest: dict) -> dict:

@@ -26,7 +26,8 @@ from featkit.inspect.layers import LayerRow
 from featkit.inspect.receptive import ADAPTIVE
 
 PLAIN = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-STARTERS = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d, *ADAPTIVE)
+STARTERS = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d,
+            *ADAPTIVE)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Group:
 
 
 def _has_own_forward(module: nn.Module) -> bool:
-    return next(module.children(), None) is not None and type(module).forward not in (nn.Sequential.forward, nn.Module.forward)
+    return (next(module.children(), None) is not None
+            and type(module).forward not in (nn.Sequential.forward, nn.Module.forward))
 
 
 def _is_stack(module: nn.Module) -> bool:
@@ -118,7 +120,8 @@ def _common_module(rows: list[LayerRow] | tuple[LayerRow, ...]) -> str:
     common = rows[0].module.split(".")
     for row in rows[1:]:
         parts = row.module.split(".")
-        n = next((i for i, (a, b) in enumerate(zip(common, parts)) if a != b), min(len(common), len(parts)))
+        n = next((i for i, (a, b) in enumerate(zip(common, parts, strict=False)) if a != b),
+                 min(len(common), len(parts)))
         common = common[:n]
     return ".".join(common)
 
@@ -167,7 +170,8 @@ def collapse(group: Group) -> LayerRow:
     return LayerRow(
         name=group.name, kind=group.kind, module=_common_module(rows), taps=tapped[-1].taps if tapped else (),
         shape=last.shape,
-        activations=last.activations, memory=sum(r.memory for r in rows), memory_bytes=sum(r.memory_bytes for r in rows),
+        activations=last.activations, memory=sum(r.memory for r in rows),
+        memory_bytes=sum(r.memory_bytes for r in rows),
         weights=sum(r.weights for r in rows), biases=sum(r.biases for r in rows),
         weight_formula=weighted[0].weight_formula if len(weighted) == 1 else "",
         macs=sum(r.macs for r in rows), field=last.field,

@@ -25,14 +25,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from featkit.choices import ActivationDType
-from featkit.inspect.receptive import Field, is_identity_pool, merge, propagate
+from featkit.inspect.receptive import Field, Pair, is_identity_pool, merge, propagate
 
-DTYPE_BYTES = {ActivationDType.float32: 4, ActivationDType.float16: 2, ActivationDType.bfloat16: 2}
+# StrEnum keys: looked up by the plain strings too
+DTYPE_BYTES: dict[str, int] = {ActivationDType.float32: 4, ActivationDType.float16: 2, ActivationDType.bfloat16: 2}
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class _Tracer:
         elif known:
             field = self.fields[id(key)]
         else:  # a container's own tensor (concatenation, gating): join the branches at its resolution
-            extent = tuple(out.shape[-2:]) if out.dim() == 4 else None
+            extent = cast(Pair, tuple(out.shape[-2:])) if out.dim() == 4 else None
             branches = [c.field for c in self.calls[start:] if extent is None or c.field.extent == extent]
             field = merge([in_field, *branches], extent)
         if not known and not is_identity_pool(module, inp, out):

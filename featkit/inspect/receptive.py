@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -53,8 +54,8 @@ class Field:
 
     def windowed(self, kernel: Pair, stride: Pair, dilation: Pair, extent: Pair) -> Field:
         """The field after a sliding window (convolution or pooling)."""
-        size = tuple(r + (k - 1) * d * j for r, k, d, j in zip(self.size, kernel, dilation, self.jump))
-        jump = tuple(j * s for j, s in zip(self.jump, stride))
+        size = tuple(r + (k - 1) * d * j for r, k, d, j in zip(self.size, kernel, dilation, self.jump, strict=True))
+        jump = tuple(j * s for j, s in zip(self.jump, stride, strict=True))
         return Field(size, jump, extent)  # type: ignore[arg-type]
 
     def whole_map(self) -> Field:
@@ -86,12 +87,14 @@ def propagate(module: nn.Module, field: Field, inp: torch.Tensor | None, out: to
     if isinstance(module, WINDOWED):
         stride = module.stride if module.stride else module.kernel_size  # pools default stride to the kernel
         dilation = getattr(module, "dilation", 1)
-        return field.windowed(_pair(module.kernel_size), _pair(stride), _pair(dilation), tuple(out.shape[-2:]))
+        return field.windowed(_pair(module.kernel_size), _pair(stride), _pair(dilation),
+                              cast(Pair, tuple(out.shape[-2:])))
     if isinstance(module, ADAPTIVE) and inp is not None and out.dim() >= 3:
         if is_identity_pool(module, inp, out):
             return field
-        axes = [_adaptive_window(i, o) for i, o in zip(inp.shape[-2:], out.shape[-2:])]
-        return field.windowed((axes[0][0], axes[1][0]), (axes[0][1], axes[1][1]), (1, 1), tuple(out.shape[-2:]))
+        axes = [_adaptive_window(i, o) for i, o in zip(inp.shape[-2:], out.shape[-2:], strict=True)]
+        return field.windowed((axes[0][0], axes[1][0]), (axes[0][1], axes[1][1]), (1, 1),
+                              cast(Pair, tuple(out.shape[-2:])))
     if isinstance(module, nn.Linear) and inp is not None and inp.dim() == 2:
         return field.whole_map()  # a flattened map: every unit reads every position
     if isinstance(module, nn.MultiheadAttention):

@@ -144,8 +144,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         device, dtype = resolve_device(self.device), DTYPES[self.dtype]
         Xt = torch.as_tensor(X, dtype=dtype, device=device)
         yt = torch.as_tensor(y_idx, dtype=torch.int64, device=device)
-        same = prev is not None and np.array_equal(prev_classes, self.classes_) and len(prev) == \
-            (1 if len(self.classes_) == 2 else len(self.classes_)) * (X.shape[1] + 1)
+        same = prev is not None and prev_classes is not None and np.array_equal(prev_classes, self.classes_) and \
+            len(prev) == (1 if len(self.classes_) == 2 else len(self.classes_)) * (X.shape[1] + 1)
         params, n_iter = fit_logistic(Xt, yt, len(self.classes_), float(self.C), init=prev if same else None,
                                       max_iter=self.max_iter, tol=self.tol)
         self._params = params.cpu()

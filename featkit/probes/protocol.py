@@ -4,9 +4,10 @@ Choose C on a log grid by the validation metric (the official val split; else, f
 ``CV_MAX_ROWS`` rows, the mean over stratified k folds of train; else a stratified seeded split carved from train),
 refit on train + val with that C, report on test. The folds are there because one carved split of a small
 dataset is too noisy to choose by: on the 245 ants/bees training photos a 49-image split chose C = 3e-5 (0.78 on
-test) where 5-fold cross-validation chooses 3e-3 to 2e-2 (0.86-0.87) for every seed tried. The whole grid is searched (no coarse-to-fine: that
-only provably finds the same optimum when the validation curve is unimodal, which it need not be); fits are
-warm-started from the previous, more regularised, solution, which keeps the sweep cheap.
+test) where 5-fold cross-validation chooses 3e-3 to 2e-2 (0.86-0.87) for every seed tried. The whole grid is
+searched (no coarse-to-fine: that only provably finds the same optimum when the validation curve is unimodal,
+which it need not be); fits are warm-started from the previous, more regularised, solution, which keeps the sweep
+cheap.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def _sweep(probe_params: dict, grid: np.ndarray, X_train, y_train, X_val, y_val,
         X_train = ((np.asarray(X_train, dtype=np.float64) - mean) / scale).astype(dtype, copy=False)
         X_val = ((np.asarray(X_val, dtype=np.float64) - mean) / scale).astype(dtype, copy=False)
     probe = LinearProbe(warm_start=True, standardize=False, **params)
-    scores = []
+    scores: list[float] = []
     for C in grid:
         probe.set_params(C=float(C)).fit(X_train, y_train)
         if not scores:
@@ -224,8 +225,19 @@ def run_linear_probe(train_X, train_y, test_X, test_y, *, val=None, grid=DEFAULT
     """Run the full protocol: :func:`select_C`, refit on train + val with the chosen C, evaluate on test.
 
     Args:
+        train_X: training features, one row per image.
+        train_y: training labels.
+        test_X: test features.
+        test_y: test labels (every one must occur in the training labels).
         val: ``(X_val, y_val)``, an official validation split; None: cross-validate or carve one from train
             (``folds``, see :func:`select_C`).
+        grid: the C values to sweep (sorted ascending; ties go to the smaller C).
+        metric: what chooses C on validation: ``accuracy`` or ``mean_per_class``.
+        val_fraction: the stratified share of train held out for validation when there is no ``val`` and one
+            split is carved (``folds`` = 1).
+        folds: without ``val``, ``"auto"`` or the number of stratified folds of train to score each C on
+            (1: one carved split; see :func:`select_C`).
+        seed: seeds the folds or the carved split.
         probe_params: passed to :class:`LinearProbe` (device, dtype, max_iter, ...).
     """
     start = time.perf_counter()

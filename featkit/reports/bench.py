@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -18,8 +19,10 @@ def to_frame(rows) -> pd.DataFrame:
 def to_markdown(frame: pd.DataFrame) -> str:
     """One line per (dataset, model, tap) with the score in percent, C, sizes and where features came from."""
     head = ["dataset", "model", "tap", "dims", "probe", "metric", "score", "top-5", "C", "train", "test", "features"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if h in ("dims", "score", "top-5", "C", "train", "test")
-                                                            else "---" for h in head) + "|"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---:" if h in ("dims", "score", "top-5", "C", "train", "test") else "---"
+                            for h in head) + "|"]
+    r: Any  # a row's fields are the frame's columns, whose types pandas-stubs cannot know
     for r in frame.itertuples():
         c = "-" if pd.isna(r.best_C) else f"{r.best_C:.3g}"
         top5 = f"{r.top5:.1%}" if r.classes > 5 else "-"  # 100 % by definition with 5 classes or fewer

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from typing import Any
 
 import pandas as pd
 
@@ -55,9 +56,11 @@ def search_page(results: pd.DataFrame, *, title: str, score_name: str = "cosine"
         parts.append('<section class="query"><div class="row">')
         parts.append(_figure(query, "<b>query</b>", "q") if isinstance(query, str)
                      else f'<figure class="q"><b>query vector {html.escape(str(query))}</b></figure>')
+        hit: Any  # a row's fields are the frame's columns, whose types pandas-stubs cannot know
         for hit in hits.sort_values("rank").itertuples():
             label = "" if pd.isna(hit.label) else f" · {html.escape(str(hit.label))}"
-            parts.append(_figure(hit.path, f'#{hit.rank} <span class="score">{score_name} {hit.score:.3f}</span>{label}'))
+            parts.append(_figure(hit.path,
+                                 f'#{hit.rank} <span class="score">{score_name} {hit.score:.3f}</span>{label}'))
         parts.append("</div></section>")
     parts.append("</body></html>\n")
     return "".join(parts)

@@ -104,7 +104,8 @@ class FeatureStore:
     def features(self, tap: str) -> TapArray:
         if tap not in self.manifest["taps"]:
             raise unknown("tap", tap, self.taps, context=f"the store {self.root}")
-        arrays = [np.load(self.root / fmt.feature_path(tap, s["index"]), mmap_mode="r") for s in self.manifest["shards"]]
+        arrays = [np.load(self.root / fmt.feature_path(tap, s["index"]), mmap_mode="r")
+                  for s in self.manifest["shards"]]
         return TapArray(arrays, self._live)
 
     def __getitem__(self, tap: str) -> TapArray:

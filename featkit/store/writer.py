@@ -40,12 +40,13 @@ class StoreWriter:
     def __init__(self, root: str | os.PathLike, settings: StoreSettings, *, overwrite: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.root / ".lock", "a+")
+        self._lock = open(self.root / ".lock", "a+")  # noqa: SIM115 - the lock is held open for the writer's lifetime
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise StoreError(f"Another featkit process is writing to {self.root}; wait for it or use another -o.") from None
+            raise StoreError(f"Another featkit process is writing to {self.root}; "
+                             f"wait for it or use another -o.") from None
         try:
             self.manifest = self._open(settings, overwrite)
         except BaseException:
@@ -83,7 +84,8 @@ class StoreWriter:
         """Every input already handled (path, bytes, mtime_ns, row; row = -1 for a recorded failure)."""
         frames = []
         for shard in self.manifest["shards"]:
-            meta = pd.read_parquet(self.root / fmt.metadata_path(shard["index"]), columns=["path", "bytes", "mtime_ns", "row"])
+            meta = pd.read_parquet(self.root / fmt.metadata_path(shard["index"]),
+                                   columns=["path", "bytes", "mtime_ns", "row"])
             fail = pd.read_parquet(self.root / fmt.failures_path(shard["index"]), columns=["path", "bytes", "mtime_ns"])
             frames += [meta, fail.assign(row=-1)]
         if not frames:
