@@ -18,7 +18,7 @@ REQUIRED = {
 }  # fmt: skip
 MEAN_PER_CLASS = {"caltech101", "flowers102", "oxford_iiit_pet", "fgvc_aircraft"}
 NO_OFFICIAL_SPLIT = {"caltech101", "eurosat", "digits"}
-REPO_CARDS = Path(__file__).resolve().parents[1] / "data_cards"
+REPO_CARDS = Path(__file__).resolve().parents[1] / "featkit" / "data_cards"
 
 
 @pytest.fixture(scope="module")

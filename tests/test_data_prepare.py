@@ -24,7 +24,7 @@ from featkit.datasets.cards import ENV_VAR as CARDS_ENV
 from featkit.datasets.cards import get_card
 from featkit.errors import InputError
 
-REPO_CARDS = Path(__file__).resolve().parents[1] / "data_cards"
+REPO_CARDS = Path(__file__).resolve().parents[1] / "featkit" / "data_cards"
 
 
 @pytest.fixture(autouse=True)

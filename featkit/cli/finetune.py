@@ -22,7 +22,7 @@ def recipes() -> None:
     console = make_console()
     paths = recipe_paths()
     if not paths:
-        raise FeatkitError("No recipes found (looked in $FEATKIT_RECIPES and the repository's recipes/).")
+        raise FeatkitError("No recipes found (looked in $FEATKIT_RECIPES and featkit/recipes/ in the package).")
     width = max(map(len, paths))
     for name, path in paths.items():
         r = load_recipe(path)

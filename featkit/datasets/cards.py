@@ -1,9 +1,8 @@
 """Data cards: one Markdown file with YAML front matter per dataset, read into a frozen :class:`DataCard`.
 
-The canonical cards live in the repository's top-level ``data_cards/`` folder. :func:`card_dirs` says where
-they are looked for: the folders in ``$FEATKIT_DATA_CARDS`` (``os.pathsep``-separated) first, then
-``data_cards/`` next to the ``featkit`` package (a source checkout or an editable install). A card found
-earlier in that order shadows a later one of the same name.
+The canonical cards ship inside the package, in ``featkit/data_cards/``. :func:`card_dirs` says where they are
+looked for: the folders in ``$FEATKIT_DATA_CARDS`` (``os.pathsep``-separated) first, then the package's own. A
+card found earlier in that order shadows a later one of the same name.
 
 Every problem with a card is an :class:`~featkit.errors.InputError` whose one line names the file and the key.
 """
@@ -234,7 +233,7 @@ def load_card(path: str | Path) -> DataCard:
 
 
 def card_dirs() -> list[Path]:
-    """The folders searched for cards, in order: ``$FEATKIT_DATA_CARDS`` entries, then the repo's ``data_cards/``."""
+    """The folders searched for cards, in order: ``$FEATKIT_DATA_CARDS`` entries, then ``featkit/data_cards/``."""
     return search_dirs(ENV_VAR, "data_cards")
 
 
@@ -246,7 +245,7 @@ def _card_paths() -> dict[str, Path]:
                 found.setdefault(path.stem, path)
     if not found:
         raise InputError(
-            f"No data cards found (looked in ${ENV_VAR} and the repository's data_cards/). "
+            f"No data cards found (looked in ${ENV_VAR} and featkit/data_cards/ in the package). "
             f"Set {ENV_VAR} to the folder that holds the *.md cards."
         )
     return found

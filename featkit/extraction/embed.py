@@ -41,7 +41,7 @@ FAILURE_COLUMNS = ["position", "path", "reason", "message"]
 def resolve_taps(model: str, names: Sequence[str]) -> list[TapSpec]:
     """The taps of ``model`` that ``names`` (names or aliases) stand for, in order, each once.
 
-    (Default: its default tap.)
+    No names stand for the model's default tap.
     """
     spec = describe(model)
     taps: list[TapSpec] = []

@@ -2,8 +2,8 @@
 
 Every problem is a one-line :class:`RecipeError` naming the file and the dotted key. ``--set key=value``
 overrides are parsed by the type of the field they set (``optim.lr=0.05``, ``optim.nesterov=true``).
-Recipes are looked up in ``$FEATKIT_RECIPES`` (``os.pathsep``-separated folders) first, then in the
-repository's ``recipes/`` folder (a source checkout or an editable install), like the data cards.
+Recipes are looked up in ``$FEATKIT_RECIPES`` (``os.pathsep``-separated folders) first, then in the package's own
+``featkit/recipes/`` (shipped in the wheel), like the data cards.
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def recipe_dirs() -> list[Path]:
-    """Folders searched for recipes, in order: ``$FEATKIT_RECIPES`` entries, then the repo's ``recipes/``."""
+    """Folders searched for recipes, in order: ``$FEATKIT_RECIPES`` entries, then ``featkit/recipes/``."""
     return search_dirs(ENV_VAR, "recipes")
 
 
