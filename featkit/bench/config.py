@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featkit.choices import Pool, Precision, ProbeKind
-from featkit.errors import FeatkitError, check_choice, check_int
+from featkit.errors import FeatkitError, check_choice, check_int, invalid_parameter
 
 
 def parse_grid(text: str) -> tuple[float, ...]:
@@ -20,8 +20,10 @@ def parse_grid(text: str) -> tuple[float, ...]:
             return tuple(float(c) for c in np.logspace(np.log10(float(low)), np.log10(float(high)), int(n)))
         return tuple(float(c) for c in text.split(",") if c.strip())
     except ValueError:
-        raise FeatkitError(f"--grid must be LOW:HIGH:N (e.g. 1e-6:1e5:45) or C values separated by commas. "
-                           f"Got '{text}'.") from None
+        raise invalid_parameter("grid", "bench", "LOW:HIGH:N (e.g. 1e-6:1e5:45) or C values separated by commas",
+                                text) from None
+
+
 CACHE_ENV = "FEATKIT_CACHE"
 
 
@@ -79,7 +81,7 @@ class BenchConfig:
         object.__setattr__(self, "pool", check_choice("pool", self.pool, Pool, "bench"))
         object.__setattr__(self, "precision", check_choice("precision", self.precision, Precision, "bench"))
         if any(not 0 < c < float("inf") for c in self.grid):
-            raise FeatkitError(f"Every C of the grid must be a finite number > 0. Got {list(self.grid)}.")
+            raise invalid_parameter("grid", "bench", "finite numbers > 0", list(self.grid))
         if self.per_class is not None:
             check_int("per_class", self.per_class, "bench (train and test need images)", minimum=2)
 

@@ -20,7 +20,7 @@ from typing import IO, cast
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from featkit.errors import FeatkitError
+from featkit.errors import FeatkitError, check_int
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -334,10 +334,9 @@ def _accepts(accept, prefix: bytes) -> bool:
 
 
 def _check_args(max_pixels: int, min_side: int | None) -> None:
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
-    if min_side is not None and min_side < 1:
-        raise ValueError(f"min_side must be >= 1 or None, got {min_side}")
+    check_int("max_pixels", max_pixels, "decode", minimum=1)  # a ParameterError is a ValueError
+    if min_side is not None:
+        check_int("min_side", min_side, "decode", minimum=1)
 
 
 def _kind(mode: int) -> str:

@@ -49,7 +49,8 @@ def parse_bytes(text: str) -> int:
     """``"8GB"``, ``"512MiB"``, ``"2g"`` or a plain number of bytes."""
     match = _SIZE.match(str(text))
     if not match or match.group(2).lower() not in _UNITS:
-        raise SearchIndexError(f"The max memory must be a size like 8GB, 512MiB or 2000000000. Got '{text}' instead.")
+        raise invalid_parameter("max_memory", "index build", "a size like 8GB, 512MiB or 2000000000", text,
+                                error=SearchIndexError)
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
