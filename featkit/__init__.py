@@ -12,6 +12,7 @@ from featkit.errors import FeatkitError  # noqa: E402
 _LAZY = {
     "extract": "featkit.api",
     "embed": "featkit.extraction.embed",
+    "Embedder": "featkit.extraction.embed",
     "Embedding": "featkit.extraction.embed",
     "StoreSettings": "featkit.store.settings",
     "describe": "featkit.backbones.registry",
@@ -22,8 +23,8 @@ _LAZY = {
     "open_features": "featkit.store.reader",
 }
 
-__all__ = ["Embedding", "ExtractConfig", "FeatkitError", "FeatureStore", "Index", "StoreSettings", "describe", "embed",
-           "extract", "list_backbones", "open_features"]
+__all__ = ["Embedder", "Embedding", "ExtractConfig", "FeatkitError", "FeatureStore", "Index", "StoreSettings",
+           "describe", "embed", "extract", "list_backbones", "open_features"]
 
 
 def __getattr__(name: str):

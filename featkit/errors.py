@@ -94,6 +94,13 @@ def check_int(name: str, value: Any, owner: str, *, minimum: int | None = None,
                             error=error)
 
 
+def check_bool(name: str, value: Any, owner: str, *, error: type[FeatkitError] = ParameterError) -> bool:
+    """``value`` if it is a bool (numpy's too); 0 and 1 are not taken for False and True."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise invalid_parameter(name, owner, "a bool", value, error=error)
+
+
 def check_float(name: str, value: Any, owner: str, *, low: float, high: float, closed: str = "neither",
                 error: type[FeatkitError] = ParameterError) -> float:
     """``value`` if it is a real number (not a bool) in the range from ``low`` to ``high``.

@@ -10,6 +10,7 @@ import tempfile
 
 import numpy as np
 import pytest
+from helpers import write_images
 from PIL import Image
 
 import featkit
@@ -109,3 +110,20 @@ def test_a_search_by_image_writes_no_file_anywhere(tiny_folder, tmp_path):
     assert (set(os.listdir(tempfile.gettempdir())) == tmp_before
             and sorted(p.name for p in tmp_path.rglob("*")) == tree_before)
     assert hits["path"].iloc[0] == str(query) and hits["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_embed_breaks_batches_where_the_store_breaks_shards_and_takes_any_iterable(tmp_path):
+    folder = write_images(tmp_path / "imgs", classes=2, per_class=8, size=(96, 80))
+    opts = {**FAST, "layers": "fire9", "pool": "avg", "batch_size": 4, "shard_rows": 5}  # 5 is no multiple of 4
+    featkit.extract(folder, tmp_path / "s", **opts)
+    emb = featkit.embed((p for p in sorted(folder.rglob("*.png"))), **opts)  # a generator of paths
+    stored = featkit.open_features(tmp_path / "s")
+    assert emb.names == stored.rows["path"].tolist()
+    np.testing.assert_array_equal(emb["fire9"], np.asarray(stored["fire9"]))
+
+
+def test_options_that_reach_the_manifest_are_checked_at_the_edge(tiny_folder, tmp_path):
+    for bad in ({"l2": 1}, {"draft": "yes"}, {"seed": 2.5}):
+        with pytest.raises(featkit.FeatkitError, match=f"The '{next(iter(bad))}' parameter of extract must be"):
+            featkit.extract(tiny_folder, tmp_path / "s", **{**FAST, **bad})
+    assert not (tmp_path / "s").exists()

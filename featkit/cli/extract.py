@@ -16,6 +16,7 @@ from featkit.cli._options import (
     ModelOpt,
     PoolOpt,
     PrecisionOpt,
+    QuietOpt,
     WeightsOpt,
 )
 from featkit.extraction.config import DEFAULT_MODEL, ExtractConfig
@@ -67,7 +68,7 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed for --weights random.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made with other settings.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Extract features of one or more taps for every image into a feature store.
 

@@ -10,12 +10,12 @@ import typer
 
 from featkit.choices import ProbeKind, SelectionMetric
 from featkit.cli._console import console as make_console
-from featkit.cli._options import JsonOpt
+from featkit.cli._options import JsonOpt, TapOpt
 
 
 def probe(
     store: Annotated[Path, typer.Argument(help="Feature store (its split column decides train/val/test).")],
-    tap: Annotated[str, typer.Option("--tap", "-t", help="Tap to probe (default: the store's only tap).")] = "",
+    tap: TapOpt = None,
     test: Annotated[Path | None, typer.Option(
         "--test", help="A separate test store (STORE is then all train).")] = None,
     kind: Annotated[ProbeKind, typer.Option(

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "FEATKIT_DATA"
 MARKER = ".prepared.json"  # a visible top-level file would stop the extractor reading split folders
-FORMAT = 1
+FORMAT = 2  # 2: digits' --per-class copies take the first N of each carved split (1 took them before carving)
 FOLDER_SPLITS = ("train", "val", "test")
 
 

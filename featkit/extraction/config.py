@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from featkit.backbones.spec import TapSpec
 from featkit.choices import DType, Pool, Precision
-from featkit.errors import check_choice, check_int
+from featkit.errors import check_bool, check_choice, check_int
 from featkit.store.settings import StoreSettings, TapRecord, WeightsRecord
 
 if TYPE_CHECKING:
@@ -73,21 +75,24 @@ class ExtractConfig:
         # choices are kept as plain strings (an enum member is accepted), so they compare and serialise as text
         for name, choices in (("pool", Pool), ("dtype", DType), ("precision", Precision)):
             object.__setattr__(self, name, check_choice(name, getattr(self, name), choices, "extract"))
+        # plain Python values: they go into the store's manifest, which is read back strictly
         for name in ("batch_size", "shard_rows"):
-            check_int(name, getattr(self, name), "extract", minimum=1)
+            object.__setattr__(self, name, check_int(name, getattr(self, name), "extract", minimum=1))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, "extract"))
         if self.workers is not None:
-            check_int("workers", self.workers, "extract", minimum=0)
+            object.__setattr__(self, "workers", check_int("workers", self.workers, "extract", minimum=0))
+        for name in ("l2", "draft", "overwrite", "download"):
+            object.__setattr__(self, name, check_bool(name, getattr(self, name), "extract"))
         if isinstance(self.taps, str):  # a single tap name, not its letters
             object.__setattr__(self, "taps", (self.taps,))
 
 
 SHARD_BYTES = 512 * 2**20  # a shard is held in memory until it is committed
-_ITEMSIZE = {"float32": 4, "float16": 2}
 
 
 def rows_per_shard(cfg: ExtractConfig, taps: list[TapSpec]) -> int:
     """``cfg.shard_rows``, lowered for huge rows (e.g. flattened early conv maps) so a shard fits in memory."""
-    row_bytes = sum(t.dims(cfg.pool) for t in taps) * _ITEMSIZE[cfg.dtype]
+    row_bytes = sum(t.dims(cfg.pool) for t in taps) * np.dtype(cfg.dtype).itemsize
     return max(1, min(cfg.shard_rows, SHARD_BYTES // max(1, row_bytes)))
 
 

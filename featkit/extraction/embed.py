@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -100,6 +100,15 @@ class Embedder:
             probe = torch.zeros(1, 3, crop, crop, device=self.runtime.device)
             return {k: int(v.shape[1]) for k, v in self.extractor(probe).items()}
 
+    def decoders(self, n: int) -> int:
+        """Decoder processes for ``n`` images.
+
+        The configured number (or the device's default), none for fewer than a batch (starting processes would
+        cost more than they save), at most one per batch.
+        """
+        workers = default_workers(self.runtime.device.type) if self.config.workers is None else self.config.workers
+        return min(workers, n // self.config.batch_size)
+
     def batches(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
                 boundary: int | None = None, progress: bool = False) -> Iterator[EmbeddedBatch]:
         """Decode, crop and forward ``sources`` in batches of ``config.batch_size`` good images, in input order.
@@ -113,13 +122,8 @@ class Embedder:
         """
         cfg = self.config
         n = len(sources)
-        if names is None:
-            names = [os.fsdecode(s) if isinstance(s, (str, os.PathLike)) else f"<image {i}>"
-                     for i, s in enumerate(sources)]
-        workers = default_workers(self.runtime.device.type) if cfg.workers is None else cfg.workers
-        # a few queries are decoded in this process: starting decoder processes would cost more than they save
-        workers = min(workers, n // cfg.batch_size)
-        loader = make_loader(sources, range(n), self.preprocess, chunk=cfg.batch_size, workers=workers,
+        names = _names(sources) if names is None else names
+        loader = make_loader(sources, range(n), self.preprocess, chunk=cfg.batch_size, workers=self.decoders(n),
                              pin_memory=self.runtime.is_cuda, draft=cfg.draft, names=names)
         pixels: list[torch.Tensor] = []
         positions: list[int] = []
@@ -160,14 +164,16 @@ class Embedder:
 
     def __call__(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
                  progress: bool = False) -> Embedding:
-        """Embed ``sources`` and collect the vectors of every tap (rows: the images that decoded, in order)."""
-        if names is None:
-            names = [os.fsdecode(s) if isinstance(s, (str, os.PathLike)) else f"<image {i}>"
-                     for i, s in enumerate(sources)]
+        """Embed ``sources`` and collect the vectors of every tap (rows: the images that decoded, in order).
+
+        Batches break where a store's shards would, so the vectors are bitwise those a store made with the same
+        settings and batch size holds.
+        """
+        names = _names(sources) if names is None else names
         parts: dict[str, list[np.ndarray]] = {t.name: [] for t in self.taps}
         positions: list[int] = []
         failures: list[tuple[int, str, str]] = []
-        for batch in self.batches(sources, names=names, progress=progress):
+        for batch in self.batches(sources, names=names, boundary=self.settings.shard_rows, progress=progress):
             for tap, array in batch.features.items():
                 parts[tap].append(array)
             positions += batch.positions
@@ -178,6 +184,23 @@ class Embedder:
         fails = pd.DataFrame([(p, names[p], r, m) for p, r, m in failures], columns=FAILURE_COLUMNS)
         return Embedding(features, np.asarray(positions, dtype=np.int64), [names[p] for p in positions], fails,
                          self.settings)
+
+    def embed(self, images: ImageSource | Iterable[ImageSource], *, progress: bool = False) -> Embedding:
+        """Like calling the embedder, after listing folders into their image files (:func:`expand_sources`).
+
+        Names that could not even be listed are among the failures, with position -1.
+        """
+        sources, names, unlisted = expand_sources(images)
+        result = self(sources, names=names, progress=progress)
+        if len(unlisted):
+            extra = unlisted.assign(position=-1)[FAILURE_COLUMNS]
+            result = dataclasses.replace(result, failures=pd.concat([result.failures, extra], ignore_index=True))
+        return result
+
+
+def _names(sources: Sequence[ImageSource]) -> list[str]:
+    """How failures and rows call each source: a path is its own name, in-memory images are ``<image N>``."""
+    return [os.fsdecode(s) if isinstance(s, (str, os.PathLike)) else f"<image {i}>" for i, s in enumerate(sources)]
 
 
 @dataclass(frozen=True)
@@ -213,20 +236,21 @@ class Embedding(Mapping[str, np.ndarray]):
                 f"{self.settings.weights.id}: {taps})")
 
 
-def expand_sources(images: ImageSource | Sequence[ImageSource]) -> tuple[list[ImageSource], list[str], pd.DataFrame]:
+def expand_sources(images: ImageSource | Iterable[ImageSource]) -> tuple[list[ImageSource], list[str], pd.DataFrame]:
     """Folders become their image files (as ``featkit extract`` lists them), in order; other sources stay.
 
     Returns:
         The sources, their names (paths, or ``<image N>``) and the names that could not be listed
         (path, reason, message).
     """
+    from PIL import Image
+
     from featkit.data.sources import is_list_file, list_inputs
 
-    items: list[ImageSource]
-    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or not isinstance(images, Sequence):
-        items = [images]
-    else:
-        items = list(cast(Sequence[ImageSource], images))  # str and the bytes-likes were taken above
+    one = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
+    # one image, or a collection of them: a list, a generator (Path.glob), a set...
+    single = isinstance(images, one) or not isinstance(images, Iterable)
+    items: list[ImageSource] = [cast(ImageSource, images)] if single else list(cast(Iterable[ImageSource], images))
     sources: list[ImageSource] = []
     names: list[str] = []
     bad: list[pd.DataFrame] = []
@@ -266,7 +290,7 @@ def config_for(settings: StoreSettings, *, taps: Sequence[str] | None = None,
                          batch_size=batch_size, device=device, download=False)
 
 
-def embed(images: ImageSource | Sequence[ImageSource], *, model: str = DEFAULT_MODEL, weights: str = "imagenet",
+def embed(images: ImageSource | Iterable[ImageSource], *, model: str = DEFAULT_MODEL, weights: str = "imagenet",
           layers: str | Sequence[str] = (), pool: str = "none", progress: bool = False, **options) -> Embedding:
     """Vectors of ``layers`` of ``model`` for ``images``, in memory (nothing is written).
 
@@ -289,10 +313,5 @@ def embed(images: ImageSource | Sequence[ImageSource], *, model: str = DEFAULT_M
     """
     taps = (layers,) if isinstance(layers, str) else tuple(layers)
     config = ExtractConfig(model=model, taps=taps, weights=weights, pool=pool, **options)
-    sources, names, unlisted = expand_sources(images)
-    result = Embedder(config)(sources, names=names, progress=progress)
-    if len(unlisted):
-        extra = unlisted.assign(position=-1)[FAILURE_COLUMNS]
-        result = dataclasses.replace(result, failures=pd.concat([result.failures, extra], ignore_index=True))
-    return result
+    return Embedder(config).embed(images, progress=progress)
 

@@ -21,7 +21,7 @@ import pandas as pd
 from featkit._versions import library_versions
 from featkit.backbones.weights import WeightsInfo
 from featkit.data.sources import list_inputs
-from featkit.extraction.config import ExtractConfig, default_workers
+from featkit.extraction.config import ExtractConfig
 from featkit.extraction.embed import Embedder
 from featkit.store.writer import StoreWriter
 
@@ -128,7 +128,7 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
         runtime = embedder.runtime
         writer.begin_run({"inputs": [str(i) for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
                           "device": runtime.describe(), "batch_size": cfg.batch_size,
-                          "workers": default_workers(runtime.device.type) if cfg.workers is None else cfg.workers,
+                          "workers": embedder.decoders(len(pending)),
                           "versions": library_versions(), "to_compute": len(pending), "unchanged": unchanged,
                           "changed": changed, "removed": removed})
         shard_rows = embedder.settings.shard_rows

@@ -15,8 +15,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from featkit._faiss import faiss
-from featkit.errors import SearchIndexError, check_float, check_int
-from featkit.extraction.embed import Embedder, Embedding, config_for, expand_sources
+from featkit.errors import SearchIndexError, StoreError, check_float, check_int
+from featkit.extraction.embed import Embedder, Embedding, config_for
 from featkit.index import gpu
 from featkit.index import manifest as files
 from featkit.index.exact import exact_knn, faiss_metric, prepare
@@ -64,8 +64,11 @@ class Index:
         self.path = path
         where = f"{path / files.MANIFEST}" if path is not None else "the index manifest"
         source = manifest.get("source")
-        self.settings = StoreSettings.from_json(source.get("settings") if isinstance(source, dict) else None, where,
-                                                field="source.settings")
+        try:
+            self.settings = StoreSettings.from_json(source.get("settings") if isinstance(source, dict) else None,
+                                                    where, field="source.settings")
+        except StoreError as exc:
+            raise SearchIndexError(f"{exc} Rebuild the index with featkit index build.") from None
         self._embedders: dict[tuple, Embedder] = {}  # loaded models for image queries, by (weights file, device)
         self._apply(self._cpu, manifest.get("search_params", {}))
 
@@ -259,12 +262,7 @@ class Index:
             An :class:`~featkit.extraction.embed.Embedding` of the indexed tap; ``failures`` lists the images that
             could not be read.
         """
-        sources, names, unlisted = expand_sources(images)
-        embedding = self.embedder(weights_file=weights_file, device=device)(sources, names=names, progress=progress)
-        if len(unlisted):
-            failures = pd.concat([embedding.failures, unlisted.assign(position=-1)], ignore_index=True)
-            embedding = dataclasses.replace(embedding, failures=failures)
-        return embedding
+        return self.embedder(weights_file=weights_file, device=device).embed(images, progress=progress)
 
     def search(self, queries, k: int = 10, *, params: dict | None = None, weights_file: str | os.PathLike | None = None,
                device: str = "auto") -> pd.DataFrame:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from featkit._atomic import write_bytes, write_json, writing
+from featkit._atomic import TMP_SUFFIX, write_bytes, write_json, writing
 from featkit._faiss import faiss
 from featkit.errors import SearchIndexError, WriteError
 from featkit.store.format import parquet_bytes
@@ -46,8 +46,6 @@ def _write_faiss(index: faiss.Index, path: Path) -> tuple[str, int]:
         with writing(path) as tmp:
             faiss.write_index(index, str(tmp))
             digest, size = _hash_file(tmp), tmp.stat().st_size
-    except WriteError as exc:
-        raise SearchIndexError(f"{exc} The previous index (if any) is intact.") from None
     except RuntimeError as exc:  # FAISS's own I/O errors
         raise SearchIndexError(f"Cannot write {path}: {exc}. The previous index (if any) is intact.") from None
     return digest, size
@@ -137,21 +135,25 @@ def save(root: Path, index: faiss.Index, ids: pd.DataFrame, manifest: dict) -> d
     Returns:
         The manifest as written (with ``files`` and ``generation`` filled in).
     """
-    root.mkdir(parents=True, exist_ok=True)
     previous = read_manifest(root) if (root / MANIFEST).exists() else None
     generation = (previous["generation"] + 1) if previous else 1
     index_name, ids_name = f"index-{generation:06d}.faiss", f"ids-{generation:06d}.parquet"
-    index_sha, index_bytes = _write_faiss(index, root / index_name)
     ids_data = parquet_bytes(ids[ID_COLUMNS])
-    ids_sha = write_bytes(root / ids_name, ids_data)
-    manifest = {**manifest, "format": FORMAT, "version": VERSION, "generation": generation,
-                "count": int(index.ntotal), "index_dim": int(index.d),
-                "files": {"index": {"name": index_name, "sha256": index_sha, "bytes": index_bytes},
-                          "ids": {"name": ids_name, "sha256": ids_sha, "bytes": len(ids_data)}}}
-    _commit(root, manifest)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        index_sha, index_bytes = _write_faiss(index, root / index_name)
+        ids_sha = write_bytes(root / ids_name, ids_data)
+        manifest = {**manifest, "format": FORMAT, "version": VERSION, "generation": generation,
+                    "count": int(index.ntotal), "index_dim": int(index.d),
+                    "files": {"index": {"name": index_name, "sha256": index_sha, "bytes": index_bytes},
+                              "ids": {"name": ids_name, "sha256": ids_sha, "bytes": len(ids_data)}}}
+        _commit(root, manifest)
+    except (WriteError, OSError) as exc:
+        detail = str(exc) if isinstance(exc, WriteError) else f"Cannot write {root}: {exc.strerror or exc}."
+        raise SearchIndexError(f"{detail} The previous index (if any) is intact.") from None
     keep = {index_name, ids_name, MANIFEST}
     for leftover in root.iterdir():  # older generations, and temp files of a save that was killed
-        if leftover.name not in keep and leftover.is_file() and (leftover.suffix in (".faiss", ".parquet", ".tmp")):
+        if leftover.name not in keep and leftover.is_file() and (leftover.suffix in (".faiss", ".parquet", TMP_SUFFIX)):
             leftover.unlink(missing_ok=True)
     return manifest
 

@@ -60,7 +60,7 @@ class StoreSettings:
         preprocess: resize, crop, normalisation.
         taps: the taps extracted, in order.
         pool, l2, dtype, precision, draft: how features were computed and stored (see ``featkit extract``).
-        fold_bn: BatchNorm folded into the preceding convolutions (always, since the first store format).
+        fold_bn: BatchNorm folded into the preceding convolutions (always, in stores written since it is recorded).
         shard_rows: rows per shard (0: not recorded, as in index manifests written before it was).
     """
 
@@ -79,6 +79,9 @@ class StoreSettings:
     @property
     def tap_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.taps)
+
+    def __getitem__(self, key: str):
+        raise TypeError(f"StoreSettings is a typed record: use settings.{key} (or settings.to_json()[{key!r}]).")
 
     def to_json(self) -> dict:
         """The manifest's ``settings`` object."""
@@ -161,8 +164,8 @@ def _parse(data: Any) -> StoreSettings:
     wid = _field(w, "id", str, "weights.")
     seed = _field(w, "seed", (int, type(None)), "weights.", default=None)
     if kind == "random" and seed is None:
-        legacy = _LEGACY_SEED.fullmatch(wid)  # schema 0 kept the seed in the id only
-        seed = int(legacy.group(1)) if legacy else 0
+        old_id = _LEGACY_SEED.fullmatch(wid)  # schema 0 kept the seed in the id only
+        seed = int(old_id.group(1)) if old_id else 0
     num_classes = _field(w, "num_classes", int, "weights.")
     if num_classes < 1:
         raise _Bad("weights.num_classes", f"must be >= 1, got {num_classes}")
@@ -182,6 +185,9 @@ def _parse(data: Any) -> StoreSettings:
         if not isinstance(tap, dict):
             raise _Bad(f"taps[{i}]", "must be an object with name and node")
         records.append(TapRecord(_field(tap, "name", str, f"taps[{i}]."), _field(tap, "node", str, f"taps[{i}].")))
+    if schema == 0:  # written before the schema: without some keys (computed unfolded, in fp32); 0/1 for booleans
+        data = {"fold_bn": False, "precision": "fp32", **data}
+        data |= {k: bool(data[k]) for k in ("l2", "draft", "fold_bn") if type(data.get(k)) is int and data[k] in (0, 1)}
     shard_rows = _field(data, "shard_rows", int, default=0)
     if shard_rows < 0:
         raise _Bad("shard_rows", f"must be >= 0, got {shard_rows}")
@@ -191,7 +197,7 @@ def _parse(data: Any) -> StoreSettings:
         preprocess=preprocess, taps=tuple(records), pool=_choice(data, "pool", values(Pool)),
         l2=_field(data, "l2", bool), dtype=_choice(data, "dtype", values(DType)),
         precision=_choice(data, "precision", values(Precision)), draft=_field(data, "draft", bool),
-        fold_bn=_field(data, "fold_bn", bool, default=True), shard_rows=shard_rows,
+        fold_bn=_field(data, "fold_bn", bool), shard_rows=shard_rows,
     )
 
 

@@ -65,6 +65,8 @@ class StoreWriter:
                         "failures": 0, "shards": [], "stale_rows": [], "runs": []}
         else:
             manifest = found[0]
+            manifest.setdefault("stale_rows", [])  # absent from stores written before they were recorded
+            manifest.setdefault("runs", [])
         manifest["settings"] = settings.to_json()  # the same settings, in this featkit's schema
         self.settings = settings
         for leftover in self.root.rglob(f"*{TMP_SUFFIX}"):  # a kill mid-write leaves these; they were never committed
