@@ -8,6 +8,7 @@ photo, against a flat index of 64 such images, the median over ``--repeats`` run
 * **forward**: the model on that one pre-decoded crop (featkit's engine, normalisation included);
 * **search, warm**: ``Index.search("query.jpg", k=10)`` on an index whose model is already loaded (the first
   search loads it; ``featkit serve`` loads it at start): listing, decoding, forward, FAISS search, result table;
+  decode, forward and warm search run in turn in one loop, so that all three see the same machine;
 * **search, cold**: ``Index.open`` + the first search, model loading included (what one ``featkit search`` pays);
 * **before** (featkit ≤ 0.1's path, kept here only to compare): the query extracted into a temporary feature
   store on disk with every tap the store had, re-opened, then searched; it loaded the model on every query.
@@ -55,6 +56,18 @@ def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def interleaved(steps: dict, repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds of each step, the steps run in turn ``repeats`` times after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup + repeats):
+        for name, fn in steps.items():
+            start = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def before(index: Index, query: Path, store_taps: tuple[str, ...], work: Path) -> None:
     """The search path this benchmark replaces: a temporary store on disk, every tap, the model loaded per query."""
     s = index.settings
@@ -82,9 +95,12 @@ def measure(model: str, images: list[Path], query: Path, work: Path, repeats: in
     pre = embedder.preprocess
     crop, _ = load_crop(query, pre)
     batch = crop.unsqueeze(0)
-    decode = median_seconds(lambda: load_crop(query, pre), repeats)
-    forward = median_seconds(lambda: embedder.extractor(normalize_batch(batch, pre)), repeats)
-    warm = median_seconds(lambda: index.search(str(query), k=10, device="cpu"), repeats)
+    steps = {"decode": lambda: load_crop(query, pre),
+             "forward": lambda: embedder.extractor(normalize_batch(batch, pre)),
+             "warm": lambda: index.search(str(query), k=10, device="cpu")}
+    # interleaved, so that the three see the same machine (a 2-core machine's speed drifts from second to second)
+    times = interleaved(steps, repeats)
+    decode, forward, warm = (statistics.median(times[k]) for k in steps)
     old = median_seconds(lambda: before(index, query, store_taps, work), max(3, repeats // 6), warmup=1)
     return {"model": model, "tap": tap, "decode_ms": 1e3 * decode, "forward_ms": 1e3 * forward,
             "warm_ms": 1e3 * warm, "cold_ms": 1e3 * cold, "before_ms": 1e3 * old,

@@ -192,8 +192,8 @@ class Embedder:
         """
         sources, names, unlisted = expand_sources(images)
         result = self(sources, names=names, progress=progress)
-        if len(unlisted):
-            extra = unlisted.assign(position=-1)[FAILURE_COLUMNS]
+        if unlisted:
+            extra = pd.DataFrame([{"position": -1, **row} for row in unlisted], columns=FAILURE_COLUMNS)
             result = dataclasses.replace(result, failures=pd.concat([result.failures, extra], ignore_index=True))
         return result
 
@@ -236,12 +236,12 @@ class Embedding(Mapping[str, np.ndarray]):
                 f"{self.settings.weights.id}: {taps})")
 
 
-def expand_sources(images: ImageSource | Iterable[ImageSource]) -> tuple[list[ImageSource], list[str], pd.DataFrame]:
+def expand_sources(images: ImageSource | Iterable[ImageSource]) -> tuple[list[ImageSource], list[str], list[dict]]:
     """Folders become their image files (as ``featkit extract`` lists them), in order; other sources stay.
 
     Returns:
         The sources, their names (paths, or ``<image N>``) and the names that could not be listed
-        (path, reason, message).
+        (dicts of path, reason, message).
     """
     from PIL import Image
 
@@ -253,7 +253,7 @@ def expand_sources(images: ImageSource | Iterable[ImageSource]) -> tuple[list[Im
     items: list[ImageSource] = [cast(ImageSource, images)] if single else list(cast(Iterable[ImageSource], images))
     sources: list[ImageSource] = []
     names: list[str] = []
-    bad: list[pd.DataFrame] = []
+    unlisted: list[dict] = []
     for item in items:
         if isinstance(item, (str, os.PathLike)) and os.path.isfile(item) and not is_list_file(item):
             # one image file: as list_inputs would list it, without a table
@@ -264,11 +264,10 @@ def expand_sources(images: ImageSource | Iterable[ImageSource]) -> tuple[list[Im
             listing = list_inputs(item)
             sources += listing.table["path"].tolist()
             names += listing.table["path"].tolist()
-            bad.append(listing.bad_names)
+            unlisted += listing.bad_names.to_dict("records") if len(listing.bad_names) else []
         else:
             names.append(f"<image {len(sources)}>")
             sources.append(item)
-    unlisted = pd.concat(bad, ignore_index=True) if bad else pd.DataFrame(columns=["path", "reason", "message"])
     return sources, names, unlisted
 
 

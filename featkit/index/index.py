@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from featkit._faiss import faiss
 from featkit.errors import SearchIndexError, StoreError, check_float, check_int
-from featkit.extraction.embed import Embedder, Embedding, config_for
+from featkit.extraction.embed import FAILURE_COLUMNS, Embedder, Embedding, config_for
 from featkit.index import gpu
 from featkit.index import manifest as files
 from featkit.index.exact import exact_knn, faiss_metric, prepare
@@ -285,11 +285,11 @@ class Index:
             if not len(embedded.names):
                 raise SearchIndexError(f"None of the query images could be read ({len(embedded.failures)} skipped).")
             vectors = np.asarray(embedded[self.tap], dtype=np.float32)
-            names, failures = embedded.names, embedded.failures[["path", "reason", "message"]]
+            names, failures = embedded.names, embedded.failures
         else:
             vectors = np.asarray(queries, dtype=np.float32)
             vectors = vectors[None, :] if vectors.ndim == 1 else vectors
-            names, failures = list(range(len(vectors))), pd.DataFrame(columns=["path", "reason", "message"])
+            names, failures = list(range(len(vectors))), pd.DataFrame(columns=FAILURE_COLUMNS)
         scores, ids = self.search_vectors(vectors, k, params=params)
         table = self._table(names, scores, ids)
         table.attrs["failures"] = failures
