@@ -35,6 +35,15 @@ class Precision(StrEnum):
     fp16 = "fp16"
 
 
+class Layout(StrEnum):
+    """How a folder's subfolders give labels and splits."""
+
+    auto = "auto"
+    splits = "splits"
+    classes = "classes"
+    flat = "flat"
+
+
 class WeightsKind(StrEnum):
     """Where a backbone's weights come from."""
 

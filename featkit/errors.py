@@ -39,6 +39,10 @@ class WriteError(FeatkitError):
     """A file that cannot be written (disk full, quota, permissions); what was written before it is intact."""
 
 
+class Interrupted(FeatkitError):
+    """The user stopped a run (Ctrl-C); the message says what was saved and how to resume."""
+
+
 class InputError(FeatkitError):
     """Inputs (folders, list files) that cannot be read as asked."""
 

@@ -12,6 +12,7 @@ from corpus import write_bad_corpus, write_odd_but_good_corpus
 from helpers import store_bytes, write_images
 
 import featkit
+from featkit.errors import InputError
 
 FAST = dict(model="squeezenet1_1", weights="random", layers=["fire9"], pool="avg", workers=2, batch_size=4,
             device="cpu", shard_rows=5)
@@ -50,7 +51,8 @@ def test_a_list_file_of_every_bad_entry_records_each_with_its_reason(folders, tm
     _, mixed, expected = folders
     names = sorted(expected)
     (tmp_path / "list.txt").write_text("".join(f"{mixed / n}\n" for n in names))
-    featkit.extract(tmp_path / "list.txt", tmp_path / "s", **FAST)
+    with pytest.raises(InputError, match=f"^Nothing could be read: all {len(names)} files were skipped"):
+        featkit.extract(tmp_path / "list.txt", tmp_path / "s", **FAST)  # a non-zero exit, after recording them
     store = featkit.open_features(tmp_path / "s")
     assert len(store) == 0
     recorded = dict(zip(store.failures["path"].map(lambda p: Path(p).name), store.failures["reason"], strict=True))

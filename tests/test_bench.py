@@ -124,8 +124,10 @@ def test_bad_benchmarks_get_one_line_errors(dirs):
     with pytest.raises(InputError, match="does not exist"):
         run(datasets=("./no/such/folder",))
     write_images(dirs / "flat", classes=2, per_class=2)
-    with pytest.raises(InputError, match="no train split"):
+    with pytest.raises(InputError, match=r"bench reads .*/flat/train/CLASS/\* and .*/flat/test/CLASS/\* \(or val/\); "
+                                         r".*/flat holds c0, c1\."):
         run(datasets=(str(dirs / "flat"),), per_class=None)
+    assert not (dirs / "cache").exists() or not any((dirs / "cache").rglob("manifest.json"))  # checked up front
     with pytest.raises(FeatkitError, match="--models"):
         run(models=())
     with pytest.raises(FeatkitError, match="LOW:HIGH:N"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from featkit.data.sources import SPLIT_NAMES
 from featkit.errors import InputError
 
 
@@ -18,6 +19,21 @@ class BenchDataset:
     card: str  # the data card it follows ("imagefolder" for a user folder)
 
 
+def _check_split_folders(path: Path) -> None:
+    """Refuse a benchmark folder without train/ and test/ (or val/) folders of class folders.
+
+    Checked before any extraction, so a wrong folder costs no time.
+    """
+    entries = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+    has_classes = {name: (path / name).is_dir() and any(c.is_dir() for c in (path / name).iterdir())
+                   for name in entries if name in SPLIT_NAMES}
+    evaluated = [s for s in ("test", "val", "valid", "validation") if has_classes.get(s)]
+    if not has_classes.get("train") or not evaluated:
+        shown = ", ".join(entries[:6]) + (" ..." if len(entries) > 6 else "") or "nothing"
+        raise InputError(f"--datasets {path}: bench reads {path}/train/CLASS/* and {path}/test/CLASS/* (or val/); "
+                         f"{path} holds {shown}.")
+
+
 def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None, download: bool,
                     progress: bool = False) -> BenchDataset:
     """A card name is prepared (rendered, downloaded or verified) under ``data_root``; a folder is used as is."""
@@ -27,6 +43,7 @@ def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None
     if path.is_dir():
         if per_class is not None:
             raise InputError(f"--per-class applies to datasets featkit prepares, not to your folder {path}.")
+        _check_split_folders(path)
         return BenchDataset(path.name, path.absolute(), "accuracy", "imagefolder")
     if "/" in entry or entry.startswith("."):
         raise InputError(f"Dataset folder {entry} does not exist. Give a folder with train/ [val/] test/ sub-folders "

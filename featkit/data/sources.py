@@ -1,12 +1,14 @@
 """Turn what the user points at (folders, list files, image paths) into an ordered table of inputs.
 
-A folder is walked recursively in sorted order. ImageFolder layouts give labels: ``root/CLASS/*`` gives a
-label column; ``root/{train,val,test}/CLASS/*`` gives a split column and the label. Every regular file is
-listed (hidden files aside): whether it is an image is decided later by its content, not its extension.
+A folder is walked recursively in sorted order, symlinked folders followed (a symlink back to a folder above it
+is recorded, never followed). Its layout is decided once, before any work (see :func:`list_inputs`):
+``root/{train,val,test}/CLASS/*`` gives a split column and the label, ``root/CLASS/*`` a label column. Every file
+is listed (hidden files aside): whether it is an image is decided later by its content, not its extension.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -14,13 +16,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from featkit.errors import InputError
+from featkit.choices import Layout
+from featkit.errors import InputError, check_choice
+
+log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 PATH_COLUMNS = ("path", "filepath", "file", "filename", "image", "image_path")
 LABEL_COLUMNS = ("label", "class", "target", "category")
 LIST_SUFFIXES = (".csv", ".tsv", ".parquet", ".txt")
 COLUMNS = ["path", "label", "split", "bytes", "mtime_ns"]
+# only for deciding a folder's layout (is a file at its root an image, or a stray README?); whether a listed
+# file is an image is decided by its content
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".mpo")
 
 
 @dataclass(frozen=True)
@@ -47,31 +55,110 @@ def _utf8(name: str) -> bool:
         return False
 
 
-def _walk(root: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """(absolute path, path parts relative to root) for every non-hidden file, sorted, symlinked dirs not followed."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(root).parts
-        found += [(os.path.join(dirpath, f), (*rel, f)) for f in filenames if not f.startswith(".")]
-    return sorted(found, key=lambda item: item[1])
+def _walk(root: Path) -> tuple[list[tuple[str, tuple[str, ...]]], list[dict]]:
+    """Every non-hidden file under ``root``, symlinked folders followed (as torchvision's ImageFolder does).
+
+    Returns:
+        (path as walked under ``root``, its parts relative to ``root``), sorted by parts; and the folders not
+        entered because they are a symlink back to a folder above them (a loop), as failure records.
+    """
+    found: list[tuple[str, tuple[str, ...]]] = []
+    loops: list[dict] = []
+    stack: list[tuple[str, tuple[str, ...], frozenset[tuple[int, int]]]] = [
+        (str(root), (), frozenset({_identity(str(root))}))]
+    while stack:
+        folder, rel, above = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            loops.append({"path": folder, "reason": "unreadable", "message": f"{folder}: cannot list: {exc.strerror}"})
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if _is_dir(entry):
+                ident = _identity(entry.path)
+                if ident in above:
+                    loops.append({"path": entry.path, "reason": "symlink_loop",
+                                  "message": f"{entry.path}: a symlink to a folder above it; not followed"})
+                else:
+                    stack.append((entry.path, (*rel, entry.name), above | {ident}))
+            else:  # files, and anything else (broken symlinks, FIFOs): the decoder records what it is
+                found.append((entry.path, (*rel, entry.name)))
+    return sorted(found, key=lambda item: item[1]), loops
 
 
-def _folder_rows(root: Path) -> list[dict]:
-    files = _walk(root)
-    top_dirs = {parts[0] for _, parts in files if len(parts) > 1}
-    top_files = any(len(parts) == 1 for _, parts in files)
-    by_split = bool(top_dirs) and not top_files and top_dirs <= set(SPLIT_NAMES)
-    by_label = bool(top_dirs) and not top_files and not by_split
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:  # a symlink loop of its own, or a permission error
+        return False
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _looks_like_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _decide_layout(root: Path, files: list[tuple[str, tuple[str, ...]]], layout: str) -> tuple[str, list[str]]:
+    """The layout of ``root`` and the top-level entries it leaves out (said in one warning line)."""
+    top_dirs = sorted({parts[0] for _, parts in files if len(parts) > 1})
+    root_files = [parts[0] for _, parts in files if len(parts) == 1]
+    splits = [d for d in top_dirs if d in SPLIT_NAMES]
+    if layout == "auto":
+        if splits:
+            layout = "splits"
+        elif top_dirs and not any(_looks_like_image(f) for f in root_files):
+            layout = "classes"
+        else:
+            layout = "flat"
+            if top_dirs and root_files:
+                log.warning("%s holds images beside folders: listed as one set without labels (--layout classes "
+                            "takes the folder names as labels)", root)
+    elif layout == "splits" and not splits:
+        raise InputError(f"--layout splits: {root} has no split folders ({', '.join(SPLIT_NAMES)}); it holds "
+                         f"{_sample(top_dirs + root_files)}.")
+    elif layout == "classes" and not top_dirs:
+        raise InputError(f"--layout classes: {root} has no class folders; it holds {_sample(root_files)}.")
+    if layout == "splits":
+        left_out = [d + "/" for d in top_dirs if d not in SPLIT_NAMES] + root_files
+    elif layout == "classes":
+        left_out = root_files
+    else:
+        left_out = []
+    if left_out:
+        log.warning("%s: %s layout (%s); left out %s", root, layout,
+                    ", ".join(f"{d}/" for d in (splits if layout == "splits" else top_dirs)[:6]), _sample(left_out))
+    return layout, left_out
+
+
+def _sample(names: list[str], most: int = 5) -> str:
+    if not names:
+        return "nothing"
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+def _folder_rows(root: Path, layout: str) -> tuple[list[dict], list[dict]]:
+    files, loops = _walk(root)
+    layout, _ = _decide_layout(root, files, layout)
     rows = []
     for path, parts in files:
         label = split = None
-        if by_split:
+        if layout == "splits":
+            if parts[0] not in SPLIT_NAMES or len(parts) == 1:
+                continue
             split, label = parts[0], (parts[1] if len(parts) > 2 else None)
-        elif by_label:
+        elif layout == "classes":
+            if len(parts) == 1:
+                continue
             label = parts[0]
         rows.append({"path": path, "label": label, "split": split})
-    return rows
+    return rows, loops
 
 
 def _pick(columns: Iterable[str], wanted: Sequence[str]) -> str | None:
@@ -116,31 +203,39 @@ def is_list_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in LIST_SUFFIXES and os.path.isfile(path)
 
 
-def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> Listing:
+def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layout: str = "auto") -> Listing:
     """List the images a run will read, in a deterministic order.
 
     Args:
         inputs: a folder, a list file (``.csv``/``.tsv``/``.parquet`` with a path column and optional label
             and split columns; ``.txt`` with one path per line), an image path, or a sequence of these.
+        layout: how folders give labels and splits: ``auto`` (split folders if there are any, else class
+            folders, else one flat set), ``splits`` (ROOT/SPLIT/CLASS/*), ``classes`` (ROOT/CLASS/*) or ``flat``
+            (no labels). What a layout leaves out of a folder is said in one warning line.
 
     Raises:
-        InputError: an input does not exist or a list file cannot be read.
+        InputError: an input does not exist, a list file cannot be read, a folder does not have the layout
+            asked for, or there is nothing to read.
     """
+    layout = check_choice("layout", layout, Layout, "list_inputs", error=InputError)
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
         raise InputError("No inputs given: pass a folder, a list file (.csv/.parquet/.txt) or image paths.")
     rows: list[dict] = []
+    bad: list[dict] = []
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
-            rows += _folder_rows(p.absolute())
+            found, loops = _folder_rows(p.absolute(), layout)
+            rows += found
+            bad += loops
         elif is_list_file(p):
             rows += _list_file_rows(p)
         elif p.exists() or p.is_symlink():
             rows.append({"path": os.path.abspath(p), "label": None, "split": None})
         else:
             raise InputError(f"Input not found: {p}. Pass a folder, a list file (.csv/.parquet/.txt) or image paths.")
-    good, bad = [], []
+    good = []
     seen: set[str] = set()
     for row in rows:
         if not _utf8(row["path"]):
@@ -150,5 +245,8 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> List
             seen.add(row["path"])
             size, mtime = _stat(row["path"])
             good.append({**row, "bytes": size, "mtime_ns": mtime})
+    if not good and not bad:
+        where = ", ".join(str(i) for i in items[:3]) + (" ..." if len(items) > 3 else "")
+        raise InputError(f"No images in {where}: nothing to read (hidden files are skipped; a list file needs rows).")
     table = pd.DataFrame(good, columns=COLUMNS)
     return Listing(table, pd.DataFrame(bad, columns=["path", "reason", "message"]))

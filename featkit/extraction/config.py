@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featkit.backbones.spec import TapSpec
-from featkit.choices import DType, Pool, Precision
+from featkit.choices import DType, Layout, Pool, Precision
 from featkit.errors import check_bool, check_choice, check_int
 from featkit.store.settings import StoreSettings, TapRecord, WeightsRecord
 
@@ -53,6 +53,9 @@ class ExtractConfig:
         seed: seed of ``--weights random``.
         overwrite: replace a store made with other settings.
         download: allow downloading ImageNet weights into the torch hub cache.
+        layout: how input folders give labels and splits: ``auto``, ``splits``, ``classes`` or ``flat`` (see
+            :func:`featkit.data.sources.list_inputs`); it decides the rows, not the numbers, so stores don't record
+            it.
     """
 
     model: str = DEFAULT_MODEL
@@ -70,10 +73,11 @@ class ExtractConfig:
     seed: int = 0
     overwrite: bool = False
     download: bool = True
+    layout: str = "auto"
 
     def __post_init__(self) -> None:
         # choices are kept as plain strings (an enum member is accepted), so they compare and serialise as text
-        for name, choices in (("pool", Pool), ("dtype", DType), ("precision", Precision)):
+        for name, choices in (("pool", Pool), ("dtype", DType), ("precision", Precision), ("layout", Layout)):
             object.__setattr__(self, name, check_choice(name, getattr(self, name), choices, "extract"))
         # plain Python values: they go into the store's manifest, which is read back strictly
         for name in ("batch_size", "shard_rows"):

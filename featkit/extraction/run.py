@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pandas as pd
 from featkit._versions import library_versions
 from featkit.backbones.weights import WeightsInfo
 from featkit.data.sources import list_inputs
+from featkit.errors import InputError, Interrupted
 from featkit.extraction.config import ExtractConfig
 from featkit.extraction.embed import Embedder
 from featkit.store.writer import StoreWriter
@@ -101,6 +103,21 @@ class _ShardBuilder:
         self.features, self.positions, self.sizes = {}, [], []
 
 
+def _check_output(inputs, output: Path) -> None:
+    """Refuse a store path that is a file, or that lies inside a folder being read (it would list itself)."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o {output} is a file; give a folder for the feature store.")
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    target = os.path.realpath(output)
+    for item in items:
+        folder = Path(item).expanduser()
+        if folder.is_dir():
+            root = os.path.realpath(folder)
+            if os.path.commonpath([root, target]) == root:
+                raise InputError(f"-o {output} is inside the input folder {folder}: the store would be read as "
+                                 "input; put it outside.")
+
+
 def _plan(writer: StoreWriter, listing) -> tuple[pd.DataFrame, pd.DataFrame, int, int, int]:
     """Inputs still to compute (new or changed), failures to record, and counts of unchanged/changed/removed."""
     table = listing.table
@@ -119,8 +136,15 @@ def _plan(writer: StoreWriter, listing) -> tuple[pd.DataFrame, pd.DataFrame, int
 
 
 def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, progress: bool = False) -> ExtractResult:
-    """Extract ``cfg.taps`` of ``cfg.model`` for ``inputs`` into the store at ``output`` (resuming if it exists)."""
-    listing = list_inputs(inputs)
+    """Extract ``cfg.taps`` of ``cfg.model`` for ``inputs`` into the store at ``output`` (resuming if it exists).
+
+    Raises:
+        InputError: no inputs, ``output`` is a file or inside an input folder, or not one file could be read
+            (the failures are recorded in the store first).
+        Interrupted: Ctrl-C; committed shards stay and the same call resumes.
+    """
+    _check_output(inputs, Path(output))
+    listing = list_inputs(inputs, layout=cfg.layout)
     embedder = Embedder(cfg)
     start = time.perf_counter()
     with StoreWriter(output, embedder.settings, overwrite=cfg.overwrite) as writer:
@@ -133,12 +157,18 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
                           "changed": changed, "removed": removed})
         shard_rows = embedder.settings.shard_rows
         shards = _ShardBuilder(writer, pending, shard_rows)
-        failed = len(bad_names)
-        for batch in embedder.batches(pending["path"].tolist(), boundary=shard_rows, progress=progress):
-            shards.failures += batch.failures
-            failed += len(batch.failures)
-            if batch.positions:
-                shards.add(batch.features, batch.positions, batch.sizes)
+        reasons = Counter(bad_names["reason"])
+        try:
+            for batch in embedder.batches(pending["path"].tolist(), boundary=shard_rows, progress=progress):
+                shards.failures += batch.failures
+                reasons.update(f[1] for f in batch.failures)
+                if batch.positions:
+                    shards.add(batch.features, batch.positions, batch.sizes)
+        except KeyboardInterrupt:
+            raise Interrupted(f"Interrupted: {output} holds {writer.next_row:,} rows in committed shards "
+                              f"({shards.committed_rows:,} of them from this run; shards of {shard_rows:,} rows); "
+                              "rerun the same command to resume.") from None
+        failed = sum(reasons.values())
         dims = embedder.dims() if not shards.features and (len(bad_names) or shards.failures) else None
         shards.commit(final=True, extra_failures=bad_names, dims=dims)
         seconds = time.perf_counter() - start
@@ -147,6 +177,11 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
                 "images_per_s": round(computed / seconds, 2) if seconds else 0.0}
         writer.end_run(info)
         manifest = writer.manifest
+    if manifest["rows"] == 0 and failed:
+        why = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())
+        files = "the only file was" if failed == 1 else f"all {failed:,} files were"
+        raise InputError(f"Nothing could be read: {files} skipped ({why}); the store at {output} records why "
+                         f"(featkit info {output}).")
     return ExtractResult(
         store=Path(output), rows=manifest["rows"], computed=computed, failed=failed, unchanged=unchanged,
         changed=changed, removed=removed, seconds=seconds, images_per_s=info["images_per_s"],

@@ -90,8 +90,9 @@ class StoreWriter:
                                    columns=["path", "bytes", "mtime_ns", "row"])
             fail = pd.read_parquet(self.root / fmt.failures_path(shard["index"]), columns=["path", "bytes", "mtime_ns"])
             frames += [meta, fail.assign(row=-1)]
-        if not frames:
-            return pd.DataFrame({"path": [], "bytes": [], "mtime_ns": [], "row": []})
+        if not frames:  # typed: an empty frame of floats cannot be merged with a listing's paths
+            return pd.DataFrame({"path": pd.Series([], dtype=object), "bytes": pd.Series([], dtype="int64"),
+                                 "mtime_ns": pd.Series([], dtype="int64"), "row": pd.Series([], dtype="int64")})
         # later shards supersede earlier ones for the same path (a changed file computed again); retired rows
         # are no longer in the store, so their files count as new if they come back
         done = pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
