@@ -21,10 +21,11 @@ _LAZY = {
     "FeatureStore": "featkit.store.reader",
     "Index": "featkit.index",
     "open_features": "featkit.store.reader",
+    "predict": "featkit.extraction.predict",
 }
 
 __all__ = ["Embedder", "Embedding", "ExtractConfig", "FeatkitError", "FeatureStore", "Index", "StoreSettings",
-           "describe", "embed", "extract", "list_backbones", "open_features"]
+           "describe", "embed", "extract", "list_backbones", "open_features", "predict"]
 
 
 def __getattr__(name: str):

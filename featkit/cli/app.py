@@ -16,6 +16,7 @@ from featkit.cli import finetune as finetune_cmd
 from featkit.cli import index as index_cmd
 from featkit.cli import inspect as inspect_cmd
 from featkit.cli import models as models_cmd
+from featkit.cli import predict as predict_cmd
 from featkit.cli import probe as probe_cmd
 from featkit.cli import store as store_cmd
 from featkit.errors import FeatkitError
@@ -46,6 +47,7 @@ app.command("models")(models_cmd.models)
 app.command("taps")(models_cmd.taps)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("extract")(extract_cmd.extract)
+app.command("predict")(predict_cmd.predict)
 app.command("info")(store_cmd.info)
 app.command("probe")(probe_cmd.probe)
 app.command("bench")(bench_cmd.bench)
