@@ -106,9 +106,10 @@ def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo) -
     return StoreSettings(
         model=cfg.model,
         weights=WeightsRecord(weights.kind, wid, weights.sha256, weights.num_classes,
-                              cfg.seed if weights.kind == "random" else None),
+                              cfg.seed if weights.kind == "random" else None,
+                              weights.id if weights.kind == "file" else None),
         preprocess=weights.preprocess,
-        taps=tuple(TapRecord(t.name, t.node) for t in taps),
+        taps=tuple(TapRecord(t.name, t.node, t.aliases) for t in taps),
         pool=cfg.pool, l2=cfg.l2, dtype=cfg.dtype, precision=cfg.precision, draft=cfg.draft, fold_bn=True,
         shard_rows=rows_per_shard(cfg, taps),
     )

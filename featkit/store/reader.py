@@ -92,18 +92,24 @@ class FeatureStore:
         return fails[~fails["path"].isin(self.rows["path"])].reset_index(drop=True)
 
     def resolve_tap(self, tap: str | None) -> str:
-        """``tap`` if the store holds it; with None, the store's only tap (several taps: say which is needed)."""
+        """The stored tap that ``tap`` names (its name or one of its aliases, e.g. ``pool5`` for ``avgpool``).
+
+        With None, the store's only tap; a store of several taps then says which are there.
+        """
         if tap is None or tap == "":
             if len(self.taps) != 1:
                 raise StoreError(f"{self.root} holds several taps ({', '.join(self.taps)}); choose one with --tap.")
             return self.taps[0]
-        if tap not in self.manifest["taps"]:
-            raise unknown("tap", tap, self.taps, context=f"the store {self.root}", see=f"featkit info {self.root}")
-        return tap
+        record = self.settings.tap(tap)
+        name = record.name if record is not None else tap
+        if name not in self.manifest["taps"]:
+            names = [*self.taps, *(a for t in self.settings.taps for a in t.aliases)]
+            raise unknown("tap", tap, names, context=f"the store {self.root}", see=f"featkit info {self.root}")
+        return name
 
     def features(self, tap: str) -> TapArray:
-        if tap not in self.manifest["taps"]:
-            raise unknown("tap", tap, self.taps, context=f"the store {self.root}")
+        """The vectors of ``tap`` (a name or an alias), memory-mapped shard by shard."""
+        tap = self.resolve_tap(tap)
         arrays = [np.load(self.root / fmt.feature_path(tap, s["index"]), mmap_mode="r")
                   for s in self.manifest["shards"]]
         return TapArray(arrays, self._live)

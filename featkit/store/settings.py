@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from featkit.backbones.spec import Preprocess
@@ -33,6 +33,8 @@ class WeightsRecord:
         sha256: of the weights file, or of the tensors for random weights.
         num_classes: outputs of the model's head.
         seed: the seed of random weights (None for the other kinds).
+        path: where a weights file was, as an absolute path, so later commands can load it again (its sha256
+            decides whether it still is the same file; the path is not part of the settings' identity).
     """
 
     kind: str
@@ -40,14 +42,20 @@ class WeightsRecord:
     sha256: str
     num_classes: int
     seed: int | None = None
+    path: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class TapRecord:
-    """A tap as the store recorded it: featkit's name and the graph node it was read at."""
+    """A tap as the store recorded it: featkit's name, the graph node it was read at, and its other names.
+
+    The aliases (``pool5`` for ResNet's ``avgpool``, ``logits`` for ``fc8``) let every command name a stored tap
+    the way ``featkit extract`` accepted it, without the model's tap table.
+    """
 
     name: str
     node: str
+    aliases: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -85,13 +93,22 @@ class StoreSettings:
 
     def to_json(self) -> dict:
         """The manifest's ``settings`` object."""
-        weights = dataclasses.asdict(self.weights)
-        if weights["seed"] is None:
-            del weights["seed"]
+        return self._json(identity_only=False)
+
+    def _json(self, *, identity_only: bool) -> dict:
+        weights = {k: v for k, v in dataclasses.asdict(self.weights).items() if v is not None}
+        taps = [{"name": t.name, "node": t.node, **({"aliases": list(t.aliases)} if t.aliases else {})}
+                for t in self.taps]
+        if identity_only:  # what equality compares: no file locations, no alternative names
+            weights.pop("path", None)
+            taps = [{"name": t.name, "node": t.node} for t in self.taps]
         return {"schema": SCHEMA, "model": self.model, "weights": weights, "preprocess": self.preprocess.as_dict(),
-                "taps": [{"name": t.name, "node": t.node} for t in self.taps], "pool": self.pool, "l2": self.l2,
-                "dtype": self.dtype, "precision": self.precision, "draft": self.draft, "fold_bn": self.fold_bn,
-                "shard_rows": self.shard_rows}
+                "taps": taps, "pool": self.pool, "l2": self.l2, "dtype": self.dtype, "precision": self.precision,
+                "draft": self.draft, "fold_bn": self.fold_bn, "shard_rows": self.shard_rows}
+
+    def tap(self, name: str) -> TapRecord | None:
+        """The recorded tap called ``name`` or having it as an alias, or None."""
+        return next((t for t in self.taps if name == t.name or name in t.aliases), None)
 
     @classmethod
     def from_json(cls, data: Any, source: str, *, field: str = "settings") -> StoreSettings:
@@ -119,7 +136,7 @@ class StoreSettings:
                 file weights (their sha256 is compared).
             limit: at most this many lines.
         """
-        mine, theirs = _flat(self.to_json()), _flat(other.to_json())
+        mine, theirs = _flat(self._json(identity_only=True)), _flat(other._json(identity_only=True))
         skip = {"schema"}
         if vectors_only:
             skip |= {"shard_rows"} | ({"weights.id"} if self.weights.kind == other.weights.kind == "file" else set())
@@ -163,6 +180,7 @@ def _parse(data: Any) -> StoreSettings:
     kind = _choice(w, "kind", values(WeightsKind), "weights.")
     wid = _field(w, "id", str, "weights.")
     seed = _field(w, "seed", (int, type(None)), "weights.", default=None)
+    weights_path = _field(w, "path", (str, type(None)), "weights.", default=None)
     if kind == "random" and seed is None:
         old_id = _LEGACY_SEED.fullmatch(wid)  # schema 0 kept the seed in the id only
         seed = int(old_id.group(1)) if old_id else 0
@@ -184,7 +202,11 @@ def _parse(data: Any) -> StoreSettings:
     for i, tap in enumerate(taps):
         if not isinstance(tap, dict):
             raise _Bad(f"taps[{i}]", "must be an object with name and node")
-        records.append(TapRecord(_field(tap, "name", str, f"taps[{i}]."), _field(tap, "node", str, f"taps[{i}].")))
+        aliases = _field(tap, "aliases", list, f"taps[{i}].", default=[])
+        if not all(isinstance(a, str) for a in aliases):
+            raise _Bad(f"taps[{i}].aliases", "must be a list of names")
+        records.append(TapRecord(_field(tap, "name", str, f"taps[{i}]."), _field(tap, "node", str, f"taps[{i}]."),
+                                 tuple(aliases)))
     if schema == 0:  # written before the schema: without some keys (computed unfolded, in fp32); 0/1 for booleans
         data = {"fold_bn": False, "precision": "fp32", **data}
         data |= {k: bool(data[k]) for k in ("l2", "draft", "fold_bn") if type(data.get(k)) is int and data[k] in (0, 1)}
@@ -193,7 +215,8 @@ def _parse(data: Any) -> StoreSettings:
         raise _Bad("shard_rows", f"must be >= 0, got {shard_rows}")
     return StoreSettings(
         model=_field(data, "model", str),
-        weights=WeightsRecord(kind, wid, sha, num_classes, seed if kind == "random" else None),
+        weights=WeightsRecord(kind, wid, sha, num_classes, seed if kind == "random" else None,
+                              weights_path if kind == "file" else None),
         preprocess=preprocess, taps=tuple(records), pool=_choice(data, "pool", values(Pool)),
         l2=_field(data, "l2", bool), dtype=_choice(data, "dtype", values(DType)),
         precision=_choice(data, "precision", values(Precision)), draft=_field(data, "draft", bool),
