@@ -55,3 +55,40 @@ def test_info_lists_skipped_files_and_speaks_json(tmp_path):
     data = json.loads(runner.invoke(app, ["info", str(tmp_path / "s"), "--json", "--failures"]).output)
     assert data["rows"] == 2 and data["failures"][0]["reason"] == "not_an_image"
     assert data["taps"]["fire9"]["aliases"] == ["penultimate"]
+
+
+def test_a_tap_is_added_to_a_store_without_recomputing_the_others(tmp_path, monkeypatch):
+    write_images(tmp_path / "imgs", classes=2, per_class=5)
+    opts = {"model": "squeezenet1_1", "weights": "random", "device": "cpu", "workers": 0, "pool": "avg",
+            "shard_rows": 4}
+    featkit.extract(tmp_path / "imgs", tmp_path / "s", layers=["fire9"], **opts)
+    fire9 = {p.name: p.read_bytes() for p in (tmp_path / "s" / "features" / "fire9").iterdir()}
+    featkit.extract(tmp_path / "imgs", tmp_path / "alone", layers=["fire5"], **opts)
+
+    from featkit.store.writer import StoreWriter
+
+    real = StoreWriter.add_tap_shard
+    calls = {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the first shard got its new tap
+        return real(self, *args)
+
+    monkeypatch.setattr(StoreWriter, "add_tap_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        featkit.extract(tmp_path / "imgs", tmp_path / "s", layers=["fire5"], **opts)
+    assert featkit.open_features(tmp_path / "s").taps == ["fire9"]  # not part of the store until complete
+    monkeypatch.setattr(StoreWriter, "add_tap_shard", real)
+    result = featkit.extract(tmp_path / "imgs", tmp_path / "s", layers=["fire5"], **opts)
+    assert result.added_taps == ("fire5",) and result.backfilled == 6 and result.computed == 0  # resumed: 2 shards
+    store = featkit.open_features(tmp_path / "s")
+    assert store.taps == ["fire9", "fire5"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s" / "features" / "fire9").iterdir()} == fire9
+    alone = np.asarray(featkit.open_features(tmp_path / "alone")["fire5"])
+    np.testing.assert_allclose(np.asarray(store["fire5"]), alone, rtol=1e-5, atol=1e-6)
+    write_images(tmp_path / "imgs", classes=1, per_class=7, seed=3)  # more images later: every tap computed
+    again = featkit.extract(tmp_path / "imgs", tmp_path / "s", layers=["fire9"], **opts)
+    assert again.added_taps == () and again.computed > 0
+    assert featkit.open_features(tmp_path / "s")["fire5"].shape[0] == len(featkit.open_features(tmp_path / "s"))

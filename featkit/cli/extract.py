@@ -35,6 +35,9 @@ def print_result(result, console) -> None:
     for tap, dims in result.taps.items():
         console.print(f"  features/{tap}/part-*.npy  ({len(store):,} × {dims:,} {store[tap].dtype})")
     console.print("  metadata/part-*.parquet  (row, path, label, split, width, height, bytes, mtime_ns)")
+    if result.added_taps:
+        console.print(f"  added {', '.join(result.added_taps)} to the {result.backfilled:,} rows already in the store "
+                      "(the other taps were not recomputed)")
     if result.changed or result.removed:
         console.print(f"  {result.changed} changed and {result.removed} removed files since the last run "
                       f"(old rows retired)")

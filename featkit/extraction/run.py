@@ -9,6 +9,7 @@ shards an uninterrupted run would have.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from featkit._versions import library_versions
 from featkit.backbones.weights import WeightsInfo
 from featkit.data.sources import list_inputs
 from featkit.errors import InputError, Interrupted
 from featkit.extraction.config import ExtractConfig
-from featkit.extraction.embed import Embedder
+from featkit.extraction.embed import Embedder, resolve_taps
+from featkit.store import format as fmt
 from featkit.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,8 @@ class ExtractResult:
     taps: dict[str, int]  # tap -> dims
     device: str
     weights: WeightsInfo
+    added_taps: tuple[str, ...] = ()  # taps this run added to rows the store already held
+    backfilled: int = 0  # rows those taps were computed for
 
 
 class _ShardBuilder:
@@ -145,9 +150,13 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
     """
     _check_output(inputs, Path(output))
     listing = list_inputs(inputs, layout=cfg.layout)
+    cfg = _with_store_taps(cfg, Path(output))
     embedder = Embedder(cfg)
     start = time.perf_counter()
     with StoreWriter(output, embedder.settings, overwrite=cfg.overwrite) as writer:
+        added = tuple(t.name for t in writer.adding)
+        # first, so that rows whose files no longer decode are retired and planned again below
+        backfilled = _backfill(writer, cfg, progress) if added else 0
         pending, bad_names, unchanged, changed, removed = _plan(writer, listing)
         runtime = embedder.runtime
         writer.begin_run({"inputs": [str(i) for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
@@ -186,4 +195,46 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
         store=Path(output), rows=manifest["rows"], computed=computed, failed=failed, unchanged=unchanged,
         changed=changed, removed=removed, seconds=seconds, images_per_s=info["images_per_s"],
         taps={t: v["dims"] for t, v in manifest["taps"].items()}, device=runtime.describe(), weights=embedder.weights,
+        added_taps=added, backfilled=backfilled,
     )
+
+
+def _with_store_taps(cfg: ExtractConfig, output: Path) -> ExtractConfig:
+    """The taps asked for, after those a store already at ``output`` holds: a run adds taps, never drops them."""
+    found = None if cfg.overwrite else fmt.read_manifest(output)
+    if found is None or found[1].model != cfg.model:
+        return cfg  # a new store, or another model: the writer says what differs
+    have = list(found[1].tap_names)
+    asked = [t.name for t in resolve_taps(cfg.model, cfg.taps)]
+    return dataclasses.replace(cfg, taps=(*have, *(t for t in asked if t not in have)))
+
+
+def _backfill(writer: StoreWriter, cfg: ExtractConfig, progress: bool) -> int:
+    """Compute the taps being added for the rows the store already holds, shard by shard (each commit resumable).
+
+    Rows retired earlier get zeros: no reader sees them. A file that no longer decodes (deleted, damaged) retires
+    its row, and the run's plan then treats it as gone.
+    """
+    names = [t.name for t in writer.adding]
+    embedder = Embedder(dataclasses.replace(cfg, taps=tuple(names)))
+    dims = embedder.dims()
+    stale = set(writer.manifest["stale_rows"])
+    shards = sorted({i for tap in names for i in writer.missing_tap(tap)})
+    computed = 0
+    for index in tqdm(shards, desc=f"add {', '.join(names)}", unit="shard", disable=not progress):
+        meta = writer.shard_metadata(index)
+        rows = meta["row"].to_numpy(np.int64)
+        live = [i for i, row in enumerate(rows) if int(row) not in stale]
+        arrays = {tap: np.zeros((len(meta), dims[tap]), dtype=cfg.dtype) for tap in names}
+        retired = []
+        for batch in embedder.batches(meta["path"].iloc[live].tolist()):
+            for tap, values in batch.features.items():
+                arrays[tap][[live[p] for p in batch.positions]] = values
+            retired += [int(rows[live[p]]) for p, _, _ in batch.failures]
+        for tap in names:
+            if index in writer.missing_tap(tap):
+                writer.add_tap_shard(index, tap, arrays[tap])
+        writer.mark_stale(retired)
+        computed += len(live) - len(retired)
+    writer.finish_adding(dims)
+    return computed

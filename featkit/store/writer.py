@@ -6,6 +6,7 @@ lists it; files of a shard that a kill left unlisted are simply written again by
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -18,11 +19,21 @@ import pandas as pd
 from featkit._atomic import TMP_SUFFIX
 from featkit.errors import StoreError
 from featkit.store import format as fmt
-from featkit.store.settings import StoreSettings
+from featkit.store.settings import StoreSettings, TapRecord
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _added_taps(found: StoreSettings, wanted: StoreSettings) -> list[TapRecord]:
+    """The taps ``wanted`` adds to a store made with ``found``, when that is the only difference (else none)."""
+    have = [t.name for t in found.taps]
+    if [t.name for t in wanted.taps][: len(have)] != have:
+        return []
+    if dataclasses.replace(wanted, taps=found.taps) != found:
+        return []
+    return [t for t in wanted.taps if t.name not in have]
 
 
 class StoreWriter:
@@ -55,10 +66,13 @@ class StoreWriter:
 
     def _open(self, settings: StoreSettings, overwrite: bool) -> dict:
         found = fmt.read_manifest(self.root) if not overwrite else None
+        self.adding: list[TapRecord] = []  # taps these settings have and the store doesn't have yet
         if found is not None and found[1] != settings:
-            changes = "; ".join(found[1].diff(settings, limit=4))
-            raise StoreError(f"{self.root} holds features made with other settings ({changes}). "
-                             "Use another -o, or --overwrite to replace them.")
+            self.adding = _added_taps(found[1], settings)
+            if not self.adding:
+                changes = "; ".join(found[1].diff(settings, limit=4))
+                raise StoreError(f"{self.root} holds features made with other settings ({changes}). "
+                                 "Use another -o, or --overwrite to replace them.")
         if found is None:
             self._clear()
             manifest = {"format": fmt.FORMAT, "version": fmt.VERSION, "created": _now(), "taps": {}, "rows": 0,
@@ -67,7 +81,8 @@ class StoreWriter:
             manifest = found[0]
             manifest.setdefault("stale_rows", [])  # absent from stores written before they were recorded
             manifest.setdefault("runs", [])
-        manifest["settings"] = settings.to_json()  # the same settings, in this featkit's schema
+        if not self.adding:  # the same settings, in this featkit's schema; new taps are recorded when complete
+            manifest["settings"] = settings.to_json()
         self.settings = settings
         for leftover in self.root.rglob(f"*{TMP_SUFFIX}"):  # a kill mid-write leaves these; they were never committed
             leftover.unlink()
@@ -127,6 +142,30 @@ class StoreWriter:
         self.manifest["shards"].append({"index": index, "rows": n, "failures": len(fail), "files": files})
         self.manifest["rows"] = self.next_row - len(self.manifest["stale_rows"])
         self.manifest["failures"] += len(fail)
+        fmt.write_manifest(self.root, self.manifest)
+
+    def missing_tap(self, tap: str) -> list[int]:
+        """Shards (by index) that lack the features of ``tap``, which is being added to the store."""
+        return [s["index"] for s in self.manifest["shards"] if fmt.feature_path(tap, s["index"]) not in s["files"]]
+
+    def shard_metadata(self, index: int) -> pd.DataFrame:
+        return pd.read_parquet(self.root / fmt.metadata_path(index))
+
+    def add_tap_shard(self, index: int, tap: str, array: np.ndarray) -> None:
+        """Write an added tap's features for one existing shard (its rows, in order), then the manifest."""
+        shard = self.manifest["shards"][index]
+        if array.shape[0] != shard["rows"]:
+            raise ValueError(f"tap {tap}: {array.shape[0]} rows for shard {index} of {shard['rows']} rows")
+        rel = fmt.feature_path(tap, index)
+        shard["files"][rel] = fmt.write_file(self.root / rel, fmt.npy_bytes(array))
+        fmt.write_manifest(self.root, self.manifest)
+
+    def finish_adding(self, dims: dict[str, int]) -> None:
+        """Every shard has the added taps: from now on they are part of the store (settings and tap list)."""
+        for record in self.adding:
+            self.manifest["taps"][record.name] = {"dims": int(dims[record.name]), "dtype": self.settings.dtype}
+        self.manifest["settings"] = self.settings.to_json()
+        self.adding = []
         fmt.write_manifest(self.root, self.manifest)
 
     def end_run(self, info: dict) -> None:
