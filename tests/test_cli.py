@@ -114,3 +114,35 @@ def test_featkit_extract_stays_the_function_after_any_submodule_import():
 
     importlib.import_module("featkit.extraction.engine")
     assert callable(featkit.extract) and featkit.extract.__module__ == "featkit.api"
+
+
+def test_version_flags_and_choice_errors_read_as_a_user_expects(monkeypatch, capsys):
+    assert main(monkeypatch, "--version") == 0
+    assert capsys.readouterr().out.strip() == f"featkit {featkit.__version__}"
+    assert main(monkeypatch, "extract", "x", "-o", "y", "--pool", "average") == 2
+    err = capsys.readouterr().err
+    assert "'average' is not one of 'none', 'avg'" in err and "Value error" not in err
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(monkeypatch, "extract", "--help") == 0
+    flag_lines = [ln for ln in capsys.readouterr().out.splitlines() if "--l2 " in ln or "--overwrite " in ln]
+    assert len(flag_lines) == 2 and not any("<bool>" in ln for ln in flag_lines)
+
+
+def test_ctrl_c_during_extraction_is_one_line_saying_what_is_saved(tiny_folder, tmp_path, monkeypatch, capsys):
+    from featkit.extraction.embed import Embedder
+
+    real = Embedder.batches
+
+    def interrupted(self, *args, **kwargs):
+        for i, batch in enumerate(real(self, *args, **kwargs)):
+            if i == 3:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(Embedder, "batches", interrupted)
+    code = main(monkeypatch, "extract", str(tiny_folder), "-o", str(tmp_path / "s"), "--model", "squeezenet1_1",
+                "--weights", "random", "--batch-size", "2", "--shard-rows", "2", "-q")
+    assert code == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Interrupted: ") and "rerun the same command to resume" in lines[0]
+    assert f"holds {len(featkit.open_features(tmp_path / 's')):,} rows" in lines[0]

@@ -169,3 +169,19 @@ def test_a_data_card_name_needs_its_prepared_folder(tmp_path, monkeypatch):
     write_images(tmp_path / "cifar10" / "images" / "train", classes=2, per_class=1)
     write_images(tmp_path / "cifar10" / "images" / "test", classes=2, per_class=1)
     assert read_folder("cifar10").classes == ("c0", "c1")
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_so_and_resume_starts_again(photos, tmp_path, monkeypatch):
+    from featkit.errors import Interrupted
+
+    def stopped(self, *args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_train_epoch", stopped)
+        with pytest.raises(Interrupted, match=r"Interrupted in epoch 1, step 0: no checkpoint was written yet: "
+                                              r"resuming starts again .* featkit finetune --resume .*run"):
+            Trainer(tiny("linear-head"), photos, tmp_path / "run").fit()
+    assert not (tmp_path / "run" / "last.pt").exists()
+    result = Trainer(tiny("linear-head"), photos, tmp_path / "run", resume=True).fit()  # no loop of refusals
+    assert len(result.history) == 1 and (tmp_path / "run" / "model.pth").exists()

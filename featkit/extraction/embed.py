@@ -110,7 +110,8 @@ class Embedder:
         return min(workers, n // self.config.batch_size)
 
     def batches(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
-                boundary: int | None = None, progress: bool = False) -> Iterator[EmbeddedBatch]:
+                boundary: int | None = None, progress: bool = False,
+                desc: str = "extract") -> Iterator[EmbeddedBatch]:
         """Decode, crop and forward ``sources`` in batches of ``config.batch_size`` good images, in input order.
 
         Args:
@@ -119,6 +120,7 @@ class Embedder:
             boundary: batches never straddle a multiple of this many good images, so a run that resumes at such
                 a multiple (a store's shard) forms exactly the batches an uninterrupted run would have.
             progress: show a progress bar.
+            desc: what the bar says it is doing.
         """
         cfg = self.config
         n = len(sources)
@@ -148,19 +150,24 @@ class Embedder:
             done += count
             return out
 
-        with tqdm(total=n, unit="img", disable=not progress, dynamic_ncols=True, desc="extract") as bar:
+        # the bar counts images handed on (computed, or recorded as failures), not images decoded ahead
+        with tqdm(total=n, unit="img", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
             for chunk in loader:
                 if chunk.failures:
+                    bar.update(len(chunk.failures))
                     yield EmbeddedBatch({}, [], [], list(chunk.failures))
                 if chunk.positions:
                     pixels.append(chunk.pixels.to(self.runtime.device, non_blocking=True))
                     positions += chunk.positions
                     sizes += chunk.sizes
                 while len(positions) >= room():
-                    yield forward(room())
-                bar.update(len(chunk.positions) + len(chunk.failures))
+                    batch = forward(room())
+                    bar.update(len(batch.positions))
+                    yield batch
             while positions:
-                yield forward(min(room(), len(positions)))
+                batch = forward(min(room(), len(positions)))
+                bar.update(len(batch.positions))
+                yield batch
 
     def __call__(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
                  progress: bool = False) -> Embedding:

@@ -35,7 +35,7 @@ from featkit._versions import library_versions
 from featkit.backbones.card import WeightsCard
 from featkit.backbones.registry import describe
 from featkit.data.transforms import normalize_batch
-from featkit.errors import FeatkitError
+from featkit.errors import FeatkitError, Interrupted
 from featkit.finetune import checkpoint as ckpt
 from featkit.finetune import groups, rundir
 from featkit.finetune.data import (
@@ -126,12 +126,14 @@ class Trainer:
         if not resume and self.run.manifest.exists():
             raise FeatkitError(f"{output} already holds a fine-tuning run; continue it with "
                                f"`featkit finetune --resume {output}`, or pass another -o.")
-        if resume and not self.run.last.exists():
-            raise FeatkitError(f"{output} has no checkpoint to resume from (last.pt); start it again without --resume.")
+        if resume and not self.run.manifest.exists():
+            raise FeatkitError(f"{output} holds no fine-tuning run to resume; start one with --recipe/--data/-o.")
+        # killed before its first checkpoint: the run starts again from its first step, in the same directory
+        restoring = resume and self.run.last.exists()
         self.runtime = training_runtime(device, recipe.amp, local_rank=self.d.local_rank, world=self.d.world)
         self.folder: FolderData = read_folder(data)
         # A resumed run's checkpoint holds every weight: the initial ones need not exist (or download) any more.
-        built = dataclasses.replace(recipe, weights="random") if resume else recipe
+        built = dataclasses.replace(recipe, weights="random") if restoring else recipe
         self.model, self.init_weights = build_model(built, len(self.folder.classes))
         self.model.to(self.runtime.device)
         if self.runtime.channels_last:
@@ -150,8 +152,10 @@ class Trainer:
         self.history: list[dict] = []
         self.epoch, self.step, self.loss_sum, self.seen, self.seconds = 0, 0, 0.0, 0, 0.0
         self.stopped_early = False
-        if resume:
+        self.saved: tuple[int, int] | None = None  # (epoch, step) of the newest last.pt
+        if restoring:
             self._restore(ckpt.load_checkpoint(self.run.last))
+            self.saved = (self.epoch, self.step)
         else:
             torch.manual_seed(recipe.seed + self.d.rank)  # dropout masks: reproducible, and distinct per process
             if self.d.is_main:
@@ -221,6 +225,7 @@ class Trainer:
                          "seconds": self.seconds, "stopped_early": self.stopped_early, "world_size": self.d.world},
             "history": self.history,
         })
+        self.saved = (self.epoch, self.step)
 
     def _restore(self, state: dict) -> None:
         progress = state["progress"]
@@ -335,12 +340,18 @@ class Trainer:
             self._write_reports()  # a run killed between its checkpoint and its reports gets them back
         net: nn.Module | None = None
         active = None
-        while self.epoch < self.recipe.epochs and not self.stopped_early:
-            wanted = groups.trainable_stages(self.recipe, len(self.stages.backbone), self.epoch)
-            if net is None or wanted != active:  # net is None exactly when active is (the first epoch)
-                net, active = self._wrapped(wanted), wanted
-            self._train_epoch(net, active, on_batch)
-            self._end_epoch(on_epoch)
+        try:
+            while self.epoch < self.recipe.epochs and not self.stopped_early:
+                wanted = groups.trainable_stages(self.recipe, len(self.stages.backbone), self.epoch)
+                if net is None or wanted != active:  # net is None exactly when active is (the first epoch)
+                    net, active = self._wrapped(wanted), wanted
+                self._train_epoch(net, active, on_batch)
+                self._end_epoch(on_epoch)
+        except KeyboardInterrupt:
+            where = (f"the last checkpoint resumes at epoch {self.saved[0] + 1}, step {self.saved[1]}" if self.saved
+                     else "no checkpoint was written yet: resuming starts again from the first step")
+            raise Interrupted(f"Interrupted in epoch {self.epoch + 1}, step {self.step}: {where}; continue with "
+                              f"featkit finetune --resume {self.run.root}") from None
         self._finish()
         best = max((r["val_acc"] for r in self.history), default=0.0)
         return FitResult(self.run.root, list(self.history), best, self.stopped_early)
