@@ -21,8 +21,6 @@ from featkit.cli._options import (
 )
 from featkit.extraction.config import DEFAULT_MODEL, ExtractConfig
 
-LARGE_DIMS = 100_000  # flattened maps above this size get a note suggesting pooling
-
 
 def print_result(result, console) -> None:
     """Say what an extraction wrote (``result``: an ``ExtractResult``)."""
@@ -85,10 +83,13 @@ def extract(
                         workers=workers, shard_rows=shard_rows, draft=draft, seed=seed, overwrite=overwrite,
                         download=not offline)
     console = make_console(stderr=True)
+    itemsize = 2 if cfg.dtype == "float16" else 4
     for tap in resolve_taps(cfg.model, cfg.taps):
-        if tap.dims(cfg.pool) > LARGE_DIMS:
-            console.print(f"note: {tap.name} with --pool {cfg.pool} stores {tap.dims(cfg.pool):,} values per image "
-                          f"({4 * tap.dims(cfg.pool) / 2**20:.1f} MiB at float32); --pool avg keeps {tap.shape[0]:,}.")
+        stored, pooled = tap.dims(cfg.pool), tap.dims("avg")
+        if stored > pooled:  # a map stored flattened: say what that costs, and what pooling would store
+            shape = "×".join(map(str, tap.shape))
+            console.print(f"note: {tap.name} is a {shape} map, stored flattened: {stored:,} values per image "
+                          f"({stored * itemsize / 2**10:,.0f} KiB as {cfg.dtype}); --pool avg stores {pooled:,}.")
     result = run_extraction(inputs, output, cfg, progress=not quiet)
     print_result(result, make_console())
     if result.weights.kind == "random":
