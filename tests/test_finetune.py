@@ -185,3 +185,13 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_resume_starts_again(phot
     assert not (tmp_path / "run" / "last.pt").exists()
     result = Trainer(tiny("linear-head"), photos, tmp_path / "run", resume=True).fit()  # no loop of refusals
     assert len(result.history) == 1 and (tmp_path / "run" / "model.pth").exists()
+
+
+def test_learning_curves_of_one_epoch_show_a_point_at_epoch_1():
+    from featkit.finetune.rundir import curves_figure
+
+    fig = curves_figure([{"epoch": 1, "train_loss": 1.0, "val_loss": 0.9, "val_acc": 0.5}], "one epoch")
+    for ax in fig.axes:
+        assert list(ax.get_xticks()) == [1] and ax.get_xlim() == (0.5, 1.5)
+    many = curves_figure([{"epoch": e, "train_loss": 1.0, "val_loss": 0.9, "val_acc": 0.5} for e in range(1, 41)], "")
+    assert all(float(t).is_integer() for t in many.axes[0].get_xticks())

@@ -102,8 +102,16 @@ def write_metrics(run: RunDir, rows: list[dict]) -> None:
 
 def write_curves(run: RunDir, rows: list[dict], title: str) -> None:
     """Loss and accuracy per epoch as a PNG (matplotlib's Agg backend: no display needed)."""
+    buf = io.BytesIO()
+    curves_figure(rows, title).savefig(buf, format="png", dpi=100)
+    write_bytes(run.curves, buf.getvalue())
+
+
+def curves_figure(rows: list[dict], title: str):
+    """The figure of :func:`write_curves`: loss (train, val) and validation accuracy against whole epochs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     fig = Figure(figsize=(9, 3.6), layout="constrained")
@@ -117,10 +125,13 @@ def write_curves(run: RunDir, rows: list[dict], title: str) -> None:
     acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1))
     for ax in (loss, acc):
         ax.grid(alpha=0.3)
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # one epoch is a visible point, not a collapsed axis
+        if len(epochs) <= 20:  # epochs are whole numbers
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    write_bytes(run.curves, buf.getvalue())
+    return fig
 
 
 def write_weights(path: Path, state: dict[str, torch.Tensor], card: WeightsCard) -> None:
