@@ -210,31 +210,49 @@ def dedup(
     store: StoreArg,
     tap: TapOpt = None,
     threshold: Annotated[float, typer.Option(
-        help="Cosine similarity at or above which two images are duplicates.")] = 0.95,
+        help="Cosine similarity at or above which two images are duplicates (0.92: calibrated on photos with "
+             "squeezenet1_1 fire9; see benchmarks/dedup_threshold.py).")] = 0.92,
+    against: Annotated[Path | None, typer.Option(
+        "--against", metavar="STORE2",
+        help="Another feature store (e.g. the test set): list the images of STORE with a near-duplicate there "
+             "(train/test leaks) instead of groups.")] = None,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write the groups to a .csv or .json file.")] = None,
+        "--output", "-o", help="Write the groups (or leaks) to a .csv or .json file.")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Find groups of near-duplicate images (largest first, each with a representative to keep).
+    """Find groups of near-duplicate images, or with --against, the images of STORE that reappear in STORE2.
 
-    Example: featkit dedup feats/ --tap fc7 --threshold 0.95 -o dupes.csv
+    Groups come largest first, each with a representative to keep; leaks, one per image of STORE, closest first.
+
+    Example: featkit dedup feats/ --tap fc7 -o dupes.csv; featkit dedup train_feats/ --against test_feats/
     """
     from featkit._atomic import write_bytes
-    from featkit.index.dedup import find_duplicates
+    from featkit.index.dedup import find_duplicates, find_leaks
 
-    groups = find_duplicates(store, tap=tap, threshold=threshold, progress=not quiet)
+    if against is not None:
+        found = find_leaks(store, against, tap=tap, threshold=threshold, progress=not quiet)
+    else:
+        found = find_duplicates(store, tap=tap, threshold=threshold, progress=not quiet)
     if output is not None:
-        data = json.dumps(_records(groups)) if output.suffix.lower() == ".json" else groups.to_csv(index=False)
+        data = json.dumps(_records(found)) if output.suffix.lower() == ".json" else found.to_csv(index=False)
         write_bytes(output, data.encode())
     if as_json:
-        print(json.dumps(_records(groups)))
+        print(json.dumps(_records(found)))
         return
     console = make_console()
-    n_groups = int(groups["group"].nunique()) if len(groups) else 0
-    console.print(f"{n_groups:,} groups of near-duplicates ({len(groups):,} images; "
-                  f"{len(groups) - n_groups:,} could go) at cosine ≥ {threshold}"
-                  + (f"; wrote {output}" if output else ""))
-    for group, members in list(groups.groupby("group", sort=True))[:10]:
+    wrote = f"; wrote {output}" if output else ""
+    if against is not None:
+        console.print(f"{len(found):,} images of {store} have a near-duplicate in {against} at cosine ≥ {threshold}"
+                      + wrote)
+        if len(found):
+            _print_table(found.head(20), console, "cosine")
+        if len(found) > 20:
+            console.print(f"  … and {len(found) - 20:,} more (all of them: -o FILE.csv)")
+        return
+    n_groups = int(found["group"].nunique()) if len(found) else 0
+    console.print(f"{n_groups:,} groups of near-duplicates ({len(found):,} images; "
+                  f"{len(found) - n_groups:,} could go) at cosine ≥ {threshold}" + wrote)
+    for group, members in list(found.groupby("group", sort=True))[:10]:
         rep = members.loc[members["representative"], "path"].iloc[0]
         console.print(f"  group {group}: {len(members)} images, keep {rep}")
