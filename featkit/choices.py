@@ -12,12 +12,20 @@ from enum import StrEnum
 
 
 class Pool(StrEnum):
-    """How a spatial (C×H×W) tap becomes a vector: ``none`` flattens it."""
+    """How a tap becomes a vector: ``none`` flattens it; the others reduce a map's positions or a ViT's tokens.
+
+    ``avg``, ``max`` and ``gem`` (generalised mean, p = 3, of values clamped positive) reduce the H×W positions of
+    a map (C×H×W, or Swin's H×W×C) or the tokens of a token tap (T×D, the class token included), leaving C or D
+    values. ``mean`` is ``avg`` under the name transformer users know. ``cls`` takes a token tap's class token
+    (token 0); maps have none, so it is an error there. Vectors (fc7, logits) are stored as they are.
+    """
 
     none = "none"
     avg = "avg"
     max = "max"
     gem = "gem"
+    cls = "cls"
+    mean = "mean"
 
 
 class DType(StrEnum):

@@ -175,9 +175,9 @@ def test_rerun_computes_only_new_or_changed_files_and_retires_old_rows(tiny_fold
 def test_unknown_model_tap_and_bad_options_are_one_line_errors(tiny_folder, tmp_path):
     with pytest.raises(FeatkitError, match="Did you mean 'fc7'"):
         featkit.extract(tiny_folder, tmp_path / "s", model="vgg16", layers=["fc_7"], weights="random")
-    with pytest.raises(FeatkitError, match="The 'pool' parameter of extract must be one of none, avg, max, gem. "
-                                           "Got 'mean' instead."):
-        featkit.extract(tiny_folder, tmp_path / "s", pool="mean", **{k: v for k, v in FAST.items()})
+    with pytest.raises(FeatkitError, match="The 'pool' parameter of extract must be one of none, avg, max, gem, "
+                                           "cls, mean. Got 'average' instead."):
+        featkit.extract(tiny_folder, tmp_path / "s", pool="average", **{k: v for k, v in FAST.items()})
     with pytest.raises(FeatkitError, match="fp16 needs a GPU"):
         featkit.extract(tiny_folder, tmp_path / "s", precision="fp16", **FAST)
     with pytest.raises(FeatkitError, match="Input not found"):

@@ -160,3 +160,38 @@ def test_cli_plot_writes_a_png(tmp_path):
     assert result.exit_code == 0
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+def formula_total(formula: str) -> int:
+    """The number a formula cell ends with (``(3*3*3 + 1)*64 = 1,792`` → 1792; ``0`` for an empty cell)."""
+    return int(formula.rpartition("= ")[2].replace(",", "")) if formula else 0
+
+
+def test_params_column_writes_weights_with_biases_as_lecture_slides_do():
+    rows = by_tap(inspect_backbone(InspectConfig("alexnet2012")))
+    assert rows["conv1_pre"].param_formula == "(11*11*3 + 1)*96 = 34,944"
+    assert rows["conv1_pre"].weight_formula == "(11*11*3)*96 = 34,848"  # the weights-only formula stays
+    assert rows["fc6_pre"].param_formula == "(6*6*256 + 1)*4096 = 37,752,832"
+    assert rows["fc8"].param_formula == "(4096 + 1)*1000 = 4,097,000" and rows["pool1"].param_formula == ""
+    resnet = inspect_backbone(InspectConfig("resnet18"))
+    conv1, bn1 = resnet.rows[1:3]
+    assert (conv1.param_formula, bn1.param_formula) == ("(7*7*3)*64 = 9,408", "2*64 = 128")  # no conv bias; γ, β
+    vgg_block = inspect_backbone(InspectConfig("vgg16", depth="block")).rows[1]
+    assert vgg_block.param_formula == "(3*3*3 + 1)*64 = 1,792"
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "resnet18"])
+def test_params_column_adds_up_to_torchvisions_parameter_count(name):
+    doc = json.loads(run("inspect", name, "--format", "json").output)
+    assert all(formula_total(r["param_formula"]) == r["parameters"] for r in doc["rows"])
+    assert sum(formula_total(r["param_formula"]) for r in doc["rows"]) == sum(
+        p.numel() for p in meta_module(name).parameters())
+
+
+def test_params_column_in_every_format():
+    table = run("inspect", "alexnet2012").output
+    assert "params" in table and "(11*11*3 + 1)*96 = 34,944" in table
+    csv_rows = list(csv.DictReader(io.StringIO(run("inspect", "alexnet2012", "--format", "csv").output)))
+    assert csv_rows[1]["param_formula"] == "(11*11*3 + 1)*96 = 34,944" and csv_rows[1]["parameters"] == "34944"
+    md = run("inspect", "alexnet2012", "--format", "markdown").output
+    assert "| biases | params |" in md and "| (11*11*3 + 1)*96 = 34,944 |" in md

@@ -1,4 +1,9 @@
-"""Taps for any torchvision classification model, read off its FX graph (shapes from a meta-device run)."""
+"""Taps for any torchvision classification model, read off its FX graph (shapes from a meta-device run).
+
+Each tap's layout is read off its shape at the square default input, whose two spatial axes are equal: (C, S, S)
+is a channels-first map, (S, S, C) a channels-last one (Swin's stages, ConvNeXt's block interiors), two axes are
+ViT's (tokens, D), anything else is stored as a flat vector.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from torchvision.models.feature_extraction import (
     get_graph_node_names,
 )
 
-from featkit.backbones.spec import BackboneSpec, TapSpec
+from featkit.backbones.spec import BackboneSpec, TapLayout, TapSpec
 
 # Attribute holding the final classifier, in the order torchvision's families use them.
 HEAD_ATTRS = ("fc", "classifier", "heads", "head")
@@ -29,14 +34,26 @@ def last_linear_path(model: nn.Module, head: str) -> str:
     return layers[-1] if layers else head
 
 
+def layout_of(shape: tuple[int, ...]) -> TapLayout:
+    """The layout of one image's output ``shape`` at a square input (see the module docstring)."""
+    if len(shape) == 2:
+        return "tokens"
+    if len(shape) == 3:
+        if shape[1] == shape[2]:
+            return "chw"
+        if shape[0] == shape[1]:
+            return "hwc"
+    return "vector"
+
+
 def generic_spec(name: str, model: nn.Module, size: int) -> BackboneSpec:
     """Describe ``model`` (built on the meta device) with one tap per graph node, plus penultimate and logits."""
     model.eval()
     _, nodes = get_graph_node_names(model)
     nodes = [n for n in nodes if n != "x"]
     extractor = create_feature_extractor(model, return_nodes={n: n for n in nodes})
-    with torch.no_grad():
-        outputs = extractor(torch.empty(1, 3, size, size, device="meta"))
+    with torch.no_grad():  # two images, to tell per-image outputs from parameters (class token, layer scale)
+        outputs = extractor(torch.empty(2, 3, size, size, device="meta"))
     logits_module = last_linear_path(model, head_path(model))
     # The node just before the class-scoring layer is its input (heads are sequential).
     penultimate = nodes[nodes.index(logits_module) - 1] if logits_module in nodes else nodes[-2]
@@ -44,10 +61,11 @@ def generic_spec(name: str, model: nn.Module, size: int) -> BackboneSpec:
     taps: list[TapSpec] = []
     for node in nodes:
         out = outputs[node]
-        if not isinstance(out, torch.Tensor) or out.dim() < 2:
-            continue  # size queries, shape tuples: not features
+        if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != 2:
+            continue  # size queries, shape tuples, parameters: not features of an image
         aliases = tuple(a for a, n in (("penultimate", penultimate), ("logits", logits)) if n == node)
-        taps.append(TapSpec(node, node, tuple(out.shape[1:]), aliases=aliases))
+        shape = tuple(out.shape[1:])
+        taps.append(TapSpec(node, node, shape, aliases=aliases, layout=layout_of(shape)))
     return BackboneSpec(
         name=name,
         family="torchvision",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
-from featkit.errors import unknown
+from featkit.errors import invalid_parameter, unknown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,6 +54,24 @@ class Preprocess:
                    std=tuple(float(v) for v in data["std"]), interpolation=data["interpolation"])
 
 
+TapLayout = Literal["chw", "hwc", "tokens", "vector"]
+
+
+class LayoutFacts(NamedTuple):
+    axes: int  # axes of one image's output
+    pooled: tuple[int, ...]  # those a pool other than none reduces: positions or tokens, never channels
+    words: str
+
+
+# How one image's output of a tap is laid out decides what ``--pool`` does to it. A ``vector`` (fc7, logits,
+# or any tensor not listed here, such as a 5-D reshape) is stored flattened whatever the pool.
+LAYOUTS: dict[str, LayoutFacts] = {
+    "chw": LayoutFacts(3, (1, 2), "a C×H×W map"),  # CNNs
+    "hwc": LayoutFacts(3, (0, 1), "an H×W×C map"),  # channels last: Swin's stages, ConvNeXt's block interiors
+    "tokens": LayoutFacts(2, (0,), "T×D tokens"),  # ViT; ``cls`` takes token 0, the class token
+}
+
+
 @dataclass(frozen=True)
 class TapSpec:
     """One named place in a network whose output featkit can extract.
@@ -63,6 +82,8 @@ class TapSpec:
         shape: output shape for one image at the backbone's default input size, without the batch axis.
         aliases: other names users know the same tap by (``pool5`` for ResNet's ``avgpool``).
         note: one short phrase for `featkit taps` (e.g. "post-ReLU").
+        layout: how ``shape`` is laid out, which decides what each pool does (see ``LAYOUTS``); by default a
+            C×H×W map for three axes, else a vector, as in every CNN table.
     """
 
     name: str
@@ -70,21 +91,39 @@ class TapSpec:
     shape: tuple[int, ...]
     aliases: tuple[str, ...] = ()
     note: str = ""
+    layout: TapLayout = None  # type: ignore[assignment]  # None: from the shape, in __post_init__
+
+    def __post_init__(self) -> None:
+        layout = self.layout or ("chw" if len(self.shape) == 3 else "vector")
+        if layout != "vector" and (layout not in LAYOUTS or LAYOUTS[layout].axes != len(self.shape)):
+            raise ValueError(f"tap '{self.name}': layout {layout!r} does not fit shape {self.shape}")
+        object.__setattr__(self, "layout", layout)
 
     @property
     def is_spatial(self) -> bool:
-        """True for C×H×W maps, which ``--pool`` reduces to C values."""
-        return len(self.shape) == 3
+        """True for maps (C×H×W or H×W×C), which ``--pool`` reduces to C values."""
+        return self.layout in ("chw", "hwc")
 
     @property
     def flat_dims(self) -> int:
         return math.prod(self.shape)
 
+    def pooled_axes(self, pool: str) -> tuple[int, ...]:
+        """The axes of one image's output that ``pool`` reduces (none: the output is stored flattened).
+
+        Raises:
+            ParameterError: ``cls`` on a map, which has no class token (Swin's included).
+        """
+        if pool == "cls" and self.is_spatial:
+            raise invalid_parameter("pool", f"tap '{self.name}' ({LAYOUTS[self.layout].words}, no class token)",
+                                    "avg, max, gem, mean or none", pool)
+        facts = LAYOUTS.get(self.layout)
+        return facts.pooled if facts is not None and pool != "none" else ()
+
     def dims(self, pool: str) -> int:
-        """Feature length stored per image for this tap under a pooling choice."""
-        if self.is_spatial and pool != "none":
-            return self.shape[0]
-        return self.flat_dims
+        """Feature length stored per image for this tap under a pooling choice (what the extractor stores)."""
+        reduced = self.pooled_axes(pool)
+        return math.prod(n for axis, n in enumerate(self.shape) if axis not in reduced)
 
 
 @dataclass(frozen=True)

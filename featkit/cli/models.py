@@ -9,6 +9,7 @@ from rich.table import Table
 
 from featkit.choices import Pool
 from featkit.cli._console import console as make_console
+from featkit.errors import ParameterError
 
 
 def _weights_cell(name: str) -> str:
@@ -50,20 +51,28 @@ def taps(
     model: Annotated[str, typer.Argument(help="Backbone name, e.g. vgg16.")],
     pool: Annotated[Pool, typer.Option(help="Show dims and bytes under this pooling.")] = Pool.none,
 ) -> None:
-    """List every tap of MODEL: name, aliases, graph node, output shape, dims and bytes per image."""
+    """List every tap of MODEL: name, aliases, graph node, output shape and layout, dims and bytes per image."""
     from featkit.backbones.registry import describe
 
     spec = describe(model)
     table = Table(title=f"{spec.name}: {spec.description} — shapes at {spec.input_size}×{spec.input_size}",
                   title_justify="left")
-    for col in ("tap", "aliases", "node", "shape", "dims", "bytes/img (fp32)", "note"):
+    for col in ("tap", "aliases", "node", "shape", "layout", "dims", "bytes/img (fp32)", "note"):
         table.add_column(col, justify="right" if col in ("dims", "bytes/img (fp32)") else "left")
+    unpooled = 0
     for tap in spec.taps:
-        dims = tap.dims(pool)
         mark = " *" if tap.name == spec.default_tap else ""
+        try:
+            dims = tap.dims(pool)
+            sizes = (f"{dims:,}", f"{4 * dims:,}")
+        except ParameterError:  # --pool cls on a map: no class token
+            unpooled += 1
+            sizes = ("—", "—")
         table.add_row(tap.name + mark, ", ".join(tap.aliases), tap.node, "×".join(map(str, tap.shape)),
-                      f"{dims:,}", f"{4 * dims:,}", tap.note)
+                      tap.layout, *sizes, tap.note)
     console = make_console()
     console.print(table)
+    if unpooled:
+        console.print(f"—: --pool {pool.value} does not apply to {unpooled} map tap(s) (no class token).")
     console.print(f"* default tap. Extract: featkit extract --model {spec.name} --layer {spec.default_tap} "
                   f"PHOTOS/ -o feats/")

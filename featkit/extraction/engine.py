@@ -34,16 +34,24 @@ def _clone_outputs(graph_module: torch.fx.GraphModule) -> None:
     graph_module.recompile()
 
 
-def pool_features(x: torch.Tensor, pool: str) -> torch.Tensor:
-    """(N, C, H, W) → (N, C) by ``avg``/``max``/``gem``; anything else, or ``none``, is flattened."""
-    if x.dim() == 4 and pool != "none":
-        if pool == "avg":
-            return x.mean(dim=(2, 3))
-        if pool == "max":
-            return x.amax(dim=(2, 3))
-        if pool == "gem":
-            return x.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
-        raise ValueError(f"unknown pool '{pool}'")
+def pool_features(x: torch.Tensor, pool: str, axes: tuple[int, ...]) -> torch.Tensor:
+    """(N, ...) → (N, D): ``pool`` reduces ``axes`` of each image's output (``TapSpec.pooled_axes``), then flatten.
+
+    ``avg``/``mean``, ``max`` and ``gem`` reduce the axes (a map's H and W, a token tap's tokens); ``cls`` keeps
+    token 0 of the one token axis. With no axes (``none``, vectors) the output is only flattened.
+    """
+    if axes:
+        dims = tuple(axis + 1 for axis in axes)  # past the batch axis
+        if pool == "cls":
+            x = x.select(dims[0], 0)
+        elif pool in ("avg", "mean"):
+            x = x.mean(dim=dims)
+        elif pool == "max":
+            x = x.amax(dim=dims)
+        elif pool == "gem":
+            x = x.clamp(min=1e-6).pow(GEM_P).mean(dim=dims).pow(1.0 / GEM_P)
+        else:
+            raise ValueError(f"unknown pool '{pool}'")
     return x.flatten(1)
 
 
@@ -54,13 +62,14 @@ class TapExtractor(nn.Module):
         model: a torchvision classifier in eval mode.
         taps: the taps to return (distinct names).
         runtime: device and precision.
-        pool: how spatial taps become vectors (``none`` flattens).
+        pool: how taps become vectors (``none`` flattens; see ``featkit.choices.Pool``).
         l2: L2-normalise each stored vector.
     """
 
     def __init__(self, model: nn.Module, taps: list[TapSpec], runtime: Runtime, pool: str = "none", l2: bool = False):
         super().__init__()
         pool = check_choice("pool", pool, Pool, "TapExtractor")
+        self.axes = {t.name: t.pooled_axes(pool) for t in taps}  # what the tap table says ``pool`` reduces
         self.tap_names = [t.name for t in taps]
         body = create_feature_extractor(model.eval(), return_nodes={t.node: t.name for t in taps})
         _clone_outputs(body)
@@ -81,6 +90,6 @@ class TapExtractor(nn.Module):
             raw = self.body(images)
         out = {}
         for name in self.tap_names:
-            feats = pool_features(raw[name].float(), self.pool)
+            feats = pool_features(raw[name].float(), self.pool, self.axes[name])
             out[name] = F.normalize(feats, dim=1) if self.l2 else feats
         return out

@@ -167,6 +167,7 @@ def collapse(group: Group) -> LayerRow:
     last = rows[-1]
     tapped = [r for r in rows if r.taps]  # VGG's fc6 block ends with a dropout: its taps are the ReLU's
     weighted = [r for r in rows if r.weights]
+    owning = [r for r in rows if r.params]
     return LayerRow(
         name=group.name, kind=group.kind, module=_common_module(rows), taps=tapped[-1].taps if tapped else (),
         shape=last.shape,
@@ -174,6 +175,7 @@ def collapse(group: Group) -> LayerRow:
         memory_bytes=sum(r.memory_bytes for r in rows),
         weights=sum(r.weights for r in rows), biases=sum(r.biases for r in rows),
         weight_formula=weighted[0].weight_formula if len(weighted) == 1 else "",
+        param_formula=owning[0].param_formula if len(owning) == 1 else "",
         macs=sum(r.macs for r in rows), field=last.field,
     )
 

@@ -18,6 +18,8 @@ What the columns count:
   products); pooling, normalisation, activations and additions are not counted (they are small next to them).
 * **weights / biases**: parameters named ``*bias`` are biases, all others weights; a module that never runs
   (attention's ``out_proj``, used through its weight) gives its parameters to the closest one that does.
+* **params**: both, as lecture slides write them: a weight with its bias is ``(fan-in + 1)*out``
+  (``(11*11*3 + 1)*96 = 34,944``), a norm's scale and shift ``2*C``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class LayerRow:
         memory_bytes: ``memory`` at the inspected dtype.
         weights, biases: parameter counts.
         weight_formula: how ``weights`` comes about, e.g. ``(3*3*64)*128 = 73,728``.
+        param_formula: how weights and biases together come about, e.g. ``(3*3*64 + 1)*128 = 73,856``.
         macs: multiply-accumulates per image.
         field: receptive field of one output unit (None where unknown).
     """
@@ -67,6 +70,7 @@ class LayerRow:
     weights: int
     biases: int
     weight_formula: str
+    param_formula: str
     macs: int
     field: Field | None
 
@@ -207,26 +211,69 @@ def _owners(model: nn.Module, called: set[str]) -> dict[str, list[tuple[str, tor
     return owners
 
 
-def _shape_formula(module: nn.Module, shape: tuple[int, ...], in_map: tuple[int, ...]) -> str:
-    """``(kh*kw*in)*out`` for convolutions, ``(h*w*c)*out`` for a Linear on a flattened map, else the dims."""
+def _fan_in(module: nn.Module, shape: tuple[int, ...], in_map: tuple[int, ...]) -> str | None:
+    """What one output unit reads, from its weight's ``shape``: ``kh*kw*in`` for a convolution.
+
+    A Linear reads ``in`` values, written ``h*w*c`` when they are a flattened map; None for other modules.
+    """
     if isinstance(module, nn.modules.conv._ConvNd) and len(shape) >= 3:
-        return f"({'*'.join(map(str, (*shape[2:], shape[1])))})*{shape[0]}"
+        return "*".join(map(str, (*shape[2:], shape[1])))
     if isinstance(module, nn.Linear) and len(shape) == 2:
         if in_map and math.prod(in_map) == shape[1] and math.prod(in_map[1:]) > 1:
             c, h, w = in_map
-            return f"({h}*{w}*{c})*{shape[0]}"
-        return f"{shape[1]}*{shape[0]}"
-    return "*".join(map(str, shape))
+            return f"{h}*{w}*{c}"
+        return str(shape[1])
+    return None
+
+
+def _shape_formula(module: nn.Module, shape: tuple[int, ...], in_map: tuple[int, ...]) -> str:
+    """``(kh*kw*in)*out`` for convolutions, ``(h*w*c)*out`` or ``in*out`` for a Linear, else the dims."""
+    fan_in = _fan_in(module, shape, in_map)
+    if fan_in is None:
+        return "*".join(map(str, shape))
+    return f"({fan_in})*{shape[0]}" if "*" in fan_in else f"{fan_in}*{shape[0]}"
+
+
+def _with_bias_formula(module: nn.Module, shape: tuple[int, ...], in_map: tuple[int, ...]) -> str:
+    """A weight of ``shape`` and its bias: ``(kh*kw*in + 1)*out``; a norm's scale and shift: ``2*C``."""
+    if len(shape) == 1:
+        return f"2*{shape[0]}"
+    fan_in = _fan_in(module, shape, in_map) or "*".join(map(str, shape[1:]))
+    return f"({fan_in} + 1)*{shape[0]}"
+
+
+def _sum_formula(terms: list[str], total: int) -> str:
+    """``terms = total``, or just the total where the one term is that number (a norm's scale)."""
+    if not terms:
+        return ""
+    return f"{total:,}" if terms == [str(total)] else f"{' + '.join(terms)} = {total:,}"
 
 
 def _weight_formula(call: _Call, weights: list[tuple[str, torch.Tensor]]) -> str:
-    if not weights:
-        return ""
-    total = sum(p.numel() for _, p in weights)
-    if len(weights) == 1 and weights[0][1].dim() == 1:
-        return f"{total:,}"
-    terms = " + ".join(_shape_formula(call.module, tuple(p.shape), call.in_map) for _, p in weights)
-    return f"{terms} = {total:,}"
+    terms = [_shape_formula(call.module, tuple(p.shape), call.in_map) for _, p in weights]
+    return _sum_formula(terms, sum(p.numel() for _, p in weights))
+
+
+def _param_formula(call: _Call, params: list[tuple[str, torch.Tensor]]) -> str:
+    """Weights and biases together, as ``(fan-in + 1)*out`` terms.
+
+    A weight followed by its own bias (``weight``/``bias``, ``in_proj_weight``/``in_proj_bias``: one bias per
+    output) makes one term; any other parameter is a term of its own.
+    """
+    terms: list[str] = []
+    i = 0
+    while i < len(params):
+        name, p = params[i]
+        shape = tuple(p.shape)
+        bias = params[i + 1] if i + 1 < len(params) else None
+        if (name.endswith("weight") and bias is not None and bias[0] == name.removesuffix("weight") + "bias"
+                and bias[1].numel() == shape[0]):
+            terms.append(_with_bias_formula(call.module, shape, call.in_map))
+            i += 2
+        else:
+            terms.append(str(p.numel()) if name.endswith("bias") else _shape_formula(call.module, shape, call.in_map))
+            i += 1
+    return _sum_formula(terms, sum(p.numel() for _, p in params))
 
 
 def layer_rows(model: nn.Module, size: int, dtype: str = "float32") -> list[LayerRow]:
@@ -235,8 +282,9 @@ def layer_rows(model: nn.Module, size: int, dtype: str = "float32") -> list[Laye
     calls = trace_calls(model, size)
     owners = _owners(model, {c.path for c in calls})
     pixels = 3 * size * size
-    rows = [LayerRow("input", "Input", "", (), (3, size, size), pixels, pixels, pixels * itemsize, 0, 0, "", 0,
-                     Field.of_input(size, size))]
+    rows = [LayerRow(name="input", kind="Input", module="", taps=(), shape=(3, size, size), activations=pixels,
+                     memory=pixels, memory_bytes=pixels * itemsize, weights=0, biases=0, weight_formula="",
+                     param_formula="", macs=0, field=Field.of_input(size, size))]
     for call in calls:
         params = owners.pop(call.path, []) if call.index == 0 else []
         if not (call.leaf or params or call.memory):
@@ -248,6 +296,7 @@ def layer_rows(model: nn.Module, size: int, dtype: str = "float32") -> list[Laye
             name=name or type(call.module).__name__, kind=type(call.module).__name__, module=call.path, taps=(),
             shape=call.shape, activations=math.prod(call.shape), memory=call.memory,
             memory_bytes=call.memory * itemsize, weights=sum(p.numel() for _, p in weights), biases=biases,
-            weight_formula=_weight_formula(call, weights), macs=call.macs, field=call.field,
+            weight_formula=_weight_formula(call, weights), param_formula=_param_formula(call, params),
+            macs=call.macs, field=call.field,
         ))
     return rows

@@ -13,8 +13,9 @@ from featkit.inspect import Inspection, LayerRow
 
 FORMATS = values(TableFormat)
 # Terminal and Markdown columns; the numeric ones are right-aligned.
-HEADERS = ("layer", "tap", "kind", "output", "activations", "memory", "weights", "biases", "MACs", "RF", "stride")
-NUMERIC = {"activations", "memory", "weights", "biases", "MACs", "RF", "stride"}
+HEADERS = ("layer", "tap", "kind", "output", "activations", "memory", "weights", "biases", "params", "MACs", "RF",
+           "stride")
+NUMERIC = {"activations", "memory", "weights", "biases", "params", "MACs", "RF", "stride"}
 
 
 def volume(shape: tuple[int, ...]) -> str:
@@ -53,7 +54,7 @@ def cells(row: LayerRow) -> tuple[str, ...]:
     """One row as the terminal and Markdown tables show it."""
     return (row.name, ", ".join(row.taps), row.kind, volume(row.shape), f"{row.activations:,}",
             size_text(row.memory_bytes), row.weight_formula or f"{row.weights:,}", f"{row.biases:,}",
-            f"{row.macs:,}", _pair(_rf(row)), _pair(_stride(row)))
+            row.param_formula or f"{row.params:,}", f"{row.macs:,}", _pair(_rf(row)), _pair(_stride(row)))
 
 
 def title(result: Inspection) -> str:
@@ -97,7 +98,8 @@ def _record(row: LayerRow, result: Inspection) -> dict:
         "layer": row.name, "tap": " ".join(row.taps), "kind": row.kind, "output": volume(row.shape),
         "activations": row.activations, "activation_bytes": row.activations * result.bytes_per_value,
         "memory_values": row.memory, "memory_bytes": row.memory_bytes, "weights": row.weights, "biases": row.biases,
-        "parameters": row.params, "weight_formula": row.weight_formula, "macs": row.macs,
+        "parameters": row.params, "weight_formula": row.weight_formula, "param_formula": row.param_formula,
+        "macs": row.macs,
         "rf": _pair(_rf(row)), "stride": _pair(_stride(row)),
     }
 
