@@ -156,6 +156,37 @@ def test_run_linear_probe_uses_the_given_val_split():
         run_linear_probe(X[:150], y[:150], X[250:], y[250:] + 5, grid=[1.0])
 
 
+def test_the_sweep_reports_each_fit_to_a_callback_and_prints_nothing_unless_asked(capsys):
+    X, y = make_classification(300, 10, random_state=5)
+    steps: list[tuple] = []
+    sel = select_C(X[:150], y[:150], X[150:250], y[150:250], grid=SMALL_GRID[::5], on_step=lambda *a: steps.append(a))
+    assert steps == [(i + 1, len(sel.grid), C) for i, C in enumerate(sel.grid)]  # once per C, in order
+    steps.clear()
+    select_C(X, y, grid=[0.1, 1.0], folds=3, on_step=lambda *a: steps.append(a))  # once per C and fold
+    assert [(done, total) for done, total, _ in steps] == [(i, 6) for i in range(1, 7)]
+    run_linear_probe(X[:150], y[:150], X[250:], y[250:], grid=[0.1, 1.0])
+    assert capsys.readouterr() == ("", "")
+    steps.clear()
+    run_linear_probe(X[:150], y[:150], X[250:], y[250:], val=(X[150:250], y[150:250]), grid=[0.1, 1.0],
+                     progress=True, on_step=lambda *a: steps.append(a))
+    out, err = capsys.readouterr()
+    assert out == "" and "C sweep" in err and "C=1" in err and len(steps) == 2
+
+
+def test_the_stratified_holdout_is_seeded_and_keeps_class_shares():
+    from featkit.errors import InputError
+    from featkit.probes.protocol import stratified_holdout
+
+    y = np.array(["a"] * 40 + ["b"] * 10)
+    kept, held = stratified_holdout(y, 0.2, seed=0)
+    assert sorted([*kept, *held]) == list(range(50)) and len(held) == 10
+    assert sorted(y[held].tolist()) == ["a"] * 8 + ["b"] * 2
+    assert np.array_equal(held, stratified_holdout(y, 0.2, seed=0)[1])
+    assert not np.array_equal(np.sort(held), np.sort(stratified_holdout(y, 0.2, seed=1)[1]))
+    with pytest.raises(InputError, match="Cannot carve a stratified test split: .*least populated class"):
+        stratified_holdout(np.array(["a"] * 9 + ["b"]), 0.2, seed=0, what="test split", error=InputError)
+
+
 def knn_oracle(train, labels, queries, k, temperature, n_classes):
     """Brute-force numpy version of DINO's weighted kNN vote."""
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731

@@ -13,13 +13,15 @@ cheap.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
+from tqdm.auto import tqdm
 
 from featkit.choices import SelectionMetric
-from featkit.errors import check_choice, check_float, invalid_parameter
+from featkit.errors import FeatkitError, check_choice, check_float, invalid_parameter
 from featkit.probes.linear import LinearProbe, ProbeError, standardisation
 
 DEFAULT_GRID = tuple(np.logspace(-6, 5, 45))
@@ -32,6 +34,8 @@ DEFAULT_GRID = tuple(np.logspace(-6, 5, 45))
 PROTOCOL_PROBE = {"dtype": "float32", "tol": 1e-4}
 CV_FOLDS = 5
 CV_MAX_ROWS = 5000  # above this a single carved split is precise enough, and k sweeps cost k times as much
+# Told after each fit of a C sweep: (fits done, fits in the sweep, the C just fitted).
+StepCallback = Callable[[int, int, float], None]
 
 
 def class_indices(classes: np.ndarray, y) -> np.ndarray:
@@ -141,8 +145,28 @@ def scored_on_test(classes: np.ndarray, scores: np.ndarray, test_y) -> dict:
             "n_test": len(y_idx)}
 
 
-def _sweep(probe_params: dict, grid: np.ndarray, X_train, y_train, X_val, y_val, metric: str) -> np.ndarray:
-    """Validation score of each C in ``grid``, each fit warm-started from the previous one.
+def stratified_holdout(y, fraction: float, seed: int, *, what: str = "validation split from train",
+                       error: type[FeatkitError] = ProbeError) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (kept, held out) of a seeded split holding out ``fraction`` of every class.
+
+    Args:
+        y: the labels.
+        fraction: the share held out, in (0, 1).
+        seed: seeds the split (scikit-learn's ``train_test_split(stratify=y, random_state=seed)``).
+        what: names the split in the error.
+        error: the error raised when the labels cannot be split so (a class with a single row, ...).
+    """
+    check_float("fraction", fraction, "stratified_holdout", low=0, high=1, error=error)
+    try:
+        kept, held = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+    except ValueError as exc:
+        raise error(f"Cannot carve a stratified {what}: {' '.join(str(exc).split())}") from None
+    return kept, held
+
+
+def _sweep(probe_params: dict, grid: np.ndarray, X_train, y_train, X_val, y_val, metric: str,
+           on_fit: Callable[[float], None] | None = None) -> np.ndarray:
+    """Validation score of each C in ``grid``, each fit warm-started from the previous one; ``on_fit(C)`` after each.
 
     The features are standardised once for the whole sweep (as each fit would do itself) and handed to the fits
     in their dtype: re-standardising 10,000 × 2,048 float64 copies per C took ~40 % of a sweep's time.
@@ -161,6 +185,8 @@ def _sweep(probe_params: dict, grid: np.ndarray, X_train, y_train, X_val, y_val,
             y_val_idx = class_indices(probe.classes_, y_val)
         pred_idx = class_indices(probe.classes_, probe.predict(X_val))
         scores.append(score(metric, y_val_idx, pred_idx, len(probe.classes_)))
+        if on_fit is not None:
+            on_fit(float(C))
     return np.asarray(scores)
 
 
@@ -177,13 +203,16 @@ def _folds_for(y_train, folds: int | str) -> int:
 
 
 def select_C(X_train, y_train, X_val=None, y_val=None, *, grid=DEFAULT_GRID, metric: str = "accuracy",
-             val_fraction: float = 0.2, folds: int | str = "auto", seed: int = 0, **probe_params) -> Selection:
+             val_fraction: float = 0.2, folds: int | str = "auto", seed: int = 0, on_step: StepCallback | None = None,
+             **probe_params) -> Selection:
     """Sweep C over ``grid`` (ascending), fitting on train and scoring on val; ties go to the smaller C.
 
     Without ``X_val``: ``folds`` > 1 scores each C by its mean over stratified folds of train (``"auto"``: 5 folds
     up to ``CV_MAX_ROWS`` training rows), ``folds`` = 1 holds out a stratified ``val_fraction`` of train. Both are
     seeded by ``seed``. The smaller C of a tie is the more regularised model, the safer choice when validation
-    cannot tell them apart. ``probe_params`` go to :class:`LinearProbe` (device, dtype, max_iter, ...).
+    cannot tell them apart. ``on_step(done, total, C)`` is called after each fit: once per C with one validation
+    split, once per C and fold with k folds (``total`` = len(grid) × folds). ``probe_params`` go to
+    :class:`LinearProbe` (device, dtype, max_iter, ...).
     """
     metric = check_choice("metric", metric, SelectionMetric, "select_C", error=ProbeError)
     grid = np.sort(np.asarray(grid, dtype=np.float64).ravel())
@@ -194,24 +223,31 @@ def select_C(X_train, y_train, X_val=None, y_val=None, *, grid=DEFAULT_GRID, met
     start = time.perf_counter()
     probe_params = {**PROTOCOL_PROBE, **probe_params}
     n_train = len(y_train)
+    k = 1 if X_val is not None else _folds_for(y_train, folds)
+    done = 0
+
+    def on_fit(C: float) -> None:
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step(done, len(grid) * k, C)
+
     if X_val is not None:
-        k, n_val = 1, len(y_val)
-        scores = _sweep(probe_params, grid, X_train, y_train, X_val, y_val, metric)
+        n_val = len(y_val)
+        scores = _sweep(probe_params, grid, X_train, y_train, X_val, y_val, metric, on_fit)
     else:
-        k = _folds_for(y_train, folds)
         X_train, y_train = np.asarray(X_train), np.asarray(y_train)
-        try:
-            if k > 1:
+        if k > 1:
+            try:
                 splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X_train, y_train))
-            else:
-                check_float("val_fraction", val_fraction, "select_C", low=0, high=1, error=ProbeError)
-                splits = [train_test_split(np.arange(n_train), test_size=val_fraction, stratify=y_train,
-                                           random_state=seed)]
-        except ValueError as exc:
-            raise ProbeError(f"Cannot carve a stratified validation split from train: {' '.join(str(exc).split())}"
-                             ) from exc
+            except ValueError as exc:
+                raise ProbeError("Cannot carve a stratified validation split from train: "
+                                 f"{' '.join(str(exc).split())}") from exc
+        else:
+            check_float("val_fraction", val_fraction, "select_C", low=0, high=1, error=ProbeError)
+            splits = [stratified_holdout(y_train, val_fraction, seed)]
         scores = np.mean([_sweep(probe_params, grid, X_train[fit], y_train[fit],
-                                 X_train[held], y_train[held], metric) for fit, held in splits], axis=0)
+                                 X_train[held], y_train[held], metric, on_fit) for fit, held in splits], axis=0)
         n_train, n_val = (n_train, 0) if k > 1 else (len(splits[0][0]), len(splits[0][1]))
     best = int(np.argmax(scores))  # first maximum: the smallest C among ties
     return Selection(best_C=float(grid[best]), metric=metric, grid=tuple(grid.tolist()),
@@ -220,8 +256,8 @@ def select_C(X_train, y_train, X_val=None, y_val=None, *, grid=DEFAULT_GRID, met
 
 
 def run_linear_probe(train_X, train_y, test_X, test_y, *, val=None, grid=DEFAULT_GRID, metric: str = "accuracy",
-                     val_fraction: float = 0.2, folds: int | str = "auto", seed: int = 0,
-                     **probe_params) -> ProbeResult:
+                     val_fraction: float = 0.2, folds: int | str = "auto", seed: int = 0, progress: bool = False,
+                     on_step: StepCallback | None = None, **probe_params) -> ProbeResult:
     """Run the full protocol: :func:`select_C`, refit on train + val with the chosen C, evaluate on test.
 
     Args:
@@ -238,12 +274,23 @@ def run_linear_probe(train_X, train_y, test_X, test_y, *, val=None, grid=DEFAULT
         folds: without ``val``, ``"auto"`` or the number of stratified folds of train to score each C on
             (1: one carved split; see :func:`select_C`).
         seed: seeds the folds or the carved split.
+        progress: show a progress bar of the C sweep (which C, how many fits left) on stderr.
+        on_step: called after each fit of the sweep as ``on_step(done, total, C)`` (see :func:`select_C`).
         probe_params: passed to :class:`LinearProbe` (device, dtype, max_iter, ...).
     """
     start = time.perf_counter()
     X_val, y_val = val if val is not None else (None, None)
-    sel = select_C(train_X, train_y, X_val, y_val, grid=grid, metric=metric, val_fraction=val_fraction,
-                   folds=folds, seed=seed, **probe_params)
+    with tqdm(desc="C sweep", unit="fit", disable=not progress, dynamic_ncols=True, leave=False) as bar:
+
+        def step(done: int, total: int, C: float) -> None:
+            bar.total = total
+            bar.set_postfix_str(f"C={C:.3g}", refresh=False)
+            bar.update(1)
+            if on_step is not None:
+                on_step(done, total, C)
+
+        sel = select_C(train_X, train_y, X_val, y_val, grid=grid, metric=metric, val_fraction=val_fraction,
+                       folds=folds, seed=seed, on_step=step, **probe_params)
     if val is not None:
         train_X, train_y = np.concatenate([np.asarray(train_X), np.asarray(X_val)]), np.concatenate(
             [np.asarray(train_y), np.asarray(y_val)])
