@@ -85,11 +85,14 @@ def test_image_queries_need_the_same_weights_file(photos, tmp_path):
     manifest_path = tmp_path / "moved.index" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["source"]["weights_path"] = None  # e.g. an index copied to another machine
+    manifest["source"]["settings"]["weights"]["path"] = "/elsewhere/squeezenet.pth"
     manifest_path.write_text(json.dumps(manifest))
     index = Index.open(tmp_path / "moved.index")
     query = photos["val"].rows["path"][0]
-    with pytest.raises(SearchIndexError, match="pass it with --weights FILE"):
+    with pytest.raises(SearchIndexError, match=r"sha256 a8955a3357b2…\)\. It was at /elsewhere/squeezenet.pth, which "
+                                               r"is gone or has changed since\. Pass it with --weights FILE"):
         index.search(query, k=1)
+    assert len(index.search(query, k=1, weights=photos["weights"])) == 1  # given where it is now
     other = tmp_path / "other.pth"
     import torch
 
@@ -97,9 +100,9 @@ def test_image_queries_need_the_same_weights_file(photos, tmp_path):
     state["features.0.bias"] = state["features.0.bias"] + 0.5
     torch.save(state, other)
     with pytest.raises(SearchIndexError, match="embedded differently"):
-        index.search(query, k=1, weights_file=other)
+        index.search(query, k=1, weights=other)
     with pytest.raises(SearchIndexError, match="is not the weights file"):
-        Index.build(photos["train"], weights_file=other)
+        Index.build(photos["train"], weights=other)
 
 
 def test_dedup_finds_reencoded_resized_and_cropped_copies_without_false_merges(photos, hymenoptera, tmp_path):

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import write_images
 from typer.testing import CliRunner
 
@@ -92,3 +93,34 @@ def test_a_tap_is_added_to_a_store_without_recomputing_the_others(tmp_path, monk
     again = featkit.extract(tmp_path / "imgs", tmp_path / "s", layers=["fire9"], **opts)
     assert again.added_taps == () and again.computed > 0
     assert featkit.open_features(tmp_path / "s")["fire5"].shape[0] == len(featkit.open_features(tmp_path / "s"))
+
+
+def test_a_store_remembers_its_weights_file_for_search_by_image_and_pixels(tmp_path):
+    from PIL import Image
+
+    from featkit.backbones.registry import build_module
+
+    torch.save(build_module("squeezenet1_1").state_dict(), tmp_path / "mine.pth")
+    write_images(tmp_path / "imgs", classes=2, per_class=3)
+    featkit.extract(tmp_path / "imgs", tmp_path / "s", model="squeezenet1_1", weights=str(tmp_path / "mine.pth"),
+                    layers=["fire9"], pool="avg", device="cpu", workers=0)
+    assert featkit.open_features(tmp_path / "s").settings.weights.path == str(tmp_path / "mine.pth")
+    index = Index.build(tmp_path / "s")  # no weights= : the store knows where its file is
+    query = sorted((tmp_path / "imgs" / "c1").iterdir())[0]
+    by_path = index.search(str(query), k=2, device="cpu")
+    pixels = np.asarray(Image.open(query).convert("RGB"))
+    by_pixels = index.search(pixels, k=2, device="cpu")
+    assert by_path["path"].iloc[0] == str(query) == by_pixels["path"].iloc[0]
+    (tmp_path / "mine.pth").rename(tmp_path / "moved.pth")
+    with pytest.raises(featkit.FeatkitError, match="It was at .*mine.pth, which is gone or has changed since"):
+        Index.open(index.save(tmp_path / "i.index")).search(str(query), k=1)
+
+
+
+def test_index_remove_takes_paths_relative_to_here(tmp_path, monkeypatch):
+    write_images(tmp_path / "imgs", classes=1, per_class=3)
+    featkit.extract(tmp_path / "imgs", tmp_path / "s", model="squeezenet1_1", weights="random", layers=["fire9"],
+                    pool="avg", device="cpu", workers=0)
+    index = Index.build(tmp_path / "s", kind="flat")
+    monkeypatch.chdir(tmp_path)
+    assert index.remove(["imgs/c0/001.png"]) == 1 and len(index) == 2

@@ -19,7 +19,9 @@ LayerOpt = Annotated[list[str] | None, typer.Option(
 WeightsOpt = Annotated[str, typer.Option(
     "--weights", "-w", help="imagenet (torch hub cache), random (seeded), a .pth/.pt/.safetensors file, or a "
                             "featkit finetune run directory.")]
-PoolOpt = Annotated[Pool, typer.Option(help="Spatial taps → vectors: none (flatten), avg, max, gem.")]
+PoolOpt = Annotated[Pool, typer.Option(
+    help="Maps and tokens → vectors: none (flatten); avg (= mean), max, gem over positions or tokens; cls: a ViT's "
+         "class token.")]
 PrecisionOpt = Annotated[Precision, typer.Option(
     help="Compute precision (bf16: CPUs with AVX512-BF16/AMX and GPUs; fp16: GPUs).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then the CPU) | cpu | cuda | cuda:N | mps.")]

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from featkit.choices import DType, Pool, Precision
+from featkit.backbones.spec import LAYOUTS
+from featkit.choices import DType, Layout, Pool, Precision
 from featkit.cli._console import console as make_console
 from featkit.cli._options import (
     BatchSizeOpt,
@@ -67,6 +68,9 @@ def extract(
     draft: Annotated[bool, typer.Option(
         "--draft/--no-draft", help="Decode large JPEGs at reduced DCT scale (still ≥ the resize size).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for --weights random.")] = 0,
+    layout: Annotated[Layout, typer.Option(
+        help="How folders give labels: auto (split folders if any, else class folders), splits (ROOT/SPLIT/CLASS), "
+             "classes (ROOT/CLASS) or flat (no labels).")] = Layout.auto,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made with other settings.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights.")] = False,
     quiet: QuietOpt = False,
@@ -81,16 +85,17 @@ def extract(
     cfg = ExtractConfig(model=model, taps=tuple(layer or ()), weights=weights, pool=pool, l2=l2,
                         dtype=dtype, precision=precision, batch_size=batch_size, device=device,
                         workers=workers, shard_rows=shard_rows, draft=draft, seed=seed, overwrite=overwrite,
-                        download=not offline)
+                        download=not offline, layout=layout)
     console = make_console(stderr=True)
+    result = run_extraction(inputs, output, cfg, progress=not quiet)
+    print_result(result, make_console())
     itemsize = 2 if cfg.dtype == "float16" else 4
     for tap in resolve_taps(cfg.model, cfg.taps):
         stored, pooled = tap.dims(cfg.pool), tap.dims("avg")
-        if stored > pooled:  # a map stored flattened: say what that costs, and what pooling would store
+        if stored > pooled:  # a map or token list stored flattened: what that costs, and what pooling stores
             shape = "×".join(map(str, tap.shape))
-            console.print(f"note: {tap.name} is a {shape} map, stored flattened: {stored:,} values per image "
-                          f"({stored * itemsize / 2**10:,.0f} KiB as {cfg.dtype}); --pool avg stores {pooled:,}.")
-    result = run_extraction(inputs, output, cfg, progress=not quiet)
-    print_result(result, make_console())
+            console.print(f"note: {tap.name} ({LAYOUTS[tap.layout].words}, {shape}) is stored flattened: "
+                          f"{stored:,} values per image ({stored * itemsize / 2**10:,.0f} KiB as {cfg.dtype}); "
+                          f"--pool avg stores {pooled:,}.")
     if result.weights.kind == "random":
         console.print("note: --weights random: these features carry no pretrained meaning (smoke tests only).")

@@ -71,7 +71,7 @@ def build(
     check_target(output, overwrite)  # refuse before minutes of building
     index = Index.build(store, tap=tap, kind=kind, metric=metric, pca=pca,
                         max_memory=parse_bytes(max_memory) if max_memory else None, recall_target=recall,
-                        weights_file=weights, progress=not quiet)
+                        weights=weights, progress=not quiet)
     index.save(output, overwrite=overwrite)
     console = make_console()
     console.print(f"[bold green]wrote[/] {output}: {_describe(index)}")
@@ -173,7 +173,7 @@ def search(
             raise SearchIndexError(f"Cannot read query vectors from {queries[0]}: {exc}") from None
         results = index.search(vectors, k, params=params)
     else:
-        results = index.search([str(q) for q in queries], k, params=params, weights_file=weights, device=device)
+        results = index.search([str(q) for q in queries], k, params=params, weights=weights, device=device)
     failures = results.attrs["failures"]
     columns = ["query", "rank", "path", "score"] + (["label"] if results["label"].notna().any() else [])
     table = results[columns]

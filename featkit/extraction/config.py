@@ -40,7 +40,8 @@ class ExtractConfig:
         model: backbone name (see ``featkit models``).
         taps: tap names or aliases; empty means the backbone's default tap.
         weights: ``imagenet``, ``random`` or a weights file.
-        pool: how spatial taps become vectors: ``none`` (flatten), ``avg``, ``max``, ``gem``.
+        pool: how maps and token lists become vectors: ``none`` (flatten); ``avg`` (= ``mean``), ``max``,
+            ``gem`` over positions or tokens; ``cls``: a ViT's class token (see ``featkit taps MODEL``).
         l2: L2-normalise stored vectors.
         dtype: stored dtype, ``float32`` or ``float16``.
         precision: compute precision, ``fp32``, ``bf16`` or ``fp16`` (autocast).

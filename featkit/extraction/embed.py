@@ -279,17 +279,17 @@ def expand_sources(images: ImageSource | Iterable[ImageSource]) -> tuple[list[Im
 
 
 def config_for(settings: StoreSettings, *, taps: Sequence[str] | None = None,
-               weights_file: str | os.PathLike | None = None, device: str = "auto",
+               weights: str | os.PathLike | None = None, device: str = "auto",
                batch_size: int = 32) -> ExtractConfig:
     """The extraction config that computes vectors the way ``settings`` (a store's) say.
 
     Raises:
-        ValueError: the settings used a weights file and ``weights_file`` is not given.
+        ValueError: the settings used a weights file and ``weights`` (its path) is not given.
     """
     w = settings.weights
-    if w.kind == "file" and weights_file is None:
-        raise ValueError("weights_file is needed")
-    weights = {"imagenet": "imagenet", "random": "random"}.get(w.kind, str(weights_file))
+    if w.kind == "file" and weights is None:
+        raise ValueError("the weights file's path is needed")
+    weights = {"imagenet": "imagenet", "random": "random"}.get(w.kind, str(weights))
     return ExtractConfig(model=settings.model, taps=tuple(taps) if taps is not None else settings.tap_names,
                          weights=weights, pool=settings.pool, l2=settings.l2, dtype=settings.dtype,
                          precision=settings.precision, draft=settings.draft, seed=w.seed or 0,
@@ -309,7 +309,8 @@ def embed(images: ImageSource | Iterable[ImageSource], *, model: str = DEFAULT_M
         model: backbone name (``featkit.list_backbones()``).
         weights: ``imagenet``, ``random`` or a weights file (loaded with ``weights_only=True``).
         layers: tap names or aliases (default: the backbone's default tap).
-        pool: how spatial taps become vectors: ``none`` (flatten), ``avg``, ``max``, ``gem``.
+        pool: how maps and token lists become vectors: ``none`` (flatten); ``avg`` (= ``mean``), ``max``,
+            ``gem`` over positions or tokens; ``cls``: a ViT's class token (see ``featkit taps MODEL``).
         progress: show a progress bar.
         **options: any other :class:`~featkit.ExtractConfig` field (l2, dtype, precision, batch_size, device, ...).
 

@@ -7,7 +7,6 @@ each image's best match, and dropped, so no N × N matrix or full pair list ever
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -20,7 +19,6 @@ from featkit.errors import SearchIndexError, check_float
 from featkit.index.exact import prepare
 from featkit.index.index import CHUNK, _store
 from featkit.store.reader import FeatureStore
-from featkit.store.settings import StoreSettings
 
 BATCH = 2048
 # Calibrated by benchmarks/dedup_threshold.py on planted copies of real photos (see find_duplicates).
@@ -134,7 +132,7 @@ def find_leaks(store: FeatureStore | str | os.PathLike, against: FeatureStore | 
     store, against = _store(store), _store(against)
     tap = store.resolve_tap(tap)
     against.resolve_tap(tap)
-    changes = _one_tap(store.settings, tap).diff(_one_tap(against.settings, tap), vectors_only=True, limit=4)
+    changes = store.settings.for_tap(tap).diff(against.settings.for_tap(tap), vectors_only=True, limit=4)
     if changes:
         raise SearchIndexError(f"{against.root} computed its {tap} vectors differently from {store.root} "
                                f"({'; '.join(changes)}); extract both with the same settings to compare them.")
@@ -160,11 +158,6 @@ def find_leaks(store: FeatureStore | str | os.PathLike, against: FeatureStore | 
         "label": store.rows["label"].to_numpy()[rows], "against_label": against.rows["label"].to_numpy()[closest[rows]],
     }, columns=LEAK_COLUMNS)
     return leaks.sort_values(["score", "path"], ascending=[False, True], kind="stable").reset_index(drop=True)
-
-
-def _one_tap(settings: StoreSettings, tap: str) -> StoreSettings:
-    """``settings`` as if only ``tap`` had been extracted: the other taps of a store do not change its vectors."""
-    return dataclasses.replace(settings, taps=tuple(t for t in settings.taps if t.name == tap))
 
 
 def _groups(store: FeatureStore, vectors, roots: np.ndarray) -> pd.DataFrame:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -77,7 +76,7 @@ class Index:
     @classmethod
     def build(cls, store: FeatureStore | str | os.PathLike, *, tap: str | None = None, kind: str = "auto",
               metric: str = "cosine", pca: int | None = None, max_memory: int | None = None,
-              recall_target: float = 0.95, weights_file: str | os.PathLike | None = None,
+              recall_target: float = 0.95, weights: str | os.PathLike | None = None,
               progress: bool = False) -> Index:
         """Index every row of ``store``'s ``tap``.
 
@@ -89,7 +88,8 @@ class Index:
             pca: reduce to this many dimensions first (recorded; queries are reduced the same way).
             max_memory: bytes the index may take (default: half the RAM); steers ``auto``.
             recall_target: recall@10 vs exact search that approximate kinds are tuned to reach.
-            weights_file: where the store's weights file is, recorded so searches by image can find it.
+            weights: where the store's weights file is now, recorded so searches by image can find it (the store
+                records where it was at extraction; this is for a file that moved since).
             progress: show progress bars.
         """
         check_float("recall_target", recall_target, "Index.build", low=0, high=1, closed="right",
@@ -101,8 +101,8 @@ class Index:
         if n == 0:
             raise SearchIndexError(f"{store.root} has no rows to index; extract some images first.")
         plan = plan_index(n, dim, kind, metric=metric, pca=pca, max_memory=max_memory)
-        if weights_file is not None:
-            _check_weights_file(Path(weights_file), store)
+        if weights is not None:
+            _check_weights_file(Path(weights), store)
         log.info("building %s (%s): %s", plan.kind, plan.factory, plan.reason)
         start = time.perf_counter()
         index = faiss.index_factory(dim, plan.factory, faiss_metric(metric))
@@ -117,7 +117,7 @@ class Index:
             "training_size": plan.train_size, "build_seconds": round(build_seconds, 3), "next_id": n,
             "search_params": {}, "recall_at_10": 1.0, "recall_target": recall_target, "tuning_queries": 0,
             "source": {"tap": tap, "settings": store.settings.to_json(),
-                       "weights_path": str(Path(weights_file).resolve()) if weights_file else None,
+                       "weights_path": str(Path(weights).resolve()) if weights else None,
                        "stores": [str(store.root.resolve())]},
         }
         built = cls(index, ids, manifest)
@@ -226,27 +226,26 @@ class Index:
     def tap(self) -> str:
         return self.manifest["source"]["tap"]
 
-    def embedder(self, *, weights_file: str | os.PathLike | None = None, device: str = "auto") -> Embedder:
+    def embedder(self, *, weights: str | os.PathLike | None = None, device: str = "auto") -> Embedder:
         """The model that embeds query images exactly like the indexed ones, loaded on first use and kept.
 
         Only the indexed tap is computed, with the model, weights, preprocessing, pooling, dtype and precision the
         store recorded; the loaded weights are checked against the recorded sha256 before a query is embedded.
 
+        Args:
+            weights: the weights file the store was made with, where it is not where the store (or ``index build
+                --weights``) recorded it.
+            device: where queries are embedded.
+
         Raises:
-            SearchIndexError: the store used a weights file and none is given or recorded, or the weights found
-                would compute other vectors (e.g. another file with the same name).
+            SearchIndexError: the store used a weights file and it is neither given nor where it was recorded (or
+                it changed since), or the weights found would compute other vectors.
         """
-        weights_file = weights_file or self.manifest["source"]["weights_path"]
+        weights_file = weights or self._recorded_weights()
         key = (str(weights_file) if weights_file else None, device)
         if key not in self._embedders:
-            w = self.settings.weights
-            if w.kind == "file" and weights_file is None:
-                raise SearchIndexError(f"The indexed features come from the weights file '{w.id}' (sha256 "
-                                       f"{w.sha256[:12]}…); pass it with --weights FILE to embed query images.")
-            embedder = Embedder(config_for(self.settings, taps=[self.tap], weights_file=weights_file, device=device))
-            recorded = dataclasses.replace(self.settings,
-                                           taps=tuple(t for t in self.settings.taps if t.name == self.tap))
-            changes = recorded.diff(embedder.settings, vectors_only=True, limit=4)
+            embedder = Embedder(config_for(self.settings, taps=[self.tap], weights=weights_file, device=device))
+            changes = self.settings.for_tap(self.tap).diff(embedder.settings, vectors_only=True, limit=4)
             if changes:
                 raise SearchIndexError(f"Query images would be embedded differently from the indexed ones "
                                        f"({'; '.join(changes)}); use the weights and featkit version the store was "
@@ -254,7 +253,28 @@ class Index:
             self._embedders[key] = embedder
         return self._embedders[key]
 
-    def embed(self, images, *, weights_file: str | os.PathLike | None = None, device: str = "auto",
+    def _recorded_weights(self) -> str | None:
+        """Where the store's weights file was recorded, if it is still there, unchanged; None for other kinds.
+
+        Raises:
+            SearchIndexError: the store used a weights file that has moved or changed since: names the path and hash
+                expected.
+        """
+        w = self.settings.weights
+        if w.kind != "file":
+            return None
+        recorded = [p for p in (self.manifest["source"].get("weights_path"), w.path) if p]
+        for path in recorded:
+            if Path(path).is_file():
+                from featkit.backbones.checkpoints import sha256_file
+
+                if sha256_file(Path(path)) == w.sha256:
+                    return path
+        where = f" It was at {recorded[-1]}, which is gone or has changed since." if recorded else ""
+        raise SearchIndexError(f"The indexed features come from the weights file '{w.id}' (sha256 {w.sha256[:12]}…)."
+                               f"{where} Pass it with --weights FILE to embed query images.")
+
+    def embed(self, images, *, weights: str | os.PathLike | None = None, device: str = "auto",
               progress: bool = False) -> Embedding:
         """Vectors of images (files, folders, bytes, PIL images, arrays), computed like the indexed ones, in memory.
 
@@ -262,17 +282,18 @@ class Index:
             An :class:`~featkit.extraction.embed.Embedding` of the indexed tap; ``failures`` lists the images that
             could not be read.
         """
-        return self.embedder(weights_file=weights_file, device=device).embed(images, progress=progress)
+        return self.embedder(weights=weights, device=device).embed(images, progress=progress)
 
-    def search(self, queries, k: int = 10, *, params: dict | None = None, weights_file: str | os.PathLike | None = None,
+    def search(self, queries, k: int = 10, *, params: dict | None = None, weights: str | os.PathLike | None = None,
                device: str = "auto") -> pd.DataFrame:
         """The ``k`` nearest indexed images of each query.
 
         Args:
-            queries: a (n, dim) or (dim,) array of vectors, or image paths / folders (embedded like the index).
+            queries: a (n, dim) or (dim,) float array of vectors, or images: paths, folders, image bytes, PIL images
+                or uint8 pixel arrays, or a list of them (embedded like the index).
             k: neighbours per query.
             params: search parameters overriding the tuned ones, e.g. ``{"nprobe": 64}``.
-            weights_file: the weights file, for image queries of an index built from file weights.
+            weights: the store's weights file, for image queries, where it is not where the store recorded it.
             device: where query images are embedded.
 
         Returns:
@@ -281,7 +302,7 @@ class Index:
         """
         names: list[str] | list[int]
         if _are_images(queries):
-            embedded = self.embed(queries, weights_file=weights_file, device=device)
+            embedded = self.embed(queries, weights=weights, device=device)
             if not len(embedded.names):
                 raise SearchIndexError(f"None of the query images could be read ({len(embedded.failures)} skipped).")
             vectors = np.asarray(embedded[self.tap], dtype=np.float32)
@@ -351,7 +372,8 @@ class Index:
         if self.kind == "hnsw":
             raise SearchIndexError("HNSW indexes cannot remove vectors (FAISS's graph has no deletion); "
                                    "rebuild with featkit index build, or use --kind flat/ivf.")
-        wanted = pd.Index([str(p) for p in paths])
+        # as the index lists them (absolute), or relative to here
+        wanted = pd.Index([str(p) if str(p) in set(self.ids["path"]) else os.path.abspath(p) for p in paths])
         missing = wanted[~wanted.isin(self.ids["path"])]
         if len(missing):
             raise SearchIndexError(f"{len(missing)} path(s) are not in the index, e.g. {missing[0]}; "
@@ -370,13 +392,14 @@ class Index:
 
 
 def _are_images(queries) -> bool:
-    """Whether ``queries`` are images to embed (paths, bytes, PIL images) rather than vectors."""
+    """Whether ``queries`` are images to embed (paths, bytes, PIL images, uint8 pixels) rather than vectors."""
     from PIL import Image
 
-    if isinstance(queries, (str, os.PathLike, bytes, Image.Image)):
-        return True
-    return isinstance(queries, (list, tuple)) and bool(queries) and isinstance(
-        queries[0], (str, os.PathLike, bytes, Image.Image))
+    def image(q) -> bool:
+        return isinstance(q, (str, os.PathLike, bytes, Image.Image)) or (
+            isinstance(q, np.ndarray) and q.dtype == np.uint8)  # pixels are uint8; vectors are floats
+
+    return image(queries) or (isinstance(queries, (list, tuple)) and bool(queries) and image(queries[0]))
 
 
 def _check_weights_file(path: Path, store: FeatureStore) -> None:

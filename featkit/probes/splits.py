@@ -7,7 +7,6 @@ Two checks keep a test score honest: a separate test store must hold vectors com
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ import pandas as pd
 from featkit.errors import InputError, check_bool, check_float, check_int
 from featkit.probes.protocol import stratified_holdout
 from featkit.store.reader import FeatureStore
-from featkit.store.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +137,8 @@ def _holdout(store: FeatureStore, tap: str, holdout: Holdout, allow_overlap: boo
                      holdout=holdout, shared=shared)
 
 
-def _tap_settings(settings: StoreSettings, tap: str) -> StoreSettings:
-    """The settings as they bear on one tap's vectors: stores holding other taps besides it compare equal."""
-    return dataclasses.replace(settings, taps=tuple(t for t in settings.taps if t.name == tap))
-
-
 def _check_same_vectors(store: FeatureStore, test_store: FeatureStore, tap: str) -> None:
-    changes = _tap_settings(store.settings, tap).diff(_tap_settings(test_store.settings, tap), vectors_only=True)
+    changes = store.settings.for_tap(tap).diff(test_store.settings.for_tap(tap), vectors_only=True)
     if changes:
         more = f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
         raise InputError(f"The test store {test_store.root} was extracted differently from the train store "

@@ -106,6 +106,13 @@ class StoreSettings:
                 "taps": taps, "pool": self.pool, "l2": self.l2, "dtype": self.dtype, "precision": self.precision,
                 "draft": self.draft, "fold_bn": self.fold_bn, "shard_rows": self.shard_rows}
 
+    def for_tap(self, tap: str) -> StoreSettings:
+        """These settings as if only ``tap`` had been extracted: what its vectors depend on.
+
+        Two stores holding other taps besides ``tap`` compare equal here when they computed ``tap`` alike.
+        """
+        return dataclasses.replace(self, taps=tuple(t for t in self.taps if t.name == tap))
+
     def tap(self, name: str) -> TapRecord | None:
         """The recorded tap called ``name`` or having it as an alias, or None."""
         return next((t for t in self.taps if name == t.name or name in t.aliases), None)
