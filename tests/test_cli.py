@@ -152,8 +152,8 @@ def test_a_spatial_tap_stored_flattened_says_what_it_costs(tiny_folder, tmp_path
     result = run("extract", str(tiny_folder), "-o", str(tmp_path / "s"), "--model", "squeezenet1_1", "--weights",
                  "random", "--workers", "0", "-q")  # the default tap, fire9, is a 512×13×13 map
     assert result.exit_code == 0, result.output
-    assert ("note: fire9 is a 512×13×13 map, stored flattened: 86,528 values per image (338 KiB as float32); "
-            "--pool avg stores 512.") in result.output
+    assert ("note: fire9 (a C×H×W map, 512×13×13) is stored flattened: 86,528 values per image (338 KiB as "
+            "float32); --pool avg stores 512.") in result.output
     pooled = run("extract", str(tiny_folder), "-o", str(tmp_path / "p"), "--model", "squeezenet1_1", "--weights",
                  "random", "--workers", "0", "--pool", "avg", "-q")
     assert "stored flattened" not in pooled.output
