@@ -280,7 +280,8 @@ def run_linear_probe(train_X, train_y, test_X, test_y, *, val=None, grid=DEFAULT
     """
     start = time.perf_counter()
     X_val, y_val = val if val is not None else (None, None)
-    with tqdm(desc="C sweep", unit="fit", disable=not progress, dynamic_ncols=True, leave=False) as bar:
+    # redrawn at every fit: a fit takes milliseconds to seconds, and the C being fitted is the news
+    with tqdm(desc="C sweep", unit="fit", disable=not progress, dynamic_ncols=True, leave=False, mininterval=0) as bar:
 
         def step(done: int, total: int, C: float) -> None:
             bar.total = total
