@@ -73,7 +73,8 @@ def skip_reason(command: str) -> str | None:
 @pytest.fixture(scope="module")
 def fake_imagenet(tmp_path_factory):
     """Stand-ins for torchvision's ImageNet checkpoints: seeded random weights, written where the cache would be."""
-    cache = tmp_path_factory.mktemp("imagenet")
+    cache = tmp_path_factory.getbasetemp().parent / "fake-imagenet"  # shared by the test processes (~1 GB)
+    cache.mkdir(exist_ok=True)
     urls = {}
     for name in tvm.list_models(module=tvm):
         try:
@@ -88,7 +89,9 @@ def fake_imagenet(tmp_path_factory):
             name, classes = urls[url]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                torch.save(build_module(name, num_classes=classes).state_dict(), path)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                torch.save(build_module(name, num_classes=classes).state_dict(), tmp)
+                os.replace(tmp, path)  # another test process may be writing the same one
         return path
 
     return fetch
@@ -130,12 +133,17 @@ def sandbox(tmp_path_factory, fake_imagenet):
 
 @pytest.fixture
 def work(sandbox, tmp_path):
-    """The sandbox itself (the stores in it name their images by absolute path), restored after each command."""
+    """The sandbox itself (the stores in it name their images by absolute path), restored after each command.
+
+    The backup is hard links: featkit replaces files (temp file, rename), never rewrites one in place, so the
+    linked originals stay as they were, modification times included, at no cost in disk space.
+    """
     backup = tmp_path / "backup"
-    shutil.copytree(sandbox, backup, symlinks=True)  # copy2: modification times kept, as stores compare them
+    shutil.copytree(sandbox, backup, symlinks=True, copy_function=os.link)
     yield sandbox
     shutil.rmtree(sandbox)
-    shutil.copytree(backup, sandbox, symlinks=True)
+    shutil.copytree(backup, sandbox, symlinks=True, copy_function=os.link)
+    shutil.rmtree(backup)
 
 
 def outputs(argv: list[str]) -> list[str]:
