@@ -8,6 +8,7 @@ STAMP := $(VENV)/.featkit-installed
 .PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
+	@echo "Installing featkit and its dependencies into $(VENV) (PyTorch is large: a few minutes the first time)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -157,3 +158,28 @@ def test_a_spatial_tap_stored_flattened_says_what_it_costs(tiny_folder, tmp_path
     pooled = run("extract", str(tiny_folder), "-o", str(tmp_path / "p"), "--model", "squeezenet1_1", "--weights",
                  "random", "--workers", "0", "--pool", "avg", "-q")
     assert "stored flattened" not in pooled.output
+
+
+def test_threads_are_chosen_once_from_the_option_the_variable_or_the_load(monkeypatch):
+    from featkit import _device
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(_device, "_threads_set", False)
+        monkeypatch.setenv("FEATKIT_NUM_THREADS", "2")
+        assert _device.cpu_threads() == 2
+        monkeypatch.setenv("FEATKIT_NUM_THREADS", "5")
+        assert _device.cpu_threads() == 2  # decided once per process
+        torch.set_num_threads(2)
+        monkeypatch.setattr(_device, "_threads_set", False)
+        monkeypatch.delenv("FEATKIT_NUM_THREADS")
+        monkeypatch.setattr(os, "getloadavg", lambda: (7.6, 7.0, 7.0))  # a busy machine
+        assert _device.cpu_threads() == 1
+        monkeypatch.setattr(_device, "_threads_set", False)
+        monkeypatch.setenv("FEATKIT_NUM_THREADS", "many")
+        with pytest.raises(featkit.FeatkitError, match="FEATKIT_NUM_THREADS must be a whole number"):
+            _device.cpu_threads()
+        monkeypatch.setenv("FEATKIT_NUM_THREADS", "0")
+        assert run("--threads", "3", "models").exit_code == 0 and os.environ["FEATKIT_NUM_THREADS"] == "3"
+    finally:
+        torch.set_num_threads(before)

@@ -53,9 +53,13 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks (or set FEATKIT_DEBUG=1)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what featkit does."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads to compute with (or set "
+                                       "FEATKIT_NUM_THREADS; default: one per core, fewer on a busy machine)."),
 ) -> None:
     if debug:
         os.environ["FEATKIT_DEBUG"] = "1"
+    if threads is not None:
+        os.environ["FEATKIT_NUM_THREADS"] = str(threads)  # featkit._device applies it before computing
     root = logging.getLogger()
     if not any(isinstance(h.formatter, _LineFormatter) for h in root.handlers):
         handler = logging.StreamHandler()
