@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -66,8 +67,8 @@ def cpu_threads() -> int:
     """The intra-op threads featkit computes with on a CPU, decided once per process.
 
     ``$FEATKIT_NUM_THREADS`` (``featkit --threads N`` sets it) if given. Otherwise torch's own choice (one per
-    core), unless the machine is busy: then the cores other processes leave free (one-minute load average), so
-    that featkit's threads don't fight theirs (on a loaded 2-core machine a probe took 47 s instead of 1.9 s).
+    core), unless the machine is busy: then the cores other processes' running threads leave free, so that
+    featkit's threads don't fight theirs (on a loaded 2-core machine a probe took 47 s instead of 1.9 s).
     """
     global _threads_set
     if not _threads_set:
@@ -83,13 +84,26 @@ def cpu_threads() -> int:
             torch.set_num_threads(n)
         else:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-            free = max(1, cores - round(load))
+            others = _running_elsewhere()
+            free = max(1, cores - others)
             if free < torch.get_num_threads():
-                log.info("the machine is busy (load %.1f on %d cores): computing on %d threads; set --threads or "
-                         "$%s to choose", load, cores, free, THREADS_ENV)
+                log.info("the machine is busy (%d other processes running on %d cores): computing on %d threads; "
+                         "set --threads or $%s to choose", others, cores, free, THREADS_ENV)
                 torch.set_num_threads(free)
     return torch.get_num_threads()
+
+
+def _running_elsewhere() -> int:
+    """Threads of other processes running right now (Linux's /proc/loadavg; 0 where it can't be known).
+
+    Not the load average: a featkit command run just after another would read the first one's load and halve
+    itself for a minute.
+    """
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return max(0, running - 1)  # this process is running too
 
 
 def resolve_device(name: str = "auto") -> torch.device:
