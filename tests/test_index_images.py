@@ -78,6 +78,7 @@ def test_csv_for_a_folder_of_queries_and_an_html_page(photos, tmp_path):
     page = (tmp_path / "out.html").read_text()
     assert page.count("data:image/jpeg;base64,") == 2 + 6
     assert "a&lt;b&gt;&amp;&#x27;.jpg" in page and "a<b>" not in page
+    assert "notes.jpg" in page and "not_an_image" in page  # the skipped query is listed, with its reason
 
 
 def test_image_queries_need_the_same_weights_file(photos, tmp_path):

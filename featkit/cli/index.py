@@ -184,25 +184,48 @@ def search(
         write_bytes(csv, table.to_csv(index=False).encode())
         err.print(f"wrote {csv}: {len(table):,} rows")
     if html_out is not None:
-        from featkit.reports.search_page import search_page
+        from featkit.reports.search_page import IndexSummary, query_labels, search_page
 
-        score = "cosine" if index.metric == "cosine" else "distance"
-        write_bytes(html_out, search_page(results, title=f"featkit search: {index_path}", score_name=score).encode())
+        summary = IndexSummary(path=str(index_path), model=index.settings.model, weights=index.settings.weights.id,
+                               tap=index.tap, pool=index.settings.pool, vectors=len(index), dims=index.manifest["dim"],
+                               pca=index.manifest["pca"], kind=index.kind, factory=index.manifest["factory"],
+                               metric=index.metric)
+        page = search_page(results, index=summary, title=f"featkit search: {index_path}", skipped=failures,
+                           labels=query_labels(results["query"], index.ids))
+        write_bytes(html_out, page.encode())
         err.print(f"wrote {html_out}")
     if as_json:
         print(json.dumps(_records(table)))
     elif csv is None and html_out is None:
-        _print_table(table, make_console(), "cosine" if index.metric == "cosine" else "L2 distance")
+        _print_table(table, make_console(), "cosine" if index.metric == "cosine" else "L2 distance", group_by="query")
 
 
-def _print_table(frame, console, score_name: str) -> None:
+def _print_table(frame, console, score_name: str, group_by: str | None = None) -> None:
+    """``frame`` as a rich table, its cells as plain text (never rich markup).
+
+    With ``group_by``, one section per value of that column, headed by the value (in the first two columns'
+    place) instead of repeating it on every row.
+    """
     from rich.table import Table
+    from rich.text import Text
 
+    def cells(row) -> list[Text]:
+        return [Text("" if v is None or (isinstance(v, float) and math.isnan(v))
+                     else f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row]
+
+    columns = [c for c in frame.columns if c != group_by]
     table = Table(title_justify="left")
-    for col in frame.columns:
+    for col in columns:
         table.add_column(score_name if col == "score" else col, justify="right" if col in ("rank", "score") else "left")
-    for row in frame.itertuples(index=False):
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row])
+    if group_by is None:
+        for row in frame.itertuples(index=False):
+            table.add_row(*cells(row))
+    else:
+        for key, rows in frame.groupby(group_by, sort=False):
+            heading = [Text(group_by, style="bold"), Text(str(key), style="bold")]
+            table.add_row(*heading, *[""] * (len(columns) - len(heading)))
+            for i, row in enumerate(rows[columns].itertuples(index=False)):
+                table.add_row(*cells(row), end_section=i == len(rows) - 1)
     console.print(table)
 
 
