@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tarfile
 import urllib.request
+import zipfile
 from pathlib import Path
 from urllib.error import URLError
 
@@ -225,6 +227,201 @@ def test_hymenoptera_offline(tmp_path, no_network):
 def test_imagefolder_card_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(InputError, match="Pass the folder itself to featkit extract"):
         prep.prepare("imagefolder", tmp_path)
+
+
+# --- copies people already have: unpacked folders (or archives) under ROOT/NAME, --from, errors, cleanup ------
+
+def _tree(path: Path) -> list[tuple[str, str]]:
+    """Everything under ``path`` (symlinks not followed): relative path and kind, link target or content."""
+    out = []
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = Path(folder) / name
+            kind = f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir() else p.read_bytes().hex()
+            out.append((str(p.relative_to(path)), kind))
+    return sorted(out)
+
+
+@pytest.fixture
+def tinycaltech(cards_dir):
+    _card_like(cards_dir, "caltech101", "tinycaltech",
+               {"train: 3030": "train: 4", "test: 5647": "test: 4",
+                "train_per_class: 30": "train_per_class: 2"})  # fmt: skip
+    return "tinycaltech"
+
+
+def _fake_caltech(categories: Path) -> Path:
+    """An unpacked 101_ObjectCategories/ as the Caltech tar.gz gives it (BACKGROUND_Google is dropped)."""
+    for cls in ("BACKGROUND_Google", "ant", "brain"):
+        (categories / cls).mkdir(parents=True)
+        for i in range(4):
+            (categories / cls / f"image_{i + 1:04d}.jpg").write_bytes(bytes([i, len(cls)]))
+    return categories
+
+
+def test_an_unpacked_caltech_folder_below_root_name_is_found_offline_and_linked(tmp_path, tinycaltech):
+    mine = _fake_caltech(tmp_path / "tinycaltech" / "caltech-101" / "101_ObjectCategories")
+    done = prep.prepare(tinycaltech, tmp_path, download=False, progress=False)
+    assert done.counts == {"train": 4, "test": 4} and done.classes == ("ant", "brain")
+    place = tmp_path / "tinycaltech" / "caltech101" / "101_ObjectCategories"  # where torchvision looks
+    assert place.is_symlink() and os.path.samefile(place, mine)
+    image = next((done.folder / "test" / "ant").iterdir())
+    assert os.path.samefile(image, mine / "ant" / image.name)  # hard-linked from the user's copy: no bytes copied
+
+
+def _fake_dtd(folder: Path) -> None:
+    """An unpacked dtd/ (dtd-r1.0.1.tar.gz): images/CLASS/*.jpg and labels/{train,val,test}1.txt."""
+    for split, names in (("train", ("a", "b")), ("val", ("c", "d")), ("test", ("e", "f"))):
+        for cls in ("banded", "woven"):
+            for name in names:
+                (folder / "images" / cls).mkdir(parents=True, exist_ok=True)
+                (folder / "images" / cls / f"{cls}_{name}.jpg").write_bytes(name.encode())
+        (folder / "labels").mkdir(exist_ok=True)
+        (folder / "labels" / f"{split}1.txt").write_text(
+            "".join(f"{cls}/{cls}_{n}.jpg\n" for cls in ("banded", "woven") for n in names))
+
+
+def test_dtd_unpacked_straight_into_root_name_is_found_though_torchvision_wants_dtd_dtd(tmp_path, cards_dir):
+    _card_like(cards_dir, "dtd", "tinydtd", {"train: 1880": "train: 4", "val: 1880": "val: 4",
+                                             "test: 1880": "test: 4"})  # fmt: skip
+    mine = tmp_path / "tinydtd" / "dtd"  # tar xzf dtd-r1.0.1.tar.gz in ROOT/tinydtd; torchvision reads dtd/dtd/
+    _fake_dtd(mine)
+    before = _tree(mine / "images")
+    done = prep.prepare("tinydtd", tmp_path, download=False, progress=False)
+    assert done.counts == {"train": 4, "val": 4, "test": 4} and done.classes == ("banded", "woven")
+    assert os.path.samefile(done.folder / "val" / "woven" / "woven_d.jpg", mine / "images" / "woven" / "woven_d.jpg")
+    assert _tree(mine / "images") == before
+
+
+@pytest.fixture
+def tinyhymenoptera(cards_dir):
+    _card_like(cards_dir, "hymenoptera", "tinyhymenoptera", {"train: 245": "train: 4", "val: 153": "val: 2"})
+    return "tinyhymenoptera"
+
+
+def _fake_hymenoptera(folder: Path) -> Path:
+    for split, n in (("train", 2), ("val", 1)):
+        for cls in ("ants", "bees"):
+            (folder / split / cls).mkdir(parents=True)
+            for i in range(n):
+                (folder / split / cls / f"{cls}{i}.jpg").write_bytes(b"\xff\xd8" + bytes([i]))
+    return folder
+
+
+def test_hymenoptera_folder_two_levels_down_is_found_offline(tmp_path, tinyhymenoptera):
+    mine = _fake_hymenoptera(tmp_path / "tinyhymenoptera" / "downloads" / "hymenoptera_data")
+    done = prep.prepare(tinyhymenoptera, tmp_path, download=False, progress=False)
+    assert done.counts == {"train": 4, "val": 2} and done.classes == ("ants", "bees")
+    assert os.path.samefile(done.folder / "val" / "bees" / "bees0.jpg", mine / "val" / "bees" / "bees0.jpg")
+
+
+def test_from_links_an_unpacked_folder_elsewhere_without_copying(tmp_path, tinycaltech):
+    mine = _fake_caltech(tmp_path / "Downloads" / "101_ObjectCategories")
+    before = _tree(mine)
+    root = tmp_path / "data"
+    result = CliRunner().invoke(app, ["data", "prepare", tinycaltech, "--root", str(root), "--no-download",
+                                      "--from", str(mine)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    place = root / "tinycaltech" / "caltech101" / "101_ObjectCategories"
+    assert place.is_symlink() and os.path.samefile(place, mine)
+    done = prep.find_prepared(tinycaltech, root)
+    assert done is not None and str(done.folder) in result.output
+    image = next((done.folder / "train" / "brain").iterdir())
+    assert os.path.samefile(image, mine / "brain" / image.name)
+    assert _tree(mine) == before
+
+
+def test_from_a_folder_holding_mnist_raw_files_and_hymenoptera_data(tmp_path, tinymnist, tinyhymenoptera):
+    _tiny_mnist(tmp_path / "elsewhere", name="mine")  # elsewhere/mine/MNIST/raw/*-ubyte
+    done = prep.prepare(tinymnist, tmp_path / "data", download=False, source=tmp_path / "elsewhere" / "mine" / "MNIST")
+    assert done.counts == {"train": 12, "test": 5}
+    raw = tmp_path / "data" / "tinymnist" / "MNIST" / "raw"
+    assert os.path.samefile(raw / "t10k-images-idx3-ubyte",
+                            tmp_path / "elsewhere" / "mine" / "MNIST" / "raw" / "t10k-images-idx3-ubyte")  # fmt: skip
+    _fake_hymenoptera(tmp_path / "elsewhere" / "hymenoptera_data")
+    done = prep.prepare(tinyhymenoptera, tmp_path / "data", download=False, source=tmp_path / "elsewhere")
+    assert done.counts == {"train": 4, "val": 2}
+    assert (tmp_path / "data" / "tinyhymenoptera" / "hymenoptera_data").is_symlink()
+
+
+def test_an_archive_under_root_name_is_unpacked_offline_and_kept(tmp_path, cards_dir):
+    _card_like(cards_dir, "caltech101", "tinycaltech",
+               {"train: 3030": "train: 4", "test: 5647": "test: 4", "train_per_class: 30": "train_per_class: 2",
+                "md5: 3138e1922a9193bfa496528edbbc45d0": "md5: null"})  # fmt: skip
+    _fake_caltech(tmp_path / "build" / "101_ObjectCategories")
+    inner = tmp_path / "build" / "caltech-101" / "101_ObjectCategories.tar.gz"
+    inner.parent.mkdir()
+    with tarfile.open(inner, "w:gz") as tar:
+        tar.add(tmp_path / "build" / "101_ObjectCategories", arcname="101_ObjectCategories")
+    archive = tmp_path / "tinycaltech" / "caltech-101.zip"  # as downloaded, zip inside-out as CaltechDATA ships it
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(inner, "caltech-101/101_ObjectCategories.tar.gz")
+    done = prep.prepare("tinycaltech", tmp_path, download=False, progress=False)
+    assert done.counts == {"train": 4, "test": 4}
+    assert (tmp_path / "tinycaltech" / "caltech101" / "101_ObjectCategories" / "ant" / "image_0001.jpg").is_file()
+    assert archive.is_file() and not (tmp_path / "tinycaltech" / "caltech101" / "caltech-101").exists()
+
+
+def test_missing_copy_names_the_exact_paths_expected_and_from(tmp_path, tinycaltech, tinyhymenoptera, no_network):
+    d = tmp_path / "tinycaltech"
+    with pytest.raises(InputError) as exc:
+        prep.prepare(tinycaltech, tmp_path, download=False, progress=False)
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith("tinycaltech is not under")
+    assert (f"expected {d}/caltech101/101_ObjectCategories/ (unpacked; holding BACKGROUND_Google/) or "
+            f"{d}/caltech101/101_ObjectCategories.tar.gz or {d}/caltech101/caltech-101.zip") in message
+    assert "--from PATH" in message and "--no-download was given" in message
+    result = CliRunner().invoke(app, ["data", "prepare", tinyhymenoptera, "--root", str(tmp_path), "--no-download"])
+    assert isinstance(result.exception, InputError)  # featkit's entry point prints it as one line, exit code 1
+    d = tmp_path / "tinyhymenoptera"
+    assert f"{d}/hymenoptera_data/ (unpacked; holding train/, val/) or {d}/hymenoptera_data.zip" in str(
+        result.exception)
+    with pytest.raises(InputError, match=r"--from .*nowhere does not exist"):
+        prep.prepare(tinycaltech, tmp_path, download=False, source=tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"--from .*empty holds no tinycaltech data: expected .*101_ObjectCat"):
+        prep.prepare(tinycaltech, tmp_path, download=False, source=tmp_path / "empty")
+    assert no_network == []
+
+
+def test_a_failed_prepare_leaves_no_folder_behind(tmp_path, tinycaltech, tinyhymenoptera, no_network):
+    root = tmp_path / "data"
+    for name, download in ((tinycaltech, False), (tinycaltech, True), (tinyhymenoptera, False),
+                           (tinyhymenoptera, True), ("mnist", False)):  # fmt: skip
+        with pytest.raises(InputError):
+            prep.prepare(name, root, download=download, progress=False)
+        assert not root.exists(), (name, _tree(root))
+    mine = root / "tinycaltech"  # a folder of the user's, with an unrelated file and an empty folder of theirs
+    (mine / "theirs").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    with pytest.raises(InputError):
+        prep.prepare(tinycaltech, root, download=False, progress=False)
+    assert _tree(tmp_path) == before
+
+
+def test_a_failed_prepare_takes_back_its_links_and_partial_copy_and_deletes_nothing_of_yours(tmp_path, cards_dir):
+    _card_like(cards_dir, "caltech101", "tinycaltech",
+               {"train: 3030": "train: 4", "test: 5647": "test: 5",  # one more than there is: fails after linking
+                "train_per_class: 30": "train_per_class: 2"})  # fmt: skip
+    _fake_caltech(tmp_path / "data" / "tinycaltech" / "unpacked" / "101_ObjectCategories")
+    _fake_caltech(tmp_path / "Downloads" / "101_ObjectCategories")
+    before = _tree(tmp_path)
+    for source in (None, tmp_path / "Downloads"):
+        with pytest.raises(InputError, match="split 'test' has 4 images, the card expects 5"):
+            prep.prepare("tinycaltech", tmp_path / "data", download=False, progress=False, source=source)
+        assert _tree(tmp_path) == before
+
+
+def test_an_images_folder_that_is_not_featkits_is_never_deleted(tmp_path, cards_dir):
+    _card_like(cards_dir, "dtd", "tinydtd", {"train: 1880": "train: 4", "val: 1880": "val: 4",
+                                             "test: 1880": "test: 4"})  # fmt: skip
+    _fake_dtd(tmp_path / "tinydtd")  # DTD's own images/ and labels/ straight in ROOT/NAME, where featkit writes
+    before = _tree(tmp_path)
+    with pytest.raises(InputError, match=r"tinydtd/images is not an interrupted featkit copy \(it holds banded, "):
+        prep.prepare("tinydtd", tmp_path, download=False, progress=False)
+    assert _tree(tmp_path) == before
 
 
 # --- digits (embedded) and the CLI -----------------------------------------------------------------------------

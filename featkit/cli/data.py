@@ -56,24 +56,32 @@ def prepare_command(
                      "Default: $FEATKIT_DATA, else ~/.cache/featkit/data."),
     ] = None,
     no_download: Annotated[
-        bool, typer.Option("--no-download", help="Never touch the network: use the copy under ROOT/NAME/ or fail."),
+        bool, typer.Option("--no-download", help="Never touch the network: use the copy under ROOT/NAME/ "
+                           "(or --from) or fail."),
     ] = False,
     per_class: Annotated[
         int | None,
         typer.Option("--per-class", min=1, help="At most N images per class per split, in a separate folder "
                      "(smoke runs only; not the benchmark number)."),
     ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="The unpacked folder you already have (e.g. 101_ObjectCategories/, "
+                     "cifar-10-batches-py/, hymenoptera_data/), or its archive, wherever it is: linked under "
+                     "ROOT/NAME/ where torchvision looks, not copied."),
+    ] = None,
 ) -> None:
-    """Download a dataset (through torchvision) or use the copy under --root.
+    """Download a dataset (through torchvision) or use the copy you have: under --root, or --from a folder.
 
     Verify it against its data card, and write it as an ImageFolder (ROOT/NAME/images/{train,val,test}/CLASS/)
-    that featkit extract reads.
+    that featkit extract reads. An unpacked folder or archive under ROOT/NAME/ (or two folders below) is found
+    and used; a failed run leaves no folder of its own behind.
 
-    Example: featkit data prepare cifar10 --root ~/data
+    Example: featkit data prepare caltech101 --root ~/data --no-download --from ~/Downloads/101_ObjectCategories
     """
     from featkit.datasets.prepare import prepare
 
-    done = prepare(name, root, download=not no_download, per_class=per_class, progress=True)
+    done = prepare(name, root, download=not no_download, per_class=per_class, progress=True, source=source)
     console = make_console()
     console.print(f"[bold]{done.name}[/] prepared at {done.folder}")
     for split, count in done.counts.items():

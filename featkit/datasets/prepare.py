@@ -8,7 +8,11 @@ Layout under the data root (``--root``, else ``$FEATKIT_DATA``, else ``~/.cache/
                                         featkit extract still sees a pure train/val/test split layout)
     ROOT/NAME/images-per_class-N/...    a smoke-run copy with at most N images per class per split
 
-A folder without ``.prepared.json`` is an interrupted prepare and is cleared and redone. Card splits that are
+A folder without ``.prepared.json`` is an interrupted prepare and is cleared and redone (only if it holds nothing
+but split folders: featkit never deletes a folder of yours). A copy you already have, unpacked or as the archive,
+is found under ROOT/NAME or taken from ``source`` (``--from``) and linked where torchvision looks (see
+:mod:`featkit.datasets.fetch`). A prepare that fails takes back what it made: its partial images folder, its links,
+and the folders it created that are left empty. Card splits that are
 not train/val/test map as follows: ``trainval`` becomes ``train`` when the card has no ``train`` (Pets);
 otherwise it, ``unlabeled`` (STL-10) and ``extra`` (SVHN) are left out, as the probe protocol does not use them.
 """
@@ -94,11 +98,14 @@ def prepare(
     download: bool = True,
     per_class: int | None = None,
     progress: bool = False,
+    source: str | Path | None = None,
 ) -> Prepared:
     """Download (or find) the dataset of card ``name``, verify it against the card, and write its ImageFolder.
 
     Idempotent: a complete prepared copy is returned at once. ``per_class`` keeps at most that many images per
-    class per split, in a folder of its own (smoke runs only; never mixed with the full copy).
+    class per split, in a folder of its own (smoke runs only; never mixed with the full copy). ``source``: the
+    unpacked folder (or the archive) you already have, anywhere; it is linked under ROOT/NAME where torchvision
+    looks for it, not copied. Without it, such a copy under ROOT/NAME (or two folders down) is found and linked.
 
     Raises:
         InputError: unknown card, the ``imagefolder`` card, offline with no copy, wrong counts or checksums.
@@ -116,17 +123,74 @@ def prepare(
         return done
     folder = images_dir(name, root, per_class)
     dataset_root = folder.parent
-    if folder.exists():
-        logger.info("clearing the incomplete %s", folder)
-        shutil.rmtree(folder)
-    kind = card.loader.kind
-    if kind == "embedded":
-        counts, classes = _write_embedded(card, folder, per_class)
-    else:
-        fetch.check_archives(card, dataset_root)
-        counts, classes = _write_sources(card, dataset_root, folder, download, per_class, progress)
-    _write_marker(card, folder, counts, classes, per_class)
+    from_path = None if source is None else Path(source).expanduser()
+    if from_path is not None and card.loader.kind == "embedded":
+        raise InputError(f"'{name}' ships with featkit: there is nothing to take --from. Drop --from.")
+    new_dirs = _new_dirs(card, dataset_root)
+    _clear_incomplete(folder)
+    made: list[Path] = []
+    try:
+        if card.loader.kind == "embedded":
+            counts, classes = _write_embedded(card, folder, per_class)
+        else:
+            fetch.check_archives(card, dataset_root)
+            counts, classes = _write_sources(card, dataset_root, folder, download, per_class, progress,
+                                             from_path, made)
+        _write_marker(card, folder, counts, classes, per_class)
+    except BaseException:
+        _undo(folder, made, new_dirs)
+        raise
     return Prepared(name, folder, counts, per_class, tuple(classes))
+
+
+def _clear_incomplete(folder: Path) -> None:
+    """Remove an interrupted prepare's images folder; refuse (never delete) one that holds anything else."""
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    foreign = [folder.name] if folder.is_symlink() or not folder.is_dir() else sorted(
+        p.name for p in folder.iterdir() if p.name not in FOLDER_SPLITS and not p.name.startswith(MARKER))
+    if foreign:
+        raise InputError(
+            f"{folder} is not an interrupted featkit copy (it holds {', '.join(foreign[:3])}), and featkit writes "
+            f"its prepared copy there: move it away and rerun. featkit does not delete it."
+        )
+    logger.info("clearing the incomplete %s", folder)
+    shutil.rmtree(folder)
+
+
+def _new_dirs(card: DataCard, dataset_root: Path) -> list[Path]:
+    """The folders a prepare (or torchvision) may create that do not exist yet, deepest first.
+
+    ROOT/NAME and its missing parents, and the folders from ROOT/NAME down to each place torchvision reads or
+    unpacks into.
+    """
+    paths = {dataset_root, *dataset_root.parents}
+    for target in [fetch.archive_dir(card, dataset_root), *(p.where(dataset_root) for p in fetch.parts(card))]:
+        for path in [target, *target.parents]:
+            if path == dataset_root:
+                break
+            paths.add(path)
+    return sorted((p for p in paths if not (p.exists() or p.is_symlink())), key=lambda p: -len(p.parts))
+
+
+def _undo(folder: Path, made: Sequence[Path], new_dirs: Sequence[Path]) -> None:
+    """After a failed prepare: remove its partial images folder, its links, and the folders it created, if empty.
+
+    Nothing else is touched: not a file of the user's, nor a folder that holds one.
+    """
+    try:
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+        for path in reversed(made):
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)  # a folder of links (or hard-linked files) that place() made
+        for path in new_dirs:  # deepest first
+            if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
+    except OSError as exc:
+        logger.warning("could not remove everything a failed prepare made: %s", exc)
 
 
 def _write_embedded(card: DataCard, folder: Path, per_class: int | None) -> tuple[dict[str, int], list[str]]:
@@ -144,11 +208,14 @@ def _write_embedded(card: DataCard, folder: Path, per_class: int | None) -> tupl
 
 
 def _write_sources(
-    card: DataCard, dataset_root: Path, folder: Path, download: bool, per_class: int | None, progress: bool
+    card: DataCard, dataset_root: Path, folder: Path, download: bool, per_class: int | None, progress: bool,
+    source: Path | None = None, made: list[Path] | None = None,
 ) -> tuple[dict[str, int], list[str]]:
     """Torchvision or folder cards: collect each split's items, verify the counts, then link/render them."""
+    made = [] if made is None else made
+    where = fetch.gather(card, dataset_root, source=source, download=download, made=made)
     if card.loader.kind == "folder":
-        splits, classes, datasets = _folder_splits(card, dataset_root, download)
+        splits, classes, datasets = _folder_splits(card, dataset_root, download, next(iter(where.values()), None))
     else:
         splits, classes, datasets = _torchvision_splits(card, dataset_root, download)
     if per_class is not None:
@@ -182,10 +249,13 @@ def _torchvision_splits(card: DataCard, dataset_root: Path, download: bool):
     return splits, materialise.class_names(ds, items), datasets
 
 
-def _folder_splits(card: DataCard, dataset_root: Path, download: bool):
-    """A folder card (hymenoptera): its split folders in ROOT/NAME or one folder below (the unpacked archive)."""
+def _folder_splits(card: DataCard, dataset_root: Path, download: bool, base: Path | None):
+    """A folder card (hymenoptera): its split folders, read where they are.
+
+    ``base``: where :func:`fetch.gather` found them; None: in ROOT/NAME or one folder below, once the card's
+    archive is downloaded and unpacked there.
+    """
     wanted = list(split_folders(card))
-    base = _find_split_parent(dataset_root, wanted)
     if base is None:
         fetch.fetch_folder_archive(card, dataset_root, download)
         base = _find_split_parent(dataset_root, wanted)
