@@ -39,8 +39,12 @@ class WriteError(FeatkitError):
     """A file that cannot be written (disk full, quota, permissions); what was written before it is intact."""
 
 
-class Interrupted(FeatkitError):
-    """The user stopped a run (Ctrl-C); the message says what was saved and how to resume."""
+class Interrupted(BaseException):
+    """The user stopped a run (Ctrl-C); the message says what was saved and how to resume.
+
+    Not an error, and like ``KeyboardInterrupt`` not an ``Exception``: an ``except Exception`` in a caller's code
+    does not swallow the user's Ctrl-C.
+    """
 
 
 class InputError(FeatkitError):

@@ -104,3 +104,22 @@ def test_the_store_path_must_be_a_folder_outside_the_inputs(tmp_path):
         featkit.extract(link, tmp_path / "photos" / "feats", **FAST)
     assert not (tmp_path / "photos" / "feats").exists()
     shutil.rmtree(tmp_path / "photos")
+
+
+def test_a_class_called_train_is_a_class_not_a_split(tmp_path):
+    write_images(tmp_path / "voc", classes=3, per_class=2)
+    for k, name in enumerate(("aeroplane", "bicycle", "train")):  # PASCAL VOC has a class "train"
+        (tmp_path / "voc" / f"c{k}").rename(tmp_path / "voc" / name)
+    table = list_inputs(tmp_path / "voc").table
+    assert len(table) == 6 and table["split"].isna().all()
+    assert sorted(set(table["label"])) == ["aeroplane", "bicycle", "train"]
+
+
+def test_inputs_may_be_a_generator_and_embedding_reads_every_image(tmp_path):
+    write_images(tmp_path / "photos" / "test", classes=1, per_class=2)
+    write_images(tmp_path / "photos" / "holiday", classes=1, per_class=2, seed=1)
+    result = featkit.extract((p for p in sorted((tmp_path / "photos").rglob("*.png"))), tmp_path / "s", **FAST)
+    assert result.rows == 4
+    emb = featkit.embed(tmp_path / "photos", model="squeezenet1_1", weights="random", device="cpu", layers="fire9",
+                        pool="avg")  # no layout for embedding: test/ and holiday/ alike
+    assert len(emb.positions) == 4

@@ -77,8 +77,10 @@ def test_a_tap_is_added_to_a_store_without_recomputing_the_others(tmp_path, monk
             raise KeyboardInterrupt  # Ctrl-C after the first shard got its new tap
         return real(self, *args)
 
+    from featkit.errors import Interrupted
+
     monkeypatch.setattr(StoreWriter, "add_tap_shard", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="fire5 not yet added to every shard"):
         featkit.extract(tmp_path / "imgs", tmp_path / "s", layers=["fire5"], **opts)
     assert featkit.open_features(tmp_path / "s").taps == ["fire9"]  # not part of the store until complete
     monkeypatch.setattr(StoreWriter, "add_tap_shard", real)
@@ -124,3 +126,44 @@ def test_index_remove_takes_paths_relative_to_here(tmp_path, monkeypatch):
     index = Index.build(tmp_path / "s", kind="flat")
     monkeypatch.chdir(tmp_path)
     assert index.remove(["imgs/c0/001.png"]) == 1 and len(index) == 2
+
+
+def test_adding_a_big_map_tap_to_a_default_store_and_index_add_after_it(tmp_path):
+    write_images(tmp_path / "imgs", classes=1, per_class=3)
+    opts = {"model": "squeezenet1_1", "weights": "random", "device": "cpu", "workers": 0}
+    featkit.extract(tmp_path / "imgs", tmp_path / "s", layers=["fire9"], **opts)  # pool none: 86,528 values
+    index = Index.build(tmp_path / "s", kind="flat")
+    result = featkit.extract(tmp_path / "imgs", tmp_path / "s", layers=["fire5"], **opts)  # shard size shrinks
+    assert result.added_taps == ("fire5",) and featkit.open_features(tmp_path / "s").taps == ["fire9", "fire5"]
+    write_images(tmp_path / "imgs", classes=1, per_class=5, seed=9)
+    again = featkit.extract(tmp_path / "imgs", tmp_path / "s", **opts)  # no --layer: the store's taps, none added
+    assert again.added_taps == () and again.computed == 5
+    assert index.add(tmp_path / "s") == 2  # the store now holds another tap too: still the same fire9 vectors
+
+
+def test_mean_is_avg_and_a_ctrl_c_is_not_an_exception(tmp_path):
+    from featkit.errors import Interrupted
+
+    write_images(tmp_path / "imgs", classes=1, per_class=2)
+    opts = {"model": "squeezenet1_1", "weights": "random", "device": "cpu", "workers": 0, "layers": ["fire9"]}
+    featkit.extract(tmp_path / "imgs", tmp_path / "s", pool="mean", **opts)
+    assert featkit.open_features(tmp_path / "s").settings.pool == "avg"
+    assert featkit.extract(tmp_path / "imgs", tmp_path / "s", pool="avg", **opts).unchanged == 2
+    assert not issubclass(Interrupted, Exception)
+
+
+def test_a_token_tap_pooled_before_pooling_was_recorded_is_refused_in_one_line(tmp_path):
+    from featkit.store.settings import StoreSettings
+
+    write_images(tmp_path / "imgs", classes=1, per_class=1, size=(64, 64))
+    opts = {"model": "vit_b_16", "weights": "random", "device": "cpu", "workers": 0, "layers": ["encoder.ln"],
+            "pool": "avg"}
+    featkit.extract(tmp_path / "imgs", tmp_path / "s", **opts)
+    settings = featkit.open_features(tmp_path / "s").settings
+    assert settings.taps[0].pooled == "tokens"
+    old = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    del old["settings"]["taps"][0]["pooled"]  # as featkit wrote it when avg stored ViT tokens flattened
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(old))
+    assert StoreSettings.from_json(old["settings"], "x") != settings
+    with pytest.raises(featkit.FeatkitError, match=r"other settings \(taps: encoder.ln → encoder.ln \(tokens\)\)"):
+        featkit.extract(tmp_path / "imgs", tmp_path / "s", **opts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from featkit.data.sources import SPLIT_NAMES
+from featkit.data.sources import list_inputs
 from featkit.errors import InputError
 
 
@@ -25,10 +25,12 @@ def _check_split_folders(path: Path) -> None:
     Checked before any extraction, so a wrong folder costs no time.
     """
     entries = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
-    has_classes = {name: (path / name).is_dir() and any(c.is_dir() for c in (path / name).iterdir())
-                   for name in entries if name in SPLIT_NAMES}
-    evaluated = [s for s in ("test", "val", "valid", "validation") if has_classes.get(s)]
-    if not has_classes.get("train") or not evaluated:
+    try:  # the listing's own layout rules: what extract will read from this folder
+        listed = list_inputs(path, layout="splits").table
+    except InputError:
+        listed = None
+    splits = set() if listed is None else set(listed.loc[listed["label"].notna(), "split"])
+    if "train" not in splits or not splits & {"test", "val", "valid", "validation"}:
         shown = ", ".join(entries[:6]) + (" ..." if len(entries) > 6 else "") or "nothing"
         raise InputError(f"--datasets {path}: bench reads {path}/train/CLASS/* and {path}/test/CLASS/* (or val/); "
                          f"{path} holds {shown}.")

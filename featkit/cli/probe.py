@@ -68,7 +68,7 @@ def probe(
         cv = result.folds is not None and result.folds > 1
         chosen_on = "val" if val else (f"{result.folds}-fold CV on train" if cv else "a split of train")
         summary = f"linear probe (C={result.best_C:.3g} chosen on {chosen_on})"
-    per_class = _per_class(result.classes, np.asarray(result.confusion))
+    per_class = result.per_class()
     payload = {"store": str(store), "tap": tap, "kind": kind.value, "test_split": data.test.name,
                "holdout": None if data.holdout is None else {"fraction": data.holdout.fraction,
                                                              "seed": data.holdout.seed},
@@ -86,15 +86,6 @@ def probe(
     console.print(f"mean per-class accuracy {result.mean_per_class:.1%}")
     if report:
         _print_report(console, result.classes, result.confusion, per_class)
-
-
-def _per_class(classes: list, confusion) -> list[dict]:
-    """Each class's test support, accuracy (recall) and precision, from the confusion matrix (None: undefined)."""
-    support, predicted, correct = confusion.sum(axis=1), confusion.sum(axis=0), confusion.diagonal()
-    return [{"class": str(c), "support": int(support[i]),
-             "accuracy": float(correct[i] / support[i]) if support[i] else None,
-             "precision": float(correct[i] / predicted[i]) if predicted[i] else None}
-            for i, c in enumerate(classes)]
 
 
 def _print_report(console, classes: list, confusion: list[list[int]], per_class: list[dict]) -> None:

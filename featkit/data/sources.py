@@ -109,8 +109,10 @@ def _decide_layout(root: Path, files: list[tuple[str, tuple[str, ...]]], layout:
     top_dirs = sorted({parts[0] for _, parts in files if len(parts) > 1})
     root_files = [parts[0] for _, parts in files if len(parts) == 1]
     splits = [d for d in top_dirs if d in SPLIT_NAMES]
+    # split folders hold class folders; a class that happens to be called "train" (PASCAL VOC has one) holds images
+    nested = {parts[0] for _, parts in files if len(parts) > 2}
     if layout == "auto":
-        if splits:
+        if splits and (set(top_dirs) <= set(SPLIT_NAMES) or all(d in nested for d in splits)):
             layout = "splits"
         elif top_dirs and not any(_looks_like_image(f) for f in root_files):
             layout = "classes"

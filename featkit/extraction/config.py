@@ -80,6 +80,8 @@ class ExtractConfig:
         # choices are kept as plain strings (an enum member is accepted), so they compare and serialise as text
         for name, choices in (("pool", Pool), ("dtype", DType), ("precision", Precision), ("layout", Layout)):
             object.__setattr__(self, name, check_choice(name, getattr(self, name), choices, "extract"))
+        if self.pool == Pool.mean:  # the same numbers as avg: recorded as avg, so the two stores are one
+            object.__setattr__(self, "pool", Pool.avg.value)
         # plain Python values: they go into the store's manifest, which is read back strictly
         for name in ("batch_size", "shard_rows"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), "extract", minimum=1))
@@ -110,7 +112,8 @@ def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo) -
                               cfg.seed if weights.kind == "random" else None,
                               weights.id if weights.kind == "file" else None),
         preprocess=weights.preprocess,
-        taps=tuple(TapRecord(t.name, t.node, t.aliases) for t in taps),
+        taps=tuple(TapRecord(t.name, t.node, t.aliases,
+                             t.layout if cfg.pool != "none" and t.layout in ("tokens", "hwc") else "") for t in taps),
         pool=cfg.pool, l2=cfg.l2, dtype=cfg.dtype, precision=cfg.precision, draft=cfg.draft, fold_bn=True,
         shard_rows=rows_per_shard(cfg, taps),
     )

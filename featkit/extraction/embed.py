@@ -268,7 +268,7 @@ def expand_sources(images: ImageSource | Iterable[ImageSource]) -> tuple[list[Im
             sources.append(path)
             names.append(path)
         elif isinstance(item, (str, os.PathLike)):
-            listing = list_inputs(item)
+            listing = list_inputs(item, layout="flat")  # every image: embedding needs no labels
             sources += listing.table["path"].tolist()
             names += listing.table["path"].tolist()
             unlisted += listing.bad_names.to_dict("records") if len(listing.bad_names) else []

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from featkit._versions import library_versions
 from featkit.backbones.weights import WeightsInfo
 from featkit.data.sources import list_inputs
-from featkit.errors import InputError, Interrupted
-from featkit.extraction.config import ExtractConfig
+from featkit.errors import InputError, Interrupted, StoreError
+from featkit.extraction.config import SHARD_BYTES, ExtractConfig
 from featkit.extraction.embed import Embedder, resolve_taps
 from featkit.store import format as fmt
 from featkit.store.writer import StoreWriter
@@ -108,11 +108,10 @@ class _ShardBuilder:
         self.features, self.positions, self.sizes = {}, [], []
 
 
-def _check_output(inputs, output: Path) -> None:
+def _check_output(items: list, output: Path) -> None:
     """Refuse a store path that is a file, or that lies inside a folder being read (it would list itself)."""
     if output.exists() and not output.is_dir():
         raise InputError(f"-o {output} is a file; give a folder for the feature store.")
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     target = os.path.realpath(output)
     for item in items:
         folder = Path(item).expanduser()
@@ -148,35 +147,37 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
             (the failures are recorded in the store first).
         Interrupted: Ctrl-C; committed shards stay and the same call resumes.
     """
-    _check_output(inputs, Path(output))
-    listing = list_inputs(inputs, layout=cfg.layout)
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)  # a generator is read once
+    _check_output(items, Path(output))
+    listing = list_inputs(items, layout=cfg.layout)
     cfg = _with_store_taps(cfg, Path(output))
     embedder = Embedder(cfg)
     start = time.perf_counter()
     with StoreWriter(output, embedder.settings, overwrite=cfg.overwrite) as writer:
         added = tuple(t.name for t in writer.adding)
-        # first, so that rows whose files no longer decode are retired and planned again below
-        backfilled = _backfill(writer, cfg, progress) if added else 0
-        pending, bad_names, unchanged, changed, removed = _plan(writer, listing)
-        runtime = embedder.runtime
-        writer.begin_run({"inputs": [str(i) for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
-                          "device": runtime.describe(), "batch_size": cfg.batch_size,
-                          "workers": embedder.decoders(len(pending)),
-                          "versions": library_versions(), "to_compute": len(pending), "unchanged": unchanged,
-                          "changed": changed, "removed": removed})
         shard_rows = embedder.settings.shard_rows
-        shards = _ShardBuilder(writer, pending, shard_rows)
-        reasons = Counter(bad_names["reason"])
+        computed_before = writer.next_row
         try:
+            # first, so that rows whose files no longer decode are retired and planned again below
+            backfilled = _backfill(writer, cfg, progress) if added else 0
+            pending, bad_names, unchanged, changed, removed = _plan(writer, listing)
+            runtime = embedder.runtime
+            writer.begin_run({"inputs": [str(i) for i in items], "device": runtime.describe(),
+                              "batch_size": cfg.batch_size, "workers": embedder.decoders(len(pending)),
+                              "versions": library_versions(), "to_compute": len(pending), "unchanged": unchanged,
+                              "changed": changed, "removed": removed})
+            shards = _ShardBuilder(writer, pending, shard_rows)
+            reasons = Counter(bad_names["reason"])
             for batch in embedder.batches(pending["path"].tolist(), boundary=shard_rows, progress=progress):
                 shards.failures += batch.failures
                 reasons.update(f[1] for f in batch.failures)
                 if batch.positions:
                     shards.add(batch.features, batch.positions, batch.sizes)
         except KeyboardInterrupt:
+            adding = f"; {', '.join(added)} not yet added to every shard" if writer.adding else ""
             raise Interrupted(f"Interrupted: {output} holds {writer.next_row:,} rows in committed shards "
-                              f"({shards.committed_rows:,} of them from this run; shards of {shard_rows:,} rows); "
-                              "rerun the same command to resume.") from None
+                              f"({writer.next_row - computed_before:,} of them from this run; shards of "
+                              f"{shard_rows:,} rows{adding}); rerun the same command to resume.") from None
         failed = sum(reasons.values())
         dims = embedder.dims() if not shards.features and (len(bad_names) or shards.failures) else None
         shards.commit(final=True, extra_failures=bad_names, dims=dims)
@@ -186,9 +187,10 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
                 "images_per_s": round(computed / seconds, 2) if seconds else 0.0}
         writer.end_run(info)
         manifest = writer.manifest
-    if manifest["rows"] == 0 and failed:
-        why = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())
-        files = "the only file was" if failed == 1 else f"all {failed:,} files were"
+    if manifest["rows"] == 0 and manifest["failures"]:  # this run's, or recorded by an earlier one
+        why = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common()) or "recorded earlier"
+        n = manifest["failures"]
+        files = "the only file was" if n == 1 else f"all {n:,} files were"
         raise InputError(f"Nothing could be read: {files} skipped ({why}); the store at {output} records why "
                          f"(featkit info {output}).")
     return ExtractResult(
@@ -205,6 +207,8 @@ def _with_store_taps(cfg: ExtractConfig, output: Path) -> ExtractConfig:
     if found is None or found[1].model != cfg.model:
         return cfg  # a new store, or another model: the writer says what differs
     have = list(found[1].tap_names)
+    if not cfg.taps:  # no --layer: the store's own taps, not the model's default added to them
+        return dataclasses.replace(cfg, taps=tuple(have))
     asked = [t.name for t in resolve_taps(cfg.model, cfg.taps)]
     return dataclasses.replace(cfg, taps=(*have, *(t for t in asked if t not in have)))
 
@@ -218,6 +222,11 @@ def _backfill(writer: StoreWriter, cfg: ExtractConfig, progress: bool) -> int:
     names = [t.name for t in writer.adding]
     embedder = Embedder(dataclasses.replace(cfg, taps=tuple(names)))
     dims = embedder.dims()
+    biggest = max((s["rows"] for s in writer.manifest["shards"]), default=0)
+    need = biggest * sum(dims.values()) * np.dtype(cfg.dtype).itemsize
+    if need > SHARD_BYTES:  # existing shards keep their size, and one is computed whole in memory
+        raise StoreError(f"Adding {', '.join(names)} to {writer.root} would hold {need / 2**30:.1f} GiB per shard of "
+                         f"{biggest:,} rows in memory; pool it (--pool avg), or extract it into another store.")
     stale = set(writer.manifest["stale_rows"])
     shards = sorted({i for tap in names for i in writer.missing_tap(tap)})
     computed = 0

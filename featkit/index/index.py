@@ -341,14 +341,15 @@ class Index:
         """
         store = _store(store)
         tap = self.tap
-        changes = self.settings.diff(store.settings, vectors_only=True, limit=4)
+        if tap not in store.taps:
+            raise SearchIndexError(f"{store.root} has no tap '{tap}' (its taps: {', '.join(store.taps)}); "
+                                   f"the index holds {tap}.")
+        # the stores may hold other taps besides the indexed one (a tap added since, say)
+        changes = self.settings.for_tap(tap).diff(store.settings.for_tap(tap), vectors_only=True, limit=4)
         if changes:
             raise SearchIndexError(f"{store.root} was made with other settings than the indexed features "
                                    f"({'; '.join(changes)}); extract it with the same model, weights and "
                                    "preprocessing, or build a new index.")
-        if tap not in store.taps:
-            raise SearchIndexError(f"{store.root} has no tap '{tap}' (it has {', '.join(store.taps)}); "
-                                   f"the index holds {tap}.")
         vectors = store[tap]
         if vectors.shape[1] != self.manifest["dim"]:
             raise SearchIndexError(f"{store.root} {tap} is {vectors.shape[1]}-d; "
@@ -373,7 +374,8 @@ class Index:
             raise SearchIndexError("HNSW indexes cannot remove vectors (FAISS's graph has no deletion); "
                                    "rebuild with featkit index build, or use --kind flat/ivf.")
         # as the index lists them (absolute), or relative to here
-        wanted = pd.Index([str(p) if str(p) in set(self.ids["path"]) else os.path.abspath(p) for p in paths])
+        indexed = set(self.ids["path"])
+        wanted = pd.Index([str(p) if str(p) in indexed else os.path.abspath(p) for p in paths])
         missing = wanted[~wanted.isin(self.ids["path"])]
         if len(missing):
             raise SearchIndexError(f"{len(missing)} path(s) are not in the index, e.g. {missing[0]}; "

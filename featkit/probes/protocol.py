@@ -126,6 +126,15 @@ class ProbeResult:
     k: int | None = None
     temperature: float | None = None
 
+    def per_class(self) -> list[dict]:
+        """Each class's test support, accuracy (recall) and precision, from the confusion matrix (None: undefined)."""
+        confusion = np.asarray(self.confusion)
+        support, predicted, correct = confusion.sum(axis=1), confusion.sum(axis=0), confusion.diagonal()
+        return [{"class": str(c), "support": int(support[i]),
+                 "accuracy": float(correct[i] / support[i]) if support[i] else None,
+                 "precision": float(correct[i] / predicted[i]) if predicted[i] else None}
+                for i, c in enumerate(self.classes)]
+
     def score(self, metric: str) -> float:
         """The test value of a selection metric: ``accuracy`` (top-1) or ``mean_per_class``."""
         return self.mean_per_class if metric == SelectionMetric.mean_per_class else self.top1

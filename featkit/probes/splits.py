@@ -92,7 +92,8 @@ def probe_data(store: FeatureStore, tap: str, test_store: FeatureStore | None = 
     check_float("test_fraction", test_fraction, "probe_data", low=0, high=1)
     check_int("seed", seed, "probe_data")
     check_bool("allow_overlap", allow_overlap, "probe_data")
-    splits = store.rows["split"].fillna("").to_numpy()
+    # the validation folder names featkit's listing accepts, as the probe protocol's one name
+    splits = store.rows["split"].fillna("").replace({"valid": "val", "validation": "val"}).to_numpy()
     if test_store is not None:
         test_store.resolve_tap(tap)
         _check_same_vectors(store, test_store, tap)
@@ -165,30 +166,47 @@ def _check_overlap(fitted: pd.DataFrame, test: pd.DataFrame, allow: bool, where:
 def shared_files(fitted: pd.DataFrame, test: pd.DataFrame) -> tuple[tuple[str, str], ...]:
     """(fitted path, test path) of each test row that is a fitted row's file: the same path, or the same sha256.
 
-    Only files of a size (the ``bytes`` column) that occurs on both sides are read, so this stays cheap; files that
-    no longer exist are compared by path only.
+    Only files of a size (the ``bytes`` column) that occurs on both sides are read, and of those only the first
+    4 KiB, unless that too matches on both sides (sizes of fixed-size formats and large JPEG sets collide often;
+    their first kilobytes rarely do); files that no longer exist are compared by path only.
     """
     fitted_paths = set(fitted["path"])
     pairs = [(path, path) for path in test["path"] if path in fitted_paths]
-    sizes = set(fitted["bytes"]) & set(test["bytes"])
-    if not sizes:
-        return tuple(pairs)
     same_path = {test_path for _, test_path in pairs}
-    by_digest: dict[str, str] = {}
-    for path in fitted.loc[fitted["bytes"].isin(sizes), "path"]:
-        digest = _sha256(path)
-        if digest is not None:
-            by_digest.setdefault(digest, path)
-    for path in test.loc[test["bytes"].isin(sizes), "path"]:
-        digest = _sha256(path) if path not in same_path else None
-        if digest in by_digest:
-            pairs.append((by_digest[digest], path))
+    fitted_files = fitted.loc[fitted["bytes"].isin(set(test["bytes"])), ["path", "bytes"]]
+    test_files = test.loc[test["bytes"].isin(set(fitted["bytes"])) & ~test["path"].isin(same_path), ["path", "bytes"]]
+    if not len(fitted_files) or not len(test_files):
+        return tuple(pairs)
+    by_head: dict[tuple[int, str], list[str]] = {}
+    for path, size in fitted_files.itertuples(index=False):
+        head = _digest(path, HEAD_BYTES)
+        if head is not None:
+            by_head.setdefault((size, head), []).append(path)
+    whole: dict[str, str] = {}  # full sha256 → a fitted file, for the groups a test file falls into
+    read: set[tuple[int, str]] = set()  # groups whose fitted files are in ``whole`` (each read whole once)
+    for path, size in test_files.itertuples(index=False):
+        key = (size, _digest(path, HEAD_BYTES) or "")
+        if key not in by_head:
+            continue
+        if key not in read:
+            read.add(key)
+            for fitted_path in by_head[key]:
+                whole.setdefault(_digest(fitted_path) or "", fitted_path)
+        digest = _digest(path)
+        if digest in whole:
+            pairs.append((whole[digest], path))
     return tuple(pairs)
 
 
-def _sha256(path: str) -> str | None:
+HEAD_BYTES = 4096
+
+
+def _digest(path: str, limit: int | None = None) -> str | None:
+    """sha256 of a file's first ``limit`` bytes (all of it: None); None if it cannot be read."""
     try:
         with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            if limit is None:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+            return hashlib.sha256(f.read(limit)).hexdigest()
     except OSError:
         return None

@@ -56,6 +56,9 @@ class TapRecord:
     name: str
     node: str
     aliases: tuple[str, ...] = field(default=(), compare=False)
+    # "tokens" or "hwc" where a pool reduced a ViT's tokens or a channels-last map (before featkit recorded it,
+    # such taps were stored flattened whatever the pool); empty for C×H×W maps and vectors, as always
+    pooled: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,11 @@ class StoreSettings:
 
     def _json(self, *, identity_only: bool) -> dict:
         weights = {k: v for k, v in dataclasses.asdict(self.weights).items() if v is not None}
-        taps = [{"name": t.name, "node": t.node, **({"aliases": list(t.aliases)} if t.aliases else {})}
-                for t in self.taps]
+        taps = [{"name": t.name, "node": t.node, **({"pooled": t.pooled} if t.pooled else {}),
+                 **({"aliases": list(t.aliases)} if t.aliases else {})} for t in self.taps]
         if identity_only:  # what equality compares: no file locations, no alternative names
             weights.pop("path", None)
-            taps = [{"name": t.name, "node": t.node} for t in self.taps]
+            taps = [{k: v for k, v in tap.items() if k != "aliases"} for tap in taps]
         return {"schema": SCHEMA, "model": self.model, "weights": weights, "preprocess": self.preprocess.as_dict(),
                 "taps": taps, "pool": self.pool, "l2": self.l2, "dtype": self.dtype, "precision": self.precision,
                 "draft": self.draft, "fold_bn": self.fold_bn, "shard_rows": self.shard_rows}
@@ -212,8 +215,9 @@ def _parse(data: Any) -> StoreSettings:
         aliases = _field(tap, "aliases", list, f"taps[{i}].", default=[])
         if not all(isinstance(a, str) for a in aliases):
             raise _Bad(f"taps[{i}].aliases", "must be a list of names")
+        pooled = _field(tap, "pooled", str, f"taps[{i}].", default="")
         records.append(TapRecord(_field(tap, "name", str, f"taps[{i}]."), _field(tap, "node", str, f"taps[{i}]."),
-                                 tuple(aliases)))
+                                 tuple(aliases), pooled))
     if schema == 0:  # written before the schema: without some keys (computed unfolded, in fp32); 0/1 for booleans
         data = {"fold_bn": False, "precision": "fp32", **data}
         data |= {k: bool(data[k]) for k in ("l2", "draft", "fold_bn") if type(data.get(k)) is int and data[k] in (0, 1)}
@@ -245,7 +249,8 @@ def _show(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
-        return ", ".join(v["name"] if isinstance(v, dict) and "name" in v else _show(v) for v in value) or "-"
+        return ", ".join((f"{v['name']} ({v['pooled']})" if v.get("pooled") else v["name"])
+                         if isinstance(v, dict) and "name" in v else _show(v) for v in value) or "-"
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)

@@ -27,13 +27,15 @@ def _now() -> str:
 
 
 def _added_taps(found: StoreSettings, wanted: StoreSettings) -> list[TapRecord]:
-    """The taps ``wanted`` adds to a store made with ``found``, when that is the only difference (else none)."""
-    have = [t.name for t in found.taps]
-    if [t.name for t in wanted.taps][: len(have)] != have:
+    """The taps ``wanted`` adds to a store made with ``found``, when that is the only difference (else none).
+
+    The shard size may shrink (it is sized for all taps together): shards written before keep theirs.
+    """
+    if list(wanted.taps[: len(found.taps)]) != list(found.taps):
         return []
-    if dataclasses.replace(wanted, taps=found.taps) != found:
+    if dataclasses.replace(wanted, taps=found.taps, shard_rows=found.shard_rows) != found:
         return []
-    return [t for t in wanted.taps if t.name not in have]
+    return list(wanted.taps[len(found.taps):])
 
 
 class StoreWriter:
@@ -132,6 +134,10 @@ class StoreWriter:
         for tap, array in features.items():
             if array.shape[0] != n:
                 raise ValueError(f"tap {tap}: {array.shape[0]} rows for {n} metadata rows")
+            known = self.manifest["taps"].get(tap)
+            if known is not None and known["dims"] != array.shape[1]:
+                raise StoreError(f"{self.root}: {tap} holds {known['dims']:,} values per row; this run computes "
+                                 f"{array.shape[1]:,} (another featkit version?). Use another -o, or --overwrite.")
             rel = fmt.feature_path(tap, index)
             files[rel] = fmt.write_file(self.root / rel, fmt.npy_bytes(array))
             self.manifest["taps"].setdefault(tap, {"dims": int(array.shape[1]), "dtype": str(array.dtype)})
