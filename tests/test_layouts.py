@@ -123,3 +123,41 @@ def test_inputs_may_be_a_generator_and_embedding_reads_every_image(tmp_path):
     emb = featkit.embed(tmp_path / "photos", model="squeezenet1_1", weights="random", device="cpu", layers="fire9",
                         pool="avg")  # no layout for embedding: test/ and holiday/ alike
     assert len(emb.positions) == 4
+
+
+def test_smoke_runs_on_a_users_own_folder(tmp_path):
+    write_images(tmp_path / "photos" / "train", classes=2, per_class=5)
+    write_images(tmp_path / "photos" / "test", classes=2, per_class=3, seed=1)
+    assert len(list_inputs(tmp_path / "photos", limit=3).table) == 3
+    few = list_inputs(tmp_path / "photos", per_class=2).table
+    assert few.groupby(["split", "label"]).size().tolist() == [2, 2, 2, 2]
+    assert featkit.extract(tmp_path / "photos", tmp_path / "s", per_class=2, **FAST).rows == 8
+
+    from featkit.finetune.data import read_folder
+
+    folder = read_folder(tmp_path / "photos", per_class=1)
+    assert (len(folder.train.paths), len(folder.val.paths)) == (2, 2)
+    limited = read_folder(tmp_path / "photos", limit=6)  # the first 6 of each split
+    assert (len(limited.train.paths), len(limited.val.paths)) == (6, 6)
+
+
+def test_bench_smoke_runs_on_a_folder_say_so_and_weights_can_differ_per_model(tmp_path):
+    from featkit.bench.config import BenchConfig
+    from featkit.bench.runner import run_bench
+    from featkit.reports.bench import to_frame, to_markdown, write_results
+
+    write_images(tmp_path / "photos" / "train", classes=2, per_class=6)
+    write_images(tmp_path / "photos" / "test", classes=2, per_class=4, seed=1)
+    cfg = BenchConfig(models=("squeezenet1_1",), taps=("fire9",), datasets=(str(tmp_path / "photos"),),
+                      output=tmp_path / "out", weights="squeezenet1_1=random", per_class=3, cache=tmp_path / "cache",
+                      device="cpu", grid=(0.1, 1.0))
+    assert cfg.weights_for("squeezenet1_1") == "random" and cfg.weights_for("vgg16") == "imagenet"
+    report = run_bench(cfg, echo=lambda *a: None)
+    assert report.rows[0].n_test == 6 and report.rows[0].n_train == 6  # 3 per class and split
+    paths = write_results(report.rows, ["fire9"], tmp_path / "out", cfg.smoke)
+    assert paths["markdown"].read_text().startswith(
+        "**Smoke run** (at most 3 images per class per split): not a benchmark number.")
+    assert "Smoke run" not in to_markdown(to_frame(report.rows))
+    with pytest.raises(featkit.FeatkitError, match="The 'weights' parameter of bench must be MODEL=WEIGHTS"):
+        BenchConfig(models=("resnet18",), taps=("fire9",), datasets=("digits",), output=tmp_path,
+                    weights="vgg16=random")

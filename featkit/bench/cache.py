@@ -56,11 +56,11 @@ def weights_identity(model: str, weights: str, seed: int) -> str:
     return f"path:{weights}"  # the extractor reports a missing file with a proper message
 
 
-def is_up_to_date(store, folder: Path) -> bool:
-    """True when ``folder`` lists exactly the files the store holds or recorded as failures, unchanged."""
+def is_up_to_date(store, dataset: BenchDataset) -> bool:
+    """True when the dataset's folder lists exactly the files the store holds or recorded as failures, unchanged."""
     from featkit.data.sources import list_inputs
 
-    listing = list_inputs(folder)
+    listing = list_inputs(dataset.folder, per_class=dataset.per_class, limit=dataset.limit)
 
     def triples(frame) -> set[tuple[str, int, int]]:
         return {(r.path, int(r.bytes), int(r.mtime_ns)) for r in frame[["path", "bytes", "mtime_ns"]].itertuples()}
@@ -80,9 +80,10 @@ class FeatureCache:
         return self.root / f"{dataset.name}-{_digest(str(dataset.folder))[:8]}" / model
 
     def _key(self, dataset: BenchDataset, model: str, cfg) -> dict:
+        subset = {k: v for k, v in (("per_class", dataset.per_class), ("limit", dataset.limit)) if v is not None}
         return {"folder": str(dataset.folder), "model": model,
-                "weights": weights_identity(model, cfg.weights, cfg.seed), "pool": cfg.pool, "precision": cfg.precision,
-                "dtype": "float32", "l2": False}
+                "weights": weights_identity(model, cfg.weights_for(model), cfg.seed), "pool": cfg.pool,
+                "precision": cfg.precision, "dtype": "float32", "l2": False, **subset}
 
     def _matching_stores(self, model_dir: Path, key: dict) -> list[tuple[Path, list[str]]]:
         """Stores made for ``key`` with a committed manifest, and the taps each holds."""
@@ -112,9 +113,9 @@ class FeatureCache:
             if not wanted:
                 continue
             extracted, seconds = False, 0.0
-            if not is_up_to_date(open_features(store_dir), dataset.folder):
+            if not is_up_to_date(open_features(store_dir), dataset):
                 echo(f"updating {store_dir} ({dataset.folder} changed)")
-                result = run_extraction(dataset.folder, store_dir, self._extract_config(model, held, cfg),
+                result = run_extraction(dataset.folder, store_dir, self._extract_config(model, held, cfg, dataset),
                                         progress=progress)
                 extracted, seconds = result.computed > 0, result.seconds
             for tap in wanted:
@@ -126,16 +127,17 @@ class FeatureCache:
             write_json(store_dir / KEY_FILE, key, sort_keys=True)
             echo(f"extracting {model} {', '.join(missing)} on {dataset.name} → {store_dir}")
             start = time.perf_counter()
-            run_extraction(dataset.folder, store_dir, self._extract_config(model, missing, cfg), progress=progress)
+            run_extraction(dataset.folder, store_dir, self._extract_config(model, missing, cfg, dataset),
+                           progress=progress)
             seconds = time.perf_counter() - start
             for tap in missing:
                 located[tap] = CachedTap(store_dir, True, seconds)
         return located
 
     @staticmethod
-    def _extract_config(model: str, taps: list[str], cfg):
+    def _extract_config(model: str, taps: list[str], cfg, dataset: BenchDataset):
         from featkit.extraction.config import ExtractConfig
 
-        return ExtractConfig(model=model, taps=tuple(taps), weights=cfg.weights, pool=cfg.pool,
+        return ExtractConfig(model=model, taps=tuple(taps), weights=cfg.weights_for(model), pool=cfg.pool,
                              precision=cfg.precision, batch_size=cfg.batch_size, device=cfg.device, seed=cfg.seed,
-                             download=cfg.download)
+                             download=cfg.download, per_class=dataset.per_class, limit=dataset.limit)

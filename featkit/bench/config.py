@@ -41,10 +41,13 @@ class BenchConfig:
         taps: tap names or aliases; each model is probed on those of them it has.
         datasets: data card names (``featkit data list``) or ImageFolder paths with train/[val/]test folders.
         output: folder for results.csv, results.md, runs/*.json and the plot.
-        weights: ``imagenet``, ``random`` or a weights file, for every model.
+        weights: ``imagenet``, ``random`` or a weights file, for every model; or per model,
+            ``resnet50=FILE,vgg16=imagenet`` (models left out take ``imagenet``).
         pool: how spatial taps become vectors (``avg`` keeps conv taps comparable with fc taps).
         probe: ``linear`` (the Kornblith et al. protocol) or ``knn`` (cosine, temperature-weighted votes).
-        per_class: render/keep only this many images per class and split (smoke runs; not benchmark numbers).
+        per_class: render/keep only this many images per class and split (smoke runs; not benchmark numbers), for
+            data cards and your own folders alike.
+        limit: only the first N images of each dataset, in listing order (a smoke run).
         data_root: where datasets are prepared (None: ``featkit data prepare``'s default).
         cache: where feature stores are kept and looked up (None: :func:`default_cache`).
         seed: seed of the validation split (and of ``--weights random``).
@@ -62,6 +65,7 @@ class BenchConfig:
     pool: str = "avg"
     probe: str = "linear"
     per_class: int | None = None
+    limit: int | None = None
     data_root: Path | None = None
     cache: Path | None = None
     seed: int = 0
@@ -84,6 +88,37 @@ class BenchConfig:
             raise invalid_parameter("grid", "bench", "finite numbers > 0", list(self.grid))
         if self.per_class is not None:
             check_int("per_class", self.per_class, "bench (train and test need images)", minimum=2)
+        if self.limit is not None:
+            check_int("limit", self.limit, "bench", minimum=2)
+        weights = self.weights_by_model()
+        unknown_models = sorted(set(weights) - set(self.models) - {""})
+        if unknown_models:
+            raise invalid_parameter("weights", "bench", f"MODEL=WEIGHTS for models of --models "
+                                    f"({', '.join(self.models)})", self.weights)
+
+    def weights_by_model(self) -> dict[str, str]:
+        """``--weights`` as model → weights.
+
+        One value for every model (under the key ""), or ``resnet50=FILE,vgg16=imagenet`` (models left out take
+        ``imagenet``).
+        """
+        text = self.weights.strip()
+        if "=" not in text:
+            return {"": text}
+        pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+        return {model.strip(): value.strip() for model, value in pairs}
+
+    def weights_for(self, model: str) -> str:
+        """The weights ``model`` runs with in this benchmark."""
+        by_model = self.weights_by_model()
+        return by_model.get("") or by_model.get(model, "imagenet")
+
+    @property
+    def smoke(self) -> str:
+        """What makes this run a smoke run ("" for a real benchmark)."""
+        parts = ([f"at most {self.per_class} images per class per split"] if self.per_class else []) + (
+            [f"the first {self.limit} images"] if self.limit else [])
+        return " and ".join(parts)
 
     @property
     def c_grid(self) -> tuple[float, ...]:

@@ -17,6 +17,8 @@ class BenchDataset:
     folder: Path
     metric: str  # the probe metric: "accuracy" or "mean_per_class"
     card: str  # the data card it follows ("imagefolder" for a user folder)
+    per_class: int | None = None  # read only the first N of each class and split (a user folder's smoke run)
+    limit: int | None = None  # read only the first N images
 
 
 def _check_split_folders(path: Path) -> None:
@@ -37,16 +39,14 @@ def _check_split_folders(path: Path) -> None:
 
 
 def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None, download: bool,
-                    progress: bool = False) -> BenchDataset:
+                    progress: bool = False, limit: int | None = None) -> BenchDataset:
     """A card name is prepared (rendered, downloaded or verified) under ``data_root``; a folder is used as is."""
     from featkit.datasets.cards import get_card
 
     path = Path(entry).expanduser()
     if path.is_dir():
-        if per_class is not None:
-            raise InputError(f"--per-class applies to datasets featkit prepares, not to your folder {path}.")
         _check_split_folders(path)
-        return BenchDataset(path.name, path.absolute(), "accuracy", "imagefolder")
+        return BenchDataset(path.name, path.absolute(), "accuracy", "imagefolder", per_class, limit)
     if "/" in entry or entry.startswith("."):
         raise InputError(f"Dataset folder {entry} does not exist. Give a folder with train/ [val/] test/ sub-folders "
                          "or a data card name (featkit data list).")
@@ -57,4 +57,4 @@ def resolve_dataset(entry: str, *, data_root: Path | None, per_class: int | None
 
     prepared = prepare(card.name, data_root, download=download, per_class=per_class, progress=progress)
     metric = "mean_per_class" if card.metric == "mean_per_class" else "accuracy"
-    return BenchDataset(card.name, prepared.folder, metric, card.name)
+    return BenchDataset(card.name, prepared.folder, metric, card.name, None, limit)  # per_class: in the copy

@@ -121,7 +121,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False, echo: Callable[[str],
     start = time.perf_counter()
     plan = model_taps(cfg.models, cfg.taps)
     datasets = [resolve_dataset(d, data_root=cfg.data_root, per_class=cfg.per_class, download=cfg.download,
-                                progress=progress)
+                                progress=progress, limit=cfg.limit)
                 for d in cfg.datasets]
     cache = FeatureCache(cfg.cache_dir)
     runs_dir = Path(cfg.output) / "runs"

@@ -29,4 +29,8 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Im
 TapOpt = Annotated[str | None, typer.Option("--tap", "-t", help="Tap to use (default: the store's only tap).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+LimitOpt = Annotated[int | None, typer.Option(
+    "--limit", min=1, help="Only the first N images, in listing order: a smoke run.")]
+PerClassOpt = Annotated[int | None, typer.Option(
+    "--per-class", min=1, help="Only the first N images of each class in each split: a smoke run.")]
 StoreArg = Annotated[Path, typer.Argument(help="A feature store directory (featkit extract ... -o STORE).")]

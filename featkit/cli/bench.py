@@ -28,12 +28,16 @@ def bench(
         "--output", "-o",
         help="Folder for results.csv, results.md, runs/*.json and accuracy.png.")] = Path("bench_out"),
     weights: Annotated[str, typer.Option(
-        "--weights", "-w", help="imagenet, random (seeded) or a weights file, for every model.")] = "imagenet",
+        "--weights", "-w", help="imagenet, random (seeded) or a weights file, for every model; or per model: "
+                                "resnet50=FILE,vgg16=imagenet (models left out: imagenet).")] = "imagenet",
     probe: Annotated[ProbeKind, typer.Option(
         help="linear: logistic regression, C chosen on val or by 5-fold CV; knn: cosine kNN.")] = ProbeKind.linear,
     pool: PoolOpt = Pool.avg,
     per_class: Annotated[int | None, typer.Option(
-        "--per-class", help="Only N images per class and split: a smoke run, not a benchmark number.")] = None,
+        "--per-class", help="Only N images per class and split (of a data card or your folder): a smoke run, not a "
+                            "benchmark number.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help="Only the first N images of each dataset: a smoke run, not a benchmark number.")] = None,
     data_root: Annotated[Path | None, typer.Option(
         "--data-root", help="Where datasets are prepared (default: $FEATKIT_DATA or ~/.cache/featkit/data).")] = None,
     cache: Annotated[Path | None, typer.Option(
@@ -60,14 +64,14 @@ def bench(
     from featkit.reports.bench import to_frame, to_markdown, write_results
 
     cfg = BenchConfig(models=_names(models), taps=_names(taps), datasets=_names(datasets), output=output,
-                      weights=weights, pool=pool, probe=probe, per_class=per_class, data_root=data_root,
+                      weights=weights, pool=pool, probe=probe, per_class=per_class, limit=limit, data_root=data_root,
                       cache=cache, seed=seed, grid=parse_grid(grid), k=k, batch_size=batch_size, device=device,
                       precision=precision, download=not no_download)
     console = make_console()
     report = run_bench(cfg, progress=True, echo=console.print)
-    paths = write_results(report.rows, list(cfg.taps), output)
+    paths = write_results(report.rows, list(cfg.taps), output, cfg.smoke)
     console.print()
-    console.print(to_markdown(to_frame(report.rows)), markup=False, highlight=False)
+    console.print(to_markdown(to_frame(report.rows), cfg.smoke), markup=False, highlight=False)
     reused = sum(not r.extracted for r in report.rows)
     console.print(f"{len(report.rows)} probes in {report.seconds:.1f} s ({reused} on cached features); wrote "
                   f"{paths['csv']}, {paths['markdown']}, {paths['plot']} and {len(report.runs)} files in "

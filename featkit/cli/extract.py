@@ -14,7 +14,9 @@ from featkit.cli._options import (
     BatchSizeOpt,
     DeviceOpt,
     LayerOpt,
+    LimitOpt,
     ModelOpt,
+    PerClassOpt,
     PoolOpt,
     PrecisionOpt,
     QuietOpt,
@@ -71,6 +73,8 @@ def extract(
     layout: Annotated[Layout, typer.Option(
         help="How folders give labels: auto (split folders if any, else class folders), splits (ROOT/SPLIT/CLASS), "
              "classes (ROOT/CLASS) or flat (no labels).")] = Layout.auto,
+    limit: LimitOpt = None,
+    per_class: PerClassOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made with other settings.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights.")] = False,
     quiet: QuietOpt = False,
@@ -85,7 +89,7 @@ def extract(
     cfg = ExtractConfig(model=model, taps=tuple(layer or ()), weights=weights, pool=pool, l2=l2,
                         dtype=dtype, precision=precision, batch_size=batch_size, device=device,
                         workers=workers, shard_rows=shard_rows, draft=draft, seed=seed, overwrite=overwrite,
-                        download=not offline, layout=layout)
+                        download=not offline, layout=layout, limit=limit, per_class=per_class)
     console = make_console(stderr=True)
     result = run_extraction(inputs, output, cfg, progress=not quiet)
     print_result(result, make_console())

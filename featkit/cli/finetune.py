@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from featkit.cli._console import console as make_console
-from featkit.cli._options import DeviceOpt
+from featkit.cli._options import DeviceOpt, PerClassOpt
 from featkit.errors import FeatkitError
 
 
@@ -47,6 +47,9 @@ def finetune(
     device: DeviceOpt = "auto",
     workers: Annotated[int | None, typer.Option(
         min=0, help="Loader processes (default: 0 on a CPU, spare cores on a GPU).")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Only the first N images of each split: a smoke run.")] = None,
+    per_class: PerClassOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; the per-epoch lines stay.")] = False,
 ) -> None:
     """Fine-tune a backbone on an image folder with a recipe; the run directory is a valid --weights.
@@ -58,11 +61,13 @@ def finetune(
     from featkit.finetune.trainer import Trainer
 
     if resume is not None:
-        if recipe or data or output or model or weights or overrides:
+        if recipe or data or output or model or weights or overrides or limit or per_class:
             raise FeatkitError("--resume RUN takes the recipe, data and settings from RUN; drop the other options.")
         manifest = read_manifest(resume)
         r = recipe_from_dict(manifest["recipe"], str(resume / "recipe.json"))
         data, output = Path(manifest["data"]), resume
+        subset = manifest.get("subset") or {}
+        limit, per_class = subset.get("limit"), subset.get("per_class")
     else:
         if recipe is None or data is None or output is None:
             raise FeatkitError("Pass --recipe NAME --data DATA -o RUN (or --resume RUN). See: featkit recipes")
@@ -70,7 +75,8 @@ def finetune(
         sets += [f"model={model}"] if model else []
         sets += [f"weights={weights}"] if weights else []
         r = with_overrides(resolve_recipe(recipe), sets)
-    trainer = Trainer(r, data, output, device=device, workers=workers, resume=resume is not None)
+    trainer = Trainer(r, data, output, device=device, workers=workers, resume=resume is not None, limit=limit,
+                      per_class=per_class)
     main = trainer.d.is_main
     console = make_console(stderr=True)
     if main:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from featkit.choices import Layout
-from featkit.errors import InputError, check_choice
+from featkit.errors import InputError, check_choice, check_int
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,8 @@ def is_list_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in LIST_SUFFIXES and os.path.isfile(path)
 
 
-def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layout: str = "auto") -> Listing:
+def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layout: str = "auto",
+                limit: int | None = None, per_class: int | None = None) -> Listing:
     """List the images a run will read, in a deterministic order.
 
     Args:
@@ -214,12 +215,18 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layo
         layout: how folders give labels and splits: ``auto`` (split folders if there are any, else class
             folders, else one flat set), ``splits`` (ROOT/SPLIT/CLASS/*), ``classes`` (ROOT/CLASS/*) or ``flat``
             (no labels). What a layout leaves out of a folder is said in one warning line.
+        limit: only the first ``limit`` inputs, in listing order (a smoke run).
+        per_class: only the first ``per_class`` inputs of each class in each split, in listing order (a smoke run
+            that keeps every class; unlabelled inputs count as one class).
 
     Raises:
         InputError: an input does not exist, a list file cannot be read, a folder does not have the layout
             asked for, or there is nothing to read.
     """
     layout = check_choice("layout", layout, Layout, "list_inputs", error=InputError)
+    for name, value in (("limit", limit), ("per_class", per_class)):
+        if value is not None:
+            check_int(name, value, "list_inputs", minimum=1, error=InputError)
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
         raise InputError("No inputs given: pass a folder, a list file (.csv/.parquet/.txt) or image paths.")
@@ -251,4 +258,9 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layo
         where = ", ".join(str(i) for i in items[:3]) + (" ..." if len(items) > 3 else "")
         raise InputError(f"No images in {where}: nothing to read (hidden files are skipped; a list file needs rows).")
     table = pd.DataFrame(good, columns=COLUMNS)
+    if per_class is not None:
+        groups = table[["split", "label"]].fillna("\0")  # unlabelled rows are a group of their own
+        table = table[(groups.groupby(["split", "label"]).cumcount() < per_class).to_numpy()].reset_index(drop=True)
+    if limit is not None:
+        table = table.iloc[:limit].reset_index(drop=True)
     return Listing(table, pd.DataFrame(bad, columns=["path", "reason", "message"]))

@@ -57,6 +57,8 @@ class ExtractConfig:
         layout: how input folders give labels and splits: ``auto``, ``splits``, ``classes`` or ``flat`` (see
             :func:`featkit.data.sources.list_inputs`); it decides the rows, not the numbers, so stores don't record
             it.
+        limit, per_class: read only the first ``limit`` inputs, or the first ``per_class`` of each class in each
+            split (smoke runs: they decide the rows, not the numbers, so stores don't record them either).
     """
 
     model: str = DEFAULT_MODEL
@@ -75,6 +77,8 @@ class ExtractConfig:
     overwrite: bool = False
     download: bool = True
     layout: str = "auto"
+    limit: int | None = None
+    per_class: int | None = None
 
     def __post_init__(self) -> None:
         # choices are kept as plain strings (an enum member is accepted), so they compare and serialise as text

@@ -149,7 +149,7 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)  # a generator is read once
     _check_output(items, Path(output))
-    listing = list_inputs(items, layout=cfg.layout)
+    listing = list_inputs(items, layout=cfg.layout, limit=cfg.limit, per_class=cfg.per_class)
     cfg = _with_store_taps(cfg, Path(output))
     embedder = Embedder(cfg)
     start = time.perf_counter()

@@ -20,7 +20,7 @@ from featkit.backbones.spec import Preprocess
 from featkit.data.decode import DecodeError, decode_image
 from featkit.data.sources import list_inputs
 from featkit.data.transforms import load_crop
-from featkit.errors import InputError
+from featkit.errors import InputError, check_int
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,20 @@ def resolve_data(data: str | Path) -> Path:
     return folder
 
 
-def read_folder(data: str | Path) -> FolderData:
-    """List ``root/train/CLASS/*`` and ``root/val/CLASS/*`` (or valid/validation/test as the second split)."""
+def read_folder(data: str | Path, *, limit: int | None = None, per_class: int | None = None) -> FolderData:
+    """List ``root/train/CLASS/*`` and ``root/val/CLASS/*`` (or valid/validation/test as the second split).
+
+    A smoke run reads the first ``per_class`` images of each class in each split, and/or the first ``limit`` of each
+    split (of each split, not overall: a limit that left out the validation split would leave nothing to train on).
+    """
     root = resolve_data(data)
     layout = f"{root}/train/CLASS/*.jpg and {root}/val/CLASS/*.jpg"
     if not root.is_dir():
         raise InputError(f"--data {root} is not a folder; fine-tuning reads {layout}.")
-    table = list_inputs(root).table
+    table = list_inputs(root, per_class=per_class).table
+    if limit is not None:
+        check_int("limit", limit, "finetune", minimum=1, error=InputError)
+        table = table[(table.groupby("split", dropna=False).cumcount() < limit).to_numpy()]
     table = table[table["label"].notna()]
     splits = set(table["split"].dropna())
     val_name = next((s for s in VAL_SPLITS if s in splits), None)

@@ -118,7 +118,8 @@ class Trainer:
     """Trains ``recipe`` on ``data`` into the run directory ``output`` (``resume``: continue from last.pt)."""
 
     def __init__(self, recipe: Recipe, data: str | Path, output: str | Path, *, device: str = "auto",
-                 workers: int | None = None, resume: bool = False):
+                 workers: int | None = None, resume: bool = False, limit: int | None = None,
+                 per_class: int | None = None):
         self.recipe, self.run, self.d = recipe, rundir.RunDir(Path(output)), distributed_from_env()
         if recipe.batch_size % self.d.world:
             raise FeatkitError(f"batch_size {recipe.batch_size} does not split over {self.d.world} processes; "
@@ -131,7 +132,8 @@ class Trainer:
         # killed before its first checkpoint: the run starts again from its first step, in the same directory
         restoring = resume and self.run.last.exists()
         self.runtime = training_runtime(device, recipe.amp, local_rank=self.d.local_rank, world=self.d.world)
-        self.folder: FolderData = read_folder(data)
+        self.subset = {k: v for k, v in (("limit", limit), ("per_class", per_class)) if v is not None}
+        self.folder: FolderData = read_folder(data, limit=limit, per_class=per_class)
         # A resumed run's checkpoint holds every weight: the initial ones need not exist (or download) any more.
         built = dataclasses.replace(recipe, weights="random") if restoring else recipe
         self.model, self.init_weights = build_model(built, len(self.folder.classes))
@@ -189,6 +191,7 @@ class Trainer:
         rundir.write_manifest(self.run, {
             "recipe": self.recipe.as_dict(),
             "data": str(self.folder.root.resolve()),
+            "subset": self.subset,  # a smoke run's --limit / --per-class: resumed with the same images
             "classes": list(self.folder.classes),
             "images": {"train": len(self.folder.train.paths), "val": len(self.folder.val.paths)},
             "init_weights": self.init_weights.as_dict(),

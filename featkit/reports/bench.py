@@ -16,10 +16,15 @@ def to_frame(rows) -> pd.DataFrame:
     return pd.DataFrame([asdict(r) for r in rows])
 
 
-def to_markdown(frame: pd.DataFrame) -> str:
-    """One line per (dataset, model, tap) with the score in percent, C, sizes and where features came from."""
+def to_markdown(frame: pd.DataFrame, smoke: str = "") -> str:
+    """One line per (dataset, model, tap) with the score in percent, C, sizes and where features came from.
+
+    ``smoke`` says what made the run a smoke run (e.g. "at most 10 images per class per split"); the table then
+    opens with a line saying its scores are not benchmark numbers.
+    """
     head = ["dataset", "model", "tap", "dims", "probe", "metric", "score", "top-5", "C", "train", "test", "features"]
-    lines = ["| " + " | ".join(head) + " |",
+    lines = ([f"**Smoke run** ({smoke}): not a benchmark number.", ""] if smoke else []) + [
+             "| " + " | ".join(head) + " |",
              "|" + "|".join("---:" if h in ("dims", "score", "top-5", "C", "train", "test") else "---"
                             for h in head) + "|"]
     r: Any  # a row's fields are the frame's columns, whose types pandas-stubs cannot know
@@ -32,7 +37,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(frame: pd.DataFrame, taps: list[str], path: Path) -> Path:
+def plot(frame: pd.DataFrame, taps: list[str], path: Path, smoke: str = "") -> Path:
     """One panel per dataset: the score of each model at each tap, taps in the order asked (shallow to deep)."""
     import matplotlib
 
@@ -53,7 +58,7 @@ def plot(frame: pd.DataFrame, taps: list[str], path: Path) -> Path:
         ax.set_ylabel("test score (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle("Which layer transfers best")
+    fig.suptitle("Which layer transfers best" + (f" (smoke run: {smoke}; not a benchmark number)" if smoke else ""))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -62,12 +67,12 @@ def plot(frame: pd.DataFrame, taps: list[str], path: Path) -> Path:
     return path
 
 
-def write_results(rows, taps: list[str], output: Path) -> dict[str, Path]:
+def write_results(rows, taps: list[str], output: Path, smoke: str = "") -> dict[str, Path]:
     """results.csv, results.md and accuracy.png under ``output``; returns their paths."""
     output = Path(output)
     frame = to_frame(rows)
     paths = {"csv": output / "results.csv", "markdown": output / "results.md", "plot": output / "accuracy.png"}
     write_bytes(paths["csv"], frame.to_csv(index=False).encode())
-    write_bytes(paths["markdown"], to_markdown(frame).encode())
-    plot(frame, taps, paths["plot"])
+    write_bytes(paths["markdown"], to_markdown(frame, smoke).encode())
+    plot(frame, taps, paths["plot"], smoke)
     return paths
