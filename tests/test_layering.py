@@ -19,7 +19,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "featkit"
 # Root modules everything may use; they import no package (featkit/__init__ and api.py are the public face, on top).
-FOUNDATION = {"errors", "choices", "_atomic", "_device", "_faiss", "_versions", "_search_path"}
+FOUNDATION = {"errors", "choices", "_atomic", "_files", "_device", "_faiss", "_versions", "_search_path"}
 # package -> the packages it may import (besides FOUNDATION and itself)
 ALLOWED: dict[str, set[str]] = {
     "backbones": set(),
