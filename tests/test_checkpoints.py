@@ -95,8 +95,11 @@ def test_malicious_pickle_refused_and_never_runs(tmp_path, monkeypatch, kind, le
     evil = {"conv.weight": torch.ones(2), "extra": payloads(marker)[kind]}
     torch.save(evil, path, _use_new_zipfile_serialization=not legacy)
     message = refusal(path)
-    assert "is not a plain state_dict checkpoint (it asks to run code or build objects: global " in message
-    assert "weights_only=True only" in message
+    if legacy:  # refused unread: a legacy file carries no checksum (row 2)
+        assert "is not a plain state_dict checkpoint (it is a legacy torch file from before torch 1.6" in message
+    else:
+        assert "is not a plain state_dict checkpoint (it asks to run code or build objects: global " in message
+        assert "weights_only=True only" in message
     assert not marker.exists()
 
 
@@ -128,11 +131,12 @@ def test_weights_only_is_always_explicit_and_no_unsafe_unpickler_runs(tmp_path, 
     torch.save(sd, tmp_path / "a.pth")
     torch.save(sd, tmp_path / "b.pth", _use_new_zipfile_serialization=False)
     save_file(sd, tmp_path / "c.safetensors")
-    for name in ("a.pth", "b.pth", "c.safetensors"):
+    for name in ("a.pth", "c.safetensors"):
         assert same(ck.load_state_dict_file(tmp_path / name), sd)
+    assert "legacy torch file" in refusal(tmp_path / "b.pth")  # refused unread
     torch.save({"x": Payload(os.system, ("true",))}, tmp_path / "evil.pth")
     refusal(tmp_path / "evil.pth")
-    assert len(calls) == 3 and all(c["weights_only"] is True for c in calls)
+    assert len(calls) == 2 and all(c["weights_only"] is True for c in calls)
 
 
 # --- row 2: not a plain state_dict --------------------------------------------------------------------------
@@ -147,17 +151,38 @@ def test_torchscript_refused_without_running_it(tmp_path, monkeypatch):
     assert "is not a plain state_dict checkpoint (it is a TorchScript archive" in message
 
 
+LEGACY = "is not a plain state_dict checkpoint (it is a legacy torch file from before torch 1.6"
+RESAVE = "re-save it in a current torch, torch.save(torch.load(path, weights_only=True), new_path)"
+
+
 def test_legacy_pickle_of_non_tensors_refused(tmp_path):
     path = tmp_path / "legacy.pth"
     torch.save({"epoch": 3, "note": "hi"}, path, _use_new_zipfile_serialization=False)
-    assert "is not a plain state_dict checkpoint (its entry 'epoch' is a int, not a tensor)" in refusal(path)
+    assert LEGACY in refusal(path)
 
 
-def test_legacy_pickle_of_tensors_loads(tmp_path, sd):
-    """Decision: pre-1.6 (non-zip) files holding only tensors load, through weights_only=True as well."""
+def test_a_valid_legacy_file_is_refused_unread_and_the_hint_re_saves_it(tmp_path, monkeypatch, sd):
+    """Decision (row 2): pre-1.6 (non-zip) files carry no checksum, so even a good one is refused, never unpickled."""
     path = tmp_path / "legacy.pth"
     torch.save(sd, path, _use_new_zipfile_serialization=False)
-    assert same(ck.load_state_dict_file(path), sd)
+    with monkeypatch.context() as m:
+        m.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called on a legacy file"))
+        m.setattr(pickle, "Unpickler", lambda *a, **k: pytest.fail("a legacy file was unpickled"))
+        message = refusal(path)
+    assert LEGACY in message and RESAVE in message
+    torch.save(torch.load(path, weights_only=True), tmp_path / "new.pth")  # the hint, as written, works
+    assert same(ck.load_state_dict_file(tmp_path / "new.pth"), sd)
+
+
+def test_a_legacy_file_cut_short_is_refused(tmp_path, sd):
+    full = tmp_path / "full.pth"
+    torch.save(sd, full, _use_new_zipfile_serialization=False)
+    data = full.read_bytes()
+    path = tmp_path / "cut.pth"
+    for cut in (0, 10, 16, 100, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        message = refusal(path)
+        assert LEGACY in message if cut >= 16 else "is a corrupt checkpoint (the file is only" in message
 
 
 def test_bare_pickle_refused(tmp_path, sd):
@@ -234,13 +259,13 @@ def flipped(path: Path, pos: int, out: Path, bit: int = 0) -> Path:
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.001, 0.01, 0.1, 0.5, 0.9, 0.99, -1])
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".legacy.pth"])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_truncated_checkpoint_is_corrupt(tmp_path, sd, suffix, fraction):
     full = tmp_path / f"full{suffix}"
     if suffix == ".safetensors":
         save_file(sd, full)
     else:
-        torch.save(sd, full, _use_new_zipfile_serialization=suffix == ".pth")
+        torch.save(sd, full)
     data = full.read_bytes()
     cut = len(data) - 1 if fraction == -1 else int(len(data) * fraction)
     path = tmp_path / f"cut{suffix}"

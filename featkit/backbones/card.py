@@ -3,18 +3,21 @@
 The weights card is the JSON file beside fine-tuned weights that says what they are.
 
 ``featkit finetune`` writes ``RUN/model.pth`` (a plain state_dict) and ``RUN/model.json`` (its card: the model it
-was fine-tuned from, the class names, the eval preprocessing). ``--weights RUN`` or ``--weights RUN/model.pth``
-then extracts with the right head, class names and preprocessing. The card format is owned here, below
+was fine-tuned from, the class names, the eval preprocessing, the sha256 of model.pth's bytes). ``--weights RUN``
+or ``--weights RUN/model.pth`` then extracts with the right head, class names and preprocessing, once the file's
+sha256 matches. The card format is owned here, below
 fine-tuning, so that loading weights never imports the trainer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from featkit._atomic import write_json
+from featkit._files import not_a_file
 from featkit.backbones.spec import Preprocess
 from featkit.errors import WeightsError
 
@@ -24,6 +27,7 @@ VERSION = 1
 RUN_MANIFEST = "recipe.json"
 RUN_WEIGHTS = "model.pth"
 RUN_BEST = "best.pt"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class WeightsCard:
         recipe: the recipe that trained it.
         epochs: epochs trained.
         val_acc: validation accuracy at the end (None: no epoch finished).
+        sha256: the hex sha256 of the weights file's bytes as written (None: not recorded); checked on loading.
     """
 
     model: str
@@ -45,11 +50,12 @@ class WeightsCard:
     recipe: str = ""
     epochs: int = 0
     val_acc: float | None = None
+    sha256: str | None = None
 
     def as_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "model": self.model, "classes": list(self.classes),
                 "preprocess": self.preprocess.as_dict(), "recipe": self.recipe, "epochs": self.epochs,
-                "val_acc": self.val_acc}
+                "val_acc": self.val_acc, **({"sha256": self.sha256} if self.sha256 is not None else {})}
 
 
 def card_path(weights: Path) -> Path:
@@ -69,6 +75,9 @@ def read_card(weights: Path) -> WeightsCard | None:
         WeightsError: the file says it is a featkit weights card but a field is missing or malformed.
     """
     path = card_path(weights)
+    if (what := not_a_file(path)) is not None:  # read_text() would wait forever on a FIFO
+        raise WeightsError(f"The weights card {path} is {what}, not a file; move it away to load {weights.name} "
+                           f"as plain weights.")
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):
@@ -88,9 +97,12 @@ def read_card(weights: Path) -> WeightsCard | None:
             raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
         if val_acc is not None and (isinstance(val_acc, bool) or not isinstance(val_acc, (int, float))):
             raise ValueError(f"val_acc: expected a number or null, got {val_acc!r}")
+        sha256 = data.get("sha256")
+        if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+            raise ValueError(f"sha256: expected 64 lowercase hex digits or no sha256, got {str(sha256)[:80]!r}")
         return WeightsCard(model=model, classes=tuple(classes), preprocess=Preprocess.from_dict(data.get("preprocess")),
                            recipe=str(data.get("recipe") or ""), epochs=epochs,
-                           val_acc=None if val_acc is None else float(val_acc))
+                           val_acc=None if val_acc is None else float(val_acc), sha256=sha256)
     except ValueError as exc:
         raise WeightsError(f"The weights card {path} is damaged ({exc}); restore it, or delete it to load "
                            f"{weights.name} as plain weights.") from None

@@ -2,8 +2,8 @@
 
 ``--weights imagenet`` (torchvision's recommended weights, from the torch hub cache), ``random`` (seeded),
 a file, or a ``featkit finetune`` run directory (its ``model.pth``, with the class names and eval
-preprocessing its ``model.json`` card records). Files are loaded only through
-:mod:`featkit.backbones.checkpoints` (``weights_only=True``).
+preprocessing its ``model.json`` card records, and checked against the sha256 the card records). Files are loaded
+only through :mod:`featkit.backbones.checkpoints` (``weights_only=True``, NaN and inf refused).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torchvision import models as tvm
 
 from featkit.backbones import checkpoints
-from featkit.backbones.card import read_card, resolve_weights_path
+from featkit.backbones.card import card_path, read_card, resolve_weights_path
 from featkit.backbones.registry import build_module, describe
 from featkit.backbones.spec import Preprocess
 from featkit.errors import WeightsError
@@ -123,6 +123,10 @@ def load_backbone_weights(name: str, weights: str = "imagenet", *, seed: int = 0
             raise WeightsError(f"Weights {path} were fine-tuned from {card.model}, not {name}; "
                                f"pass --model {card.model}.")
         categories, preprocess = card.classes, card.preprocess
+        if card.sha256 is not None and (actual := checkpoints.sha256_file(path)) != card.sha256:
+            raise WeightsError(f"{path} does not match the sha256 its {card_path(path).name} records: the file was "
+                               f"changed or damaged since it was written (sha256 {actual[:12]}…, recorded "
+                               f"{card.sha256[:12]}…); copy it again from where the fine-tune ran, or rerun it.")
     state = checkpoints.load_state_dict_file(path)
     num_classes = _classes_in(state, spec.logits_module) or 1000
     model = build_module(name, num_classes=num_classes)

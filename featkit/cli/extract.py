@@ -35,7 +35,7 @@ def print_result(result, console) -> None:
                   f"in {result.seconds:.1f} s, {result.images_per_s:.1f} img/s on {result.device}")
     for tap, dims in result.taps.items():
         console.print(f"  features/{tap}/part-*.npy  ({len(store):,} × {dims:,} {store[tap].dtype})")
-    console.print("  metadata/part-*.parquet  (row, path, label, split, width, height, bytes, mtime_ns)")
+    console.print("  metadata/part-*.parquet  (row, path, label, split, width, height, bytes, mtime_ns, fingerprint)")
     if result.added_taps:
         console.print(f"  added {', '.join(result.added_taps)} to the {result.backfilled:,} rows already in the store "
                       "(the other taps were not recomputed)")

@@ -161,12 +161,16 @@ def search(
     import numpy as np
 
     from featkit._atomic import write_bytes
+    from featkit._files import not_a_file
     from featkit.errors import SearchIndexError
     from featkit.index import Index
 
+    vectors_file = len(queries) == 1 and queries[0].suffix == ".npy"
+    if vectors_file and (what := not_a_file(queries[0])) is not None:  # np.load would wait forever on a FIFO
+        raise SearchIndexError(f"Query vectors {queries[0]} is {what}, not a file; pass the .npy file itself.")
     index = Index.open(index_path)
     params = {**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef_search} if ef_search else {})}
-    if len(queries) == 1 and queries[0].suffix == ".npy":
+    if vectors_file:
         try:
             vectors = np.load(queries[0], allow_pickle=False)
         except (OSError, ValueError) as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from featkit._files import not_a_file
 from featkit.choices import Layout
 from featkit.errors import InputError, check_choice, check_int
 
@@ -240,6 +241,8 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layo
             bad += loops
         elif is_list_file(p):
             rows += _list_file_rows(p)
+        elif p.suffix.lower() in LIST_SUFFIXES and (what := not_a_file(p)) is not None:  # reading it could block
+            raise InputError(f"List file {p} is {what}, not a file; pass the list file itself.")
         elif p.exists() or p.is_symlink():
             rows.append({"path": os.path.abspath(p), "label": None, "split": None})
         else:

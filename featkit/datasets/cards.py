@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from featkit._files import not_a_file
 from featkit._search_path import search_dirs
 from featkit.errors import InputError, unknown
 
@@ -200,6 +201,8 @@ def load_card(path: str | Path) -> DataCard:
     import yaml
 
     path = Path(path)
+    if (what := not_a_file(path)) is not None:  # read_text() would wait forever on a FIFO
+        raise InputError(f"Data card {path} is {what}, not a file; move it out of the cards folder.")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -27,6 +27,7 @@ from featkit.data.sources import list_inputs
 from featkit.errors import InputError, Interrupted, StoreError
 from featkit.extraction.config import SHARD_BYTES, ExtractConfig
 from featkit.extraction.embed import Embedder, resolve_taps
+from featkit.extraction.fingerprint import fingerprint
 from featkit.store import format as fmt
 from featkit.store.writer import StoreWriter
 
@@ -89,13 +90,15 @@ class _ShardBuilder:
             "width": np.array([s[0] for s in self.sizes], dtype=np.int64),
             "height": np.array([s[1] for s in self.sizes], dtype=np.int64),
             "bytes": rows["bytes"].to_numpy(np.int64), "mtime_ns": rows["mtime_ns"].to_numpy(np.int64),
+            "fingerprint": rows["fingerprint"].to_numpy(),
         })
         frows = self.pending.iloc[[f[0] for f in mine]]
         fails = pd.DataFrame({"path": frows["path"].to_numpy(), "reason": [f[1] for f in mine],
                               "message": [f[2] for f in mine], "bytes": frows["bytes"].to_numpy(np.int64),
-                              "mtime_ns": frows["mtime_ns"].to_numpy(np.int64)})
+                              "mtime_ns": frows["mtime_ns"].to_numpy(np.int64),
+                              "fingerprint": frows["fingerprint"].to_numpy()})
         if extra_failures is not None and len(extra_failures):
-            fails = pd.concat([fails, extra_failures.assign(bytes=-1, mtime_ns=-1)], ignore_index=True)
+            fails = pd.concat([fails, extra_failures.assign(bytes=-1, mtime_ns=-1, fingerprint="")], ignore_index=True)
         if not len(meta) and not len(fails):
             return
         if self.features:
@@ -123,18 +126,28 @@ def _check_output(items: list, output: Path) -> None:
 
 
 def _plan(writer: StoreWriter, listing) -> tuple[pd.DataFrame, pd.DataFrame, int, int, int]:
-    """Inputs still to compute (new or changed), failures to record, and counts of unchanged/changed/removed."""
+    """Inputs still to compute (new or changed), failures to record, and counts of unchanged/changed/removed.
+
+    A file is unchanged when its size, mtime and content fingerprint are those recorded (the fingerprint catches
+    an edit that kept the size and restored the mtime). Rows recorded before fingerprints were are compared by
+    size and mtime only, and their files are not read. The inputs to compute carry their fingerprint.
+    """
     table = listing.table
     done = writer.committed()
     merged = table.merge(done, on="path", how="left", suffixes=("", "_done"), indicator=True)
     known = merged["_merge"] == "both"
-    same = known & (merged["bytes"] == merged["bytes_done"]) & (merged["mtime_ns"] == merged["mtime_ns_done"])
+    same_stat = known & (merged["bytes"] == merged["bytes_done"]) & (merged["mtime_ns"] == merged["mtime_ns_done"])
+    recorded = merged["fingerprint"]
+    read = (~same_stat | recorded.notna()).to_numpy()
+    prints = pd.Series(None, index=merged.index, dtype=object)
+    prints[read] = [fingerprint(path) for path in merged.loc[read, "path"]]
+    same = same_stat & (recorded.isna() | (recorded == prints))
     changed = known & ~same
     gone = done[~done["path"].isin(table["path"])]
     stale = (list(merged.loc[changed & (merged["row"] >= 0), "row"].astype(int))
              + list(gone.loc[gone["row"] >= 0, "row"].astype(int)))
     writer.mark_stale(stale)
-    pending = table[(~same).to_numpy()].reset_index(drop=True)
+    pending = table[(~same).to_numpy()].assign(fingerprint=prints[~same].to_numpy()).reset_index(drop=True)
     bad = listing.bad_names[~listing.bad_names["path"].isin(done["path"])]
     return pending, bad, int(same.sum()), int(changed.sum()), int((gone["row"] >= 0).sum())
 

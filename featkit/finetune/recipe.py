@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featkit._files import not_a_file
 from featkit._search_path import search_dirs
 from featkit.errors import FeatkitError, did_you_mean, unknown
 
@@ -289,6 +290,8 @@ def with_overrides(recipe: Recipe, overrides: Iterable[str]) -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate one recipe file; ``name`` defaults to the file's stem."""
     path = Path(path)
+    if (what := not_a_file(path)) is not None:  # read_text() would wait forever on a FIFO
+        raise RecipeError(f"Recipe {path} is {what}, not a file; pass the recipe file itself.")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -317,7 +320,7 @@ def resolve_recipe(name_or_path: str) -> Recipe:
     """A recipe by name (``transfer-fastai``) or by path (``my.toml``)."""
     path = Path(name_or_path).expanduser()
     if path.suffix == ".toml" or path.is_file():
-        if not path.is_file():
+        if not path.exists():
             raise RecipeError(f"Recipe file not found: {path}. See: featkit recipes")
         return load_recipe(path)
     paths = recipe_paths()

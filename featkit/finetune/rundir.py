@@ -8,7 +8,7 @@ RUN/
   last.pt        training checkpoint (model, optimiser, schedule, scaler, EMA, RNG, sampler position)
   best.pt        the weights of the best epoch so far (by the recipe's early_stop.monitor)
   model.pth      final weights: a plain state_dict of the model with its new head (a valid --weights)
-  model.json     what model.pth is: model name, class names, eval preprocessing
+  model.json     what model.pth is: model name, class names, eval preprocessing, its sha256
 ```
 Every file is written atomically (temp file, fsync, rename).
 """
@@ -16,6 +16,7 @@ Every file is written atomically (temp file, fsync, rename).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -135,8 +136,8 @@ def curves_figure(rows: list[dict], title: str):
 
 
 def write_weights(path: Path, state: dict[str, torch.Tensor], card: WeightsCard) -> None:
-    """A plain state_dict at ``path`` and its card (model, classes, preprocessing) beside it."""
+    """A plain state_dict at ``path`` and its card (model, classes, preprocessing, the file's sha256) beside it."""
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
-    write_bytes(path, buf.getvalue())
-    write_card(path, card)
+    sha256 = write_bytes(path, buf.getvalue())
+    write_card(path, dataclasses.replace(card, sha256=sha256))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from featkit._files import not_a_file
 from featkit.errors import InputError, check_bool, check_float, check_int
 from featkit.probes.protocol import stratified_holdout
 from featkit.store.reader import FeatureStore
@@ -202,7 +203,9 @@ HEAD_BYTES = 4096
 
 
 def _digest(path: str, limit: int | None = None) -> str | None:
-    """sha256 of a file's first ``limit`` bytes (all of it: None); None if it cannot be read."""
+    """sha256 of a file's first ``limit`` bytes (all of it: None); None if it cannot be read (or is not a file)."""
+    if not_a_file(path) is not None:  # a FIFO would block open() forever
+        return None
     try:
         with open(path, "rb") as f:
             if limit is None:

@@ -4,10 +4,12 @@
 STORE/
   manifest.json                       # written last: the commit point of every shard
   features/<tap>/part-NNNNN.npy       # float32/float16 (rows, dims), memory-mappable
-  metadata/part-NNNNN.parquet         # row, path, label, split, width, height, bytes, mtime_ns
-  failures/part-NNNNN.parquet         # path, reason, message, bytes, mtime_ns
-  .lock                               # held (flock) by the one writer
+  metadata/part-NNNNN.parquet         # row, path, label, split, width, height, bytes, mtime_ns, fingerprint
+  failures/part-NNNNN.parquet         # path, reason, message, bytes, mtime_ns, fingerprint
 ```
+The one writer holds an ``flock`` on the STORE directory itself. ``fingerprint`` (see
+:mod:`featkit.extraction.fingerprint`) tells a rerun that a file changed when its size and mtime did not; shards
+written before it was recorded lack the column, and their files are compared by size and mtime only.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from featkit.store.settings import StoreSettings
 FORMAT = "featkit-store"
 VERSION = 1
 MANIFEST = "manifest.json"
-META_COLUMNS = ["row", "path", "label", "split", "width", "height", "bytes", "mtime_ns"]
-FAILURE_COLUMNS = ["path", "reason", "message", "bytes", "mtime_ns"]
+META_COLUMNS = ["row", "path", "label", "split", "width", "height", "bytes", "mtime_ns", "fingerprint"]
+FAILURE_COLUMNS = ["path", "reason", "message", "bytes", "mtime_ns", "fingerprint"]
 
 
 def shard_name(index: int, suffix: str) -> str:

@@ -1,7 +1,12 @@
 """Writing a feature store: one writer at a time, shards committed atomically, resumable after any kill.
 
 The manifest is rewritten after each shard's files are in place, so a shard exists only once the manifest
-lists it; files of a shard that a kill left unlisted are simply written again by the next run.
+lists it; files of a shard that a kill left unlisted are simply written again by the next run. Replacing a store
+(``overwrite``) deletes its manifest before its shards, so no kill leaves a manifest naming deleted files.
+
+The writer's lock is an ``flock`` on the store directory itself, not on a file in it: a lock file can be deleted
+while a run holds it, letting a second writer lock a new one. The kernel drops the lock when the process dies,
+so a killed run never blocks the next.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from featkit._atomic import TMP_SUFFIX
+from featkit._atomic import TMP_SUFFIX, fsync_dir
 from featkit.errors import StoreError
 from featkit.store import format as fmt
 from featkit.store.settings import StoreSettings, TapRecord
@@ -38,6 +44,17 @@ def _added_taps(found: StoreSettings, wanted: StoreSettings) -> list[TapRecord]:
     return list(wanted.taps[len(found.taps):])
 
 
+def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of one of the store's parquet files; a column its shard predates comes back as NA."""
+    have = set(pq.read_schema(path).names)
+    return pd.read_parquet(path, columns=[c for c in columns if c in have]).reindex(columns=columns)
+
+
+def _with_fingerprint(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows written without a fingerprint (no file behind them: tests, synthetic stores) get a null one."""
+    return rows if "fingerprint" in rows.columns else rows.assign(fingerprint=None)
+
+
 class StoreWriter:
     """Open (or create) a store for writing with fixed ``settings``.
 
@@ -53,13 +70,16 @@ class StoreWriter:
     def __init__(self, root: str | os.PathLike, settings: StoreSettings, *, overwrite: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.root / ".lock", "a+")  # noqa: SIM115 - the lock is held open for the writer's lifetime
+        self._lock: int | None = os.open(self.root, os.O_RDONLY)  # held for the writer's lifetime
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock.close()
+            os.close(self._lock)
+            self._lock = None
             raise StoreError(f"Another featkit process is writing to {self.root}; "
                              f"wait for it or use another -o.") from None
+        locked = os.fstat(self._lock)
+        self._locked = (locked.st_dev, locked.st_ino)
         try:
             self.manifest = self._open(settings, overwrite)
         except BaseException:
@@ -91,25 +111,52 @@ class StoreWriter:
         return manifest
 
     def _clear(self) -> None:
+        """Delete what a store (or a killed attempt at one) left here: the manifest first, durably, then the shards.
+
+        A kill part-way leaves no manifest, so readers see no store, and the next run, with or without
+        ``overwrite``, starts afresh; never a manifest naming deleted shards.
+        """
+        manifest = self.root / fmt.MANIFEST
+        if manifest.exists():
+            manifest.unlink()
+            fsync_dir(self.root)
         for name in ("features", "metadata", "failures"):
             shutil.rmtree(self.root / name, ignore_errors=True)
-        (self.root / fmt.MANIFEST).unlink(missing_ok=True)
+
+    def _check_root(self) -> None:
+        """Refuse to write once the locked directory was deleted or replaced: the path may be another writer's now."""
+        try:
+            st = os.stat(self.root)
+            here: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            here = None
+        if here != self._locked:
+            raise StoreError(f"{self.root} was deleted or replaced while this run wrote to it; nothing more is "
+                             "written. Rerun to start the store again.")
+
+    def _write_manifest(self) -> None:
+        self._check_root()
+        fmt.write_manifest(self.root, self.manifest)
 
     @property
     def next_row(self) -> int:
         return sum(s["rows"] for s in self.manifest["shards"])
 
     def committed(self) -> pd.DataFrame:
-        """Every input already handled (path, bytes, mtime_ns, row; row = -1 for a recorded failure)."""
+        """Every input already handled (path, bytes, mtime_ns, fingerprint, row; row = -1 for a recorded failure).
+
+        The fingerprint is missing (NA) in shards written before it was recorded.
+        """
+        columns = ["path", "bytes", "mtime_ns", "fingerprint"]
         frames = []
         for shard in self.manifest["shards"]:
-            meta = pd.read_parquet(self.root / fmt.metadata_path(shard["index"]),
-                                   columns=["path", "bytes", "mtime_ns", "row"])
-            fail = pd.read_parquet(self.root / fmt.failures_path(shard["index"]), columns=["path", "bytes", "mtime_ns"])
+            meta = _read_columns(self.root / fmt.metadata_path(shard["index"]), [*columns, "row"])
+            fail = _read_columns(self.root / fmt.failures_path(shard["index"]), columns)
             frames += [meta, fail.assign(row=-1)]
         if not frames:  # typed: an empty frame of floats cannot be merged with a listing's paths
             return pd.DataFrame({"path": pd.Series([], dtype=object), "bytes": pd.Series([], dtype="int64"),
-                                 "mtime_ns": pd.Series([], dtype="int64"), "row": pd.Series([], dtype="int64")})
+                                 "mtime_ns": pd.Series([], dtype="int64"), "fingerprint": pd.Series([], dtype=object),
+                                 "row": pd.Series([], dtype="int64")})
         # later shards supersede earlier ones for the same path (a changed file computed again); retired rows
         # are no longer in the store, so their files count as new if they come back
         done = pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
@@ -117,17 +164,18 @@ class StoreWriter:
 
     def begin_run(self, info: dict) -> None:
         self.manifest["runs"].append({"started": _now(), **info})
-        fmt.write_manifest(self.root, self.manifest)
+        self._write_manifest()
 
     def mark_stale(self, rows: list[int]) -> None:
         """Rows whose files changed or disappeared: readers skip them from now on."""
         if rows:
             self.manifest["stale_rows"] = sorted(set(self.manifest["stale_rows"]) | set(int(r) for r in rows))
             self.manifest["rows"] = self.next_row - len(self.manifest["stale_rows"])
-            fmt.write_manifest(self.root, self.manifest)
+            self._write_manifest()
 
     def commit_shard(self, features: dict[str, np.ndarray], metadata: pd.DataFrame, failures: pd.DataFrame) -> None:
         """Write one shard's files, then the manifest that makes them part of the store."""
+        self._check_root()
         index = len(self.manifest["shards"])
         n = len(metadata)
         files = {}
@@ -141,14 +189,15 @@ class StoreWriter:
             rel = fmt.feature_path(tap, index)
             files[rel] = fmt.write_file(self.root / rel, fmt.npy_bytes(array))
             self.manifest["taps"].setdefault(tap, {"dims": int(array.shape[1]), "dtype": str(array.dtype)})
-        meta = metadata.assign(row=np.arange(self.next_row, self.next_row + n, dtype=np.int64))[fmt.META_COLUMNS]
+        meta = _with_fingerprint(metadata).assign(row=np.arange(self.next_row, self.next_row + n, dtype=np.int64))
+        meta = meta[fmt.META_COLUMNS]
         files[fmt.metadata_path(index)] = fmt.write_file(self.root / fmt.metadata_path(index), fmt.parquet_bytes(meta))
-        fail = failures.reindex(columns=fmt.FAILURE_COLUMNS)
+        fail = _with_fingerprint(failures).reindex(columns=fmt.FAILURE_COLUMNS)
         files[fmt.failures_path(index)] = fmt.write_file(self.root / fmt.failures_path(index), fmt.parquet_bytes(fail))
         self.manifest["shards"].append({"index": index, "rows": n, "failures": len(fail), "files": files})
         self.manifest["rows"] = self.next_row - len(self.manifest["stale_rows"])
         self.manifest["failures"] += len(fail)
-        fmt.write_manifest(self.root, self.manifest)
+        self._write_manifest()
 
     def missing_tap(self, tap: str) -> list[int]:
         """Shards (by index) that lack the features of ``tap``, which is being added to the store."""
@@ -162,9 +211,10 @@ class StoreWriter:
         shard = self.manifest["shards"][index]
         if array.shape[0] != shard["rows"]:
             raise ValueError(f"tap {tap}: {array.shape[0]} rows for shard {index} of {shard['rows']} rows")
+        self._check_root()
         rel = fmt.feature_path(tap, index)
         shard["files"][rel] = fmt.write_file(self.root / rel, fmt.npy_bytes(array))
-        fmt.write_manifest(self.root, self.manifest)
+        self._write_manifest()
 
     def finish_adding(self, dims: dict[str, int]) -> None:
         """Every shard has the added taps: from now on they are part of the store (settings and tap list)."""
@@ -172,16 +222,16 @@ class StoreWriter:
             self.manifest["taps"][record.name] = {"dims": int(dims[record.name]), "dtype": self.settings.dtype}
         self.manifest["settings"] = self.settings.to_json()
         self.adding = []
-        fmt.write_manifest(self.root, self.manifest)
+        self._write_manifest()
 
     def end_run(self, info: dict) -> None:
         self.manifest["runs"][-1].update({"finished": _now(), **info})
-        fmt.write_manifest(self.root, self.manifest)
+        self._write_manifest()
 
     def close(self) -> None:
-        if not self._lock.closed:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
 
     def __enter__(self) -> StoreWriter:
         return self
