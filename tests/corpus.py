@@ -188,6 +188,7 @@ def write_bad_corpus(dirpath: str | os.PathLike) -> dict[str, str]:
     truncated["png_cut_in_ihdr_crc.png"] = png[:31]
     truncated["png_cut_idat_50pct.png"] = png[: len(png) // 2]
     by_reason["corrupt"]["png_idat_damaged.png"] = png[:200] + bytes(60) + png[260:]  # "broken data stream"
+    by_reason["corrupt"]["png_idat_bad_crc.png"] = _bad_idat_crc(png)  # the pixels decode; PIL skips IDAT CRCs
 
     gif = encode(_noise(64, 48), "GIF")
     half = len(gif) // 2
@@ -284,7 +285,6 @@ def write_odd_but_good_corpus(dirpath: str | os.PathLike) -> dict[str, str]:
         "lossy.webp": (encode(red_green, "WEBP", quality=90), "lossy WEBP: red | green"),
         "bottom_up.bmp": (encode(three, "BMP"), "BMP: red | green | blue"),
         "rgb.ppm": (encode(three, "PPM"), "binary PPM: red | green | blue"),
-        "png_idat_bad_crc.png": (_bad_idat_crc(encode(red_green, "PNG")), "wrong IDAT CRC: PIL does not check it"),
         "jpeg_trailing_junk.jpg": (jpeg(red_green) + b"junk after EOI" * 10, "JPEG with bytes after EOI"),
     }
     upright = upright_image()

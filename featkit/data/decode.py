@@ -15,6 +15,7 @@ import os
 import stat
 import threading
 import warnings
+import zlib
 from typing import IO, cast
 
 import numpy as np
@@ -207,6 +208,8 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int, min_side: int | None) -> 
         if min_side is not None and im.format in _JPEG_FORMATS:
             im.draft("RGB", (min_side, min_side))  # PIL picks the largest 1/s keeping both sides >= min_side
         im.load()
+        if im.format == "PNG":
+            _check_png_crcs(fp, name)
         orientation = _orientation(im)
         out = _to_rgb(im)
     except DecodeError:
@@ -230,6 +233,30 @@ def _failure(e: Exception, name: str, *, ran_out: bool) -> DecodeError:
     # Not "broken data stream": PIL says that for damaged zlib/LZW data; cut files say "truncated".
     cut = ran_out or isinstance(e, EOFError) or "truncat" in text.lower() or "not enough image data" in text
     return DecodeError("truncated" if cut else "corrupt", f"{name}: {text}")
+
+
+def _check_png_crcs(fp: IO[bytes], name: str) -> None:
+    """Refuse a PNG whose chunks' CRC-32s don't match their bytes (``corrupt``), as libpng does.
+
+    PIL checks the CRCs of the chunks before the image data only, and zlib's own checksum at the end of the
+    data does not catch every flipped bit in IDAT: some decode to other pixels without an error. A file that
+    ends early stops the check; whether it is whole enough was PIL's call.
+    """
+    fp.seek(8)
+    while len(head := fp.read(8)) == 8:
+        at, left, kind = fp.tell() - 8, int.from_bytes(head[:4], "big"), head[4:]
+        crc = zlib.crc32(kind)
+        while left and (block := fp.read(min(left, 1 << 20))):
+            crc, left = zlib.crc32(block, crc), left - len(block)
+        stored = fp.read(4)
+        if left or len(stored) < 4:
+            return
+        if int.from_bytes(stored, "big") != crc:
+            label = kind.decode("latin-1")
+            label = label if label.isalnum() else repr(label)
+            raise DecodeError("corrupt", f"{name}: bad CRC in the PNG's {label} chunk at byte {at}")
+        if kind == b"IEND":
+            return
 
 
 def _riff_cut(fp: IO[bytes]) -> bool:
