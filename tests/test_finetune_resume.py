@@ -101,6 +101,23 @@ def test_kill_during_a_checkpoint_save_leaves_the_last_one_loadable_and_resume_i
     assert_same_run(run, reference)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["step:2", "save:1"], ids=["mid_first_epoch", "during_the_first_save"])
+def test_kill_before_the_first_checkpoint_then_resume_starts_at_step_0_and_is_bitwise_identical(
+        photos, tmp_path, reference, kill):
+    run = tmp_path / "run"
+    # The first last.pt is written after step 3. Killed before step 2, or half-way through writing that first
+    # last.pt (half of it in last.pt.tmp): recipe.json is there, no checkpoint is. --resume starts at step 0.
+    killed = start(photos, run, kill=kill)
+    assert killed.returncode == -9, killed.stderr
+    assert (run / "recipe.json").exists() and not (run / "last.pt").exists()
+    assert (run / "last.pt.tmp").exists() == (kill == "save:1")
+    resumed = featkit("finetune", "--resume", str(run), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run, reference)
+    assert not list(run.glob("*.tmp"))
+
+
 def test_resume_of_a_finished_run_changes_nothing_and_bad_resumes_say_why(tmp_path, reference):
     before = weights(reference)
     again = CliRunner().invoke(app, ["finetune", "--resume", str(reference), "-q"])
