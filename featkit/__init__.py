@@ -22,10 +22,11 @@ _LAZY = {
     "Index": "featkit.index",
     "open_features": "featkit.store.reader",
     "predict": "featkit.extraction.predict",
+    "verify": "featkit.api",
 }
 
 __all__ = ["Embedder", "Embedding", "ExtractConfig", "FeatkitError", "FeatureStore", "Index", "StoreSettings",
-           "describe", "embed", "extract", "list_backbones", "open_features", "predict"]
+           "describe", "embed", "extract", "list_backbones", "open_features", "predict", "verify"]
 
 
 def __getattr__(name: str):

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
+from featkit._files import Verified, not_a_file
+from featkit.backbones.card import RUN_MANIFEST
+from featkit.errors import FeatkitError
 from featkit.extraction.config import DEFAULT_MODEL, ExtractConfig
 from featkit.extraction.run import ExtractResult, run_extraction
+from featkit.store.format import MANIFEST
+from featkit.store.verify import verify_store
 
 
 def extract(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str | os.PathLike, *,
@@ -29,3 +36,44 @@ def extract(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
     taps = (layers,) if isinstance(layers, str) else tuple(layers)
     cfg = ExtractConfig(model=model, taps=taps, weights=weights, **options)
     return run_extraction(inputs, output, cfg, progress=progress)
+
+
+def verify(path: str | os.PathLike, *, progress: bool = False) -> Verified:
+    """Re-hash every file of a feature store, index or fine-tuning run against the sha256 its manifest recorded.
+
+    Args:
+        path: a store (``featkit extract -o``), index (``featkit index build -o``) or run (``featkit finetune -o``)
+            directory; which one it is comes from its manifest.
+        progress: show a progress bar (bytes hashed).
+
+    Returns:
+        A :class:`~featkit._files.Verified`: ``ok``, and in ``bad`` each file that is missing, not a regular file,
+        of the wrong size or with another sha256.
+
+    Raises:
+        FeatkitError: ``path`` is none of these, or its manifest is damaged.
+    """
+    root = Path(path)
+    if (root / RUN_MANIFEST).exists():
+        from featkit.finetune.rundir import verify_run
+
+        return verify_run(root, progress=progress)
+    from featkit.index import manifest as index_manifest
+
+    if _format(root / MANIFEST) == index_manifest.FORMAT:
+        return index_manifest.verify(root, progress=progress)
+    if (root / MANIFEST).exists():
+        return verify_store(root, progress=progress)
+    raise FeatkitError(f"{root} is not a feature store, index or fine-tuning run directory (no {MANIFEST} or "
+                       f"{RUN_MANIFEST}).")
+
+
+def _format(manifest: Path) -> object:
+    """The ``format`` a manifest names (None if it names none): which reader then reads it in full."""
+    if not_a_file(manifest) is not None:
+        return None
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data.get("format") if isinstance(data, dict) else None

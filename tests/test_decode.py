@@ -8,7 +8,6 @@ import io
 import os
 import pickle
 import subprocess
-import threading
 import time
 import warnings
 
@@ -29,6 +28,7 @@ from corpus import (
     write_bad_corpus,
     write_odd_but_good_corpus,
 )
+from helpers import in_thread
 from PIL import EpsImagePlugin, Image, ImageFile, ImageOps
 
 from featkit.data import decode as decode_module
@@ -73,26 +73,6 @@ def close(got, want, tol: int) -> bool:
 
 
 # --- bad files: a reason code, and only DecodeError ---------------------------------------------------
-
-
-def in_thread(fn, timeout: float = 20):
-    """Run ``fn`` in a daemon thread so a decode that blocks (on a FIFO, say) fails the test instead of hanging."""
-    result = []
-
-    def run():
-        try:
-            result.append((fn(), None))
-        except BaseException as e:  # noqa: BLE001 - handed to the test's thread below
-            result.append((None, e))
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    assert result, f"still running after {timeout} s"
-    value, error = result[0]
-    if error is not None:
-        raise error
-    return value
 
 
 def test_bad_corpus_gives_each_file_its_reason(bad):

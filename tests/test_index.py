@@ -189,7 +189,7 @@ def test_bit_flipped_index_file_is_refused_before_faiss_reads_it(saved):
     raw = bytearray(f.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     f.write_bytes(bytes(raw))
-    with pytest.raises(SearchIndexError, match="corrupt or from another index"):
+    with pytest.raises(SearchIndexError, match="corrupt or replaced"):
         Index.open(saved)
 
 
@@ -197,7 +197,7 @@ def test_index_file_from_another_index_is_refused(saved, data, tmp_path):
     other = write_store(tmp_path / "other", clustered(N, seed=5))
     Index.build(other, kind="flat").save(tmp_path / "other.index")
     _index_file(saved).write_bytes(_index_file(tmp_path / "other.index").read_bytes())  # same size, other vectors
-    with pytest.raises(SearchIndexError, match="corrupt or from another index"):
+    with pytest.raises(SearchIndexError, match="corrupt or replaced"):
         Index.open(saved)
 
 

@@ -20,6 +20,7 @@ from featkit.cli import models as models_cmd
 from featkit.cli import predict as predict_cmd
 from featkit.cli import probe as probe_cmd
 from featkit.cli import store as store_cmd
+from featkit.cli import verify as verify_cmd
 from featkit.errors import FeatkitError, Interrupted
 
 # Command modules import torch, torchvision and friends inside their commands, so `featkit --help` and
@@ -74,6 +75,7 @@ app.command("inspect")(inspect_cmd.inspect)
 app.command("extract")(extract_cmd.extract)
 app.command("predict")(predict_cmd.predict)
 app.command("info")(store_cmd.info)
+app.command("verify")(verify_cmd.verify)
 app.command("probe")(probe_cmd.probe)
 app.command("bench")(bench_cmd.bench)
 app.command("recipes")(finetune_cmd.recipes)

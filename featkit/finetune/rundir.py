@@ -25,12 +25,14 @@ from pathlib import Path
 import torch
 
 from featkit._atomic import write_bytes, write_json
+from featkit._files import Recorded, Verified, not_a_file, verify_files
 from featkit.backbones.card import (
     RUN_BEST,
     RUN_MANIFEST,
     RUN_WEIGHTS,
     WeightsCard,
     card_path,
+    read_card,
     write_card,
 )
 from featkit.errors import FeatkitError
@@ -141,3 +143,20 @@ def write_weights(path: Path, state: dict[str, torch.Tensor], card: WeightsCard)
     torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
     sha256 = write_bytes(path, buf.getvalue())
     write_card(path, dataclasses.replace(card, sha256=sha256))
+
+
+def verify_run(root: Path, *, progress: bool = False) -> Verified:
+    """Re-hash the run's final weights against the sha256 their card recorded (``featkit verify RUN``).
+
+    ``model.pth`` is the one file of a run with a checksum (in ``model.json``, since featkit recorded it); the
+    run's other files are listed as unchecked.
+
+    Raises:
+        FeatkitError: ``root`` is not a fine-tuning run. WeightsError: its weights card is damaged.
+    """
+    read_manifest(root)
+    run = RunDir(root)
+    card = read_card(run.weights)
+    recorded = [Recorded(run.weights, card.sha256)] if card is not None and card.sha256 else []
+    unchecked = [p for p in sorted(root.iterdir()) if not_a_file(p) is None and p not in {r.path for r in recorded}]
+    return verify_files(root, "fine-tuning run", recorded, unchecked=unchecked, progress=progress)

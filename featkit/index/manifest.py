@@ -17,7 +17,6 @@ byte, so a truncated, bit-flipped or swapped-in file is refused with one line in
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 
 from featkit._atomic import TMP_SUFFIX, write_bytes, write_json, writing
 from featkit._faiss import faiss
+from featkit._files import Recorded, Verified, file_problem, sha256_file, verify_files
 from featkit.errors import SearchIndexError, WriteError
 from featkit.store.format import parquet_bytes
 
@@ -35,17 +35,12 @@ MANIFEST = "manifest.json"
 ID_COLUMNS = ["id", "path", "label", "store", "row"]
 
 
-def _hash_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _write_faiss(index: faiss.Index, path: Path) -> tuple[str, int]:
     """``faiss.write_index`` through a temp file, fsync and rename; returns (sha256, bytes)."""
     try:
         with writing(path) as tmp:
             faiss.write_index(index, str(tmp))
-            digest, size = _hash_file(tmp), tmp.stat().st_size
+            digest, size = sha256_file(tmp), tmp.stat().st_size
     except RuntimeError as exc:  # FAISS's own I/O errors
         raise SearchIndexError(f"Cannot write {path}: {exc}. The previous index (if any) is intact.") from None
     return digest, size
@@ -73,19 +68,26 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
-def _verified(root: Path, entry: dict, what: str) -> Path:
-    path = root / entry["name"]
-    if not path.is_file():
-        raise SearchIndexError(f"The {what} file {path} is missing; the index is incomplete. "
-                               f"Rebuild it with featkit index build.")
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise SearchIndexError(f"The {what} file {path} is truncated or replaced ({size:,} bytes, the manifest says "
-                               f"{entry['bytes']:,}). Rebuild the index with featkit index build.")
-    if _hash_file(path) != entry["sha256"]:
-        raise SearchIndexError(f"The {what} file {path} is corrupt or from another index (sha256 differs from the "
-                               "manifest). Rebuild the index with featkit index build.")
-    return path
+_FILES = {"index": "FAISS index", "ids": "id table"}  # manifest key → what the file is
+
+
+def _recorded(root: Path, manifest: dict, key: str) -> Recorded:
+    entry = manifest["files"][key]
+    return Recorded(root / entry["name"], entry["sha256"], entry["bytes"])
+
+
+def _verified(root: Path, manifest: dict, key: str) -> Path:
+    file = _recorded(root, manifest, key)
+    if (problem := file_problem(*file)) is not None:
+        raise SearchIndexError(f"The {_FILES[key]} file {file.path} is {problem}. Rebuild the index with "
+                               f"featkit index build.")
+    return file.path
+
+
+def verify(root: Path, *, progress: bool = False) -> Verified:
+    """Re-hash the index's files against the sizes and sha256 its manifest recorded (``featkit verify``)."""
+    manifest = read_manifest(root)
+    return verify_files(root, "index", [_recorded(root, manifest, key) for key in _FILES], progress=progress)
 
 
 @dataclass
@@ -98,9 +100,8 @@ class Loaded:
 def load(root: Path) -> Loaded:
     """Read an index directory, verifying every checksum before FAISS parses the file."""
     manifest = read_manifest(root)
-    files = manifest["files"]
-    ids_path = _verified(root, files["ids"], "id table")
-    index_path = _verified(root, files["index"], "FAISS index")
+    ids_path = _verified(root, manifest, "ids")
+    index_path = _verified(root, manifest, "index")
     try:
         index = faiss.read_index(str(index_path))
     except RuntimeError as exc:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from featkit._files import not_a_file
+from featkit._files import not_a_file, sha256_file
 from featkit.errors import InputError, check_bool, check_float, check_int
 from featkit.probes.protocol import stratified_holdout
 from featkit.store.reader import FeatureStore
@@ -207,9 +207,9 @@ def _digest(path: str, limit: int | None = None) -> str | None:
     if not_a_file(path) is not None:  # a FIFO would block open() forever
         return None
     try:
+        if limit is None:
+            return sha256_file(path)
         with open(path, "rb") as f:
-            if limit is None:
-                return hashlib.file_digest(f, "sha256").hexdigest()
             return hashlib.sha256(f.read(limit)).hexdigest()
     except OSError:
         return None

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from featkit._atomic import json_bytes, write_bytes
+from featkit._files import not_a_file
 from featkit.choices import DType, values
 from featkit.errors import StoreError, WriteError
 from featkit.store.settings import StoreSettings
@@ -70,6 +71,9 @@ def read_manifest(root: Path) -> tuple[dict, StoreSettings] | None:
     path = root / MANIFEST
     if not path.exists():
         return None
+    if (what := not_a_file(path)) is not None:  # read_text() would wait forever on a FIFO
+        raise StoreError(f"{path} is {what}, not a store manifest. Remove it, or recompute the store with "
+                         f"featkit extract ... -o {root} --overwrite.")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as exc:

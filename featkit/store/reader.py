@@ -12,6 +12,7 @@ import pandas as pd
 from featkit.errors import StoreError, unknown
 from featkit.store import format as fmt
 from featkit.store.settings import StoreSettings
+from featkit.store.verify import damaged, npy_problem, read_table, verify_store
 
 
 class TapArray:
@@ -63,13 +64,24 @@ class TapArray:
 
 
 class FeatureStore:
-    """A feature store opened for reading (see :func:`open_features`)."""
+    """A feature store opened for reading (see :func:`open_features`).
+
+    Opening checks each shard's files against the manifest (``.npy`` headers and sizes, table lengths and row
+    numbers), so a damaged shard is refused at once rather than read misaligned.
+    """
 
     def __init__(self, root: Path, manifest: dict, settings: StoreSettings):
         self.root, self.manifest, self.settings = root, manifest, settings
         shards = manifest["shards"]
+        starts = np.cumsum([0] + [s["rows"] for s in shards])
+        problems = [f"{path} {problem}" for s in shards for tap, meta in manifest["taps"].items()
+                    if (problem := npy_problem(path := root / fmt.feature_path(tap, s["index"]), s["rows"],
+                                               meta["dims"], meta["dtype"]))]
+        if problems:
+            raise damaged(root, problems)
         self._meta_all = (
-            pd.concat([pd.read_parquet(root / fmt.metadata_path(s["index"])) for s in shards], ignore_index=True)
+            pd.concat([read_table(root, fmt.metadata_path(s["index"]), s["rows"], int(starts[i]))
+                       for i, s in enumerate(shards)], ignore_index=True)
             if shards else pd.DataFrame(columns=fmt.META_COLUMNS)
         )
         stale = np.asarray(manifest.get("stale_rows", []), dtype=np.int64)
@@ -84,7 +96,7 @@ class FeatureStore:
     @property
     def failures(self) -> pd.DataFrame:
         """Files that were skipped, with a reason code; files computed later (after a fix) are left out."""
-        frames = [pd.read_parquet(self.root / fmt.failures_path(s["index"])) for s in self.manifest["shards"]]
+        frames = [read_table(self.root, fmt.failures_path(s["index"]), s["failures"]) for s in self.manifest["shards"]]
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame(columns=fmt.FAILURE_COLUMNS)
@@ -110,8 +122,13 @@ class FeatureStore:
     def features(self, tap: str) -> TapArray:
         """The vectors of ``tap`` (a name or an alias), memory-mapped shard by shard."""
         tap = self.resolve_tap(tap)
-        arrays = [np.load(self.root / fmt.feature_path(tap, s["index"]), mmap_mode="r")
-                  for s in self.manifest["shards"]]
+        meta = self.manifest["taps"][tap]
+        arrays = []
+        for s in self.manifest["shards"]:
+            path = self.root / fmt.feature_path(tap, s["index"])
+            if (problem := npy_problem(path, s["rows"], meta["dims"], meta["dtype"])):  # replaced since opening?
+                raise damaged(self.root, [f"{path} {problem}"])
+            arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
         return TapArray(arrays, self._live)
 
     def __getitem__(self, tap: str) -> TapArray:
@@ -126,19 +143,27 @@ class FeatureStore:
         return f"FeatureStore({self.root}: {len(self)} rows, {s.model} / {s.weights.id}, taps: {taps})"
 
 
-def open_features(path: str | os.PathLike) -> FeatureStore:
+def open_features(path: str | os.PathLike, *, verify: bool = False) -> FeatureStore:
     """Open a feature store written by ``featkit extract``.
+
+    Args:
+        path: the store directory.
+        verify: first re-hash every file against the sha256 the manifest recorded (reads the whole store, as
+            ``featkit verify`` does); without it, opening checks sizes, headers and row counts only.
 
     Returns:
         A :class:`FeatureStore`: ``store["fc7"]`` is a memory-mapped (rows, dims) array, ``store.rows`` a
         DataFrame (row, path, label, split, width, height, bytes, mtime_ns) aligned with it.
 
     Raises:
-        StoreError: ``path`` is not a featkit feature store.
+        StoreError: ``path`` is not a featkit feature store, or a file of it disagrees with its manifest (each
+            bad file is named).
     """
     root = Path(path)
     found = fmt.read_manifest(root)
     if found is None:
         raise StoreError(f"{root} is not a featkit feature store (no {fmt.MANIFEST}). Create one with: "
                          f"featkit extract ... -o {root}")
+    if verify and (bad := verify_store(root).bad):
+        raise damaged(root, [f"{b.path}: {b.problem}" for b in bad])
     return FeatureStore(root, *found)
