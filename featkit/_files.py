@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 _CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def not_a_file(path: str | os.PathLike) -> str | None:
@@ -38,6 +40,11 @@ def not_a_file(path: str | os.PathLike) -> str | None:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device file"
     return "not a regular file"
+
+
+def is_sha256(value: object) -> bool:
+    """True for a hex sha256 as featkit records them: 64 lowercase hex digits."""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
 
 
 def sha256_file(path: str | os.PathLike, on_chunk: Callable[[int], object] | None = None) -> str:

@@ -54,7 +54,7 @@ def test_a_list_file_of_every_bad_entry_records_each_with_its_reason(folders, tm
     with pytest.raises(InputError, match=f"^Nothing could be read: all {len(names)} files were skipped"):
         featkit.extract(tmp_path / "list.txt", tmp_path / "s", **FAST)  # a non-zero exit, after recording them
     store = featkit.open_features(tmp_path / "s")
-    assert len(store) == 0
+    assert len(store) == 0 and store["fire9"][:10].shape == (0, store["fire9"].shape[1])  # a slice of no rows
     recorded = dict(zip(store.failures["path"].map(lambda p: Path(p).name), store.failures["reason"], strict=True))
     assert recorded == expected
 

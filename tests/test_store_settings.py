@@ -52,6 +52,11 @@ def test_a_store_written_before_the_schema_opens_and_resumes(store, tiny_folder)
     (lambda m: m.update(taps={"../../outside": {"dims": 4, "dtype": "float32"}}), "is not a plain tap name"),
     (lambda m: m.update(rows=-3), "rows must be an integer >= 0"),
     (lambda m: m["shards"][0].pop("files"), "shards[0] must be an object"),
+    (lambda m: m["shards"][0].update(index=0.0), "shards[0] must be an object with index 0"),
+    (lambda m: m.update(stale_rows=[2**63]), "stale_rows must be a list of row numbers"),
+    (lambda m: m["shards"][0]["files"].update({"../x.npy": "0" * 64}), "shards[0].files: '../x.npy' is not a file"),
+    (lambda m: m["taps"]["fire9"].update(dims=0), "taps.fire9 must be an object with dims (an integer >= 1)"),
+    (lambda m: m["taps"].update(pool5=m["taps"]["fire9"]), "taps: 'pool5' is not one of settings.taps"),
 ])
 def test_a_damaged_manifest_is_one_store_error_naming_file_and_field(store, damage, field):
     manifest = json.loads((store / "manifest.json").read_text())

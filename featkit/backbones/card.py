@@ -12,12 +12,11 @@ fine-tuning, so that loading weights never imports the trainer.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from featkit._atomic import write_json
-from featkit._files import not_a_file
+from featkit._files import is_sha256, not_a_file
 from featkit.backbones.spec import Preprocess
 from featkit.errors import WeightsError
 
@@ -27,7 +26,6 @@ VERSION = 1
 RUN_MANIFEST = "recipe.json"
 RUN_WEIGHTS = "model.pth"
 RUN_BEST = "best.pt"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -69,21 +67,32 @@ def write_card(weights: Path, card: WeightsCard) -> None:
 
 
 def read_card(weights: Path) -> WeightsCard | None:
-    """The card beside ``weights``, or None where there is none (any other JSON file there is not a card).
+    """The card beside ``weights``, or None where there is none.
+
+    A file there that never names the card format is some other file, not a card.
 
     Raises:
-        WeightsError: the file says it is a featkit weights card but a field is missing or malformed.
+        WeightsError: the file names the card format but is not readable JSON, or a field is missing or malformed.
     """
     path = card_path(weights)
     if (what := not_a_file(path)) is not None:  # read_text() would wait forever on a FIFO
         raise WeightsError(f"The weights card {path} is {what}, not a file; move it away to load {weights.name} "
                            f"as plain weights.")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
+        raw = path.read_bytes()
+    except OSError:
         return None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        return None
+    try:
+        data = json.loads(raw)
+        problem = "" if isinstance(data, dict) and data.get("format") == FORMAT else \
+            f"format: expected '{FORMAT}' in a JSON object"
+    except (ValueError, RecursionError) as exc:
+        problem = f"not readable JSON: {str(exc)[:120]}"
+    if problem:
+        if FORMAT.encode() not in raw:  # another file that happens to sit there
+            return None
+        raise WeightsError(f"The weights card {path} is damaged ({problem}); restore it, or delete it to load "
+                           f"{weights.name} as plain weights.")
     try:
         if data.get("version") != VERSION:
             raise ValueError(f"version: this featkit reads version {VERSION}, got {data.get('version')!r}")
@@ -95,10 +104,11 @@ def read_card(weights: Path) -> WeightsCard | None:
         epochs, val_acc = data.get("epochs", 0), data.get("val_acc")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
-        if val_acc is not None and (isinstance(val_acc, bool) or not isinstance(val_acc, (int, float))):
-            raise ValueError(f"val_acc: expected a number or null, got {val_acc!r}")
+        if val_acc is not None and (isinstance(val_acc, bool) or not isinstance(val_acc, (int, float))
+                                    or not 0 <= val_acc <= 1):
+            raise ValueError(f"val_acc: expected a number from 0 to 1 or null, got {repr(val_acc)[:80]}")
         sha256 = data.get("sha256")
-        if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        if sha256 is not None and not is_sha256(sha256):
             raise ValueError(f"sha256: expected 64 lowercase hex digits or no sha256, got {str(sha256)[:80]!r}")
         return WeightsCard(model=model, classes=tuple(classes), preprocess=Preprocess.from_dict(data.get("preprocess")),
                            recipe=str(data.get("recipe") or ""), epochs=epochs,

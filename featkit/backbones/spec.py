@@ -14,6 +14,7 @@ from featkit.errors import invalid_parameter, unknown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_SIDE = 16_384  # pixels a side that a recorded resize or crop may ask for; more is a damaged record
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 
@@ -38,13 +39,14 @@ class Preprocess:
             raise ValueError(f"preprocess: expected an object, got {type(data).__name__}")
         for key in ("resize", "crop"):
             value = data.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"preprocess.{key}: expected an integer >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+                raise ValueError(f"preprocess.{key}: expected an integer from 1 to {MAX_SIDE}, got {repr(value)[:40]}")
         for key in ("mean", "std"):
             value = data.get(key)
             if (not isinstance(value, list) or len(value) != 3
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-                raise ValueError(f"preprocess.{key}: expected a list of 3 numbers, got {value!r}")
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e6
+                               for v in value)):  # abs: no NaN, no infinity, no int too big for a float
+                raise ValueError(f"preprocess.{key}: expected a list of 3 finite numbers, got {repr(value)[:80]}")
         if data.get("interpolation") not in INTERPOLATIONS:
             raise ValueError(f"preprocess.interpolation: expected one of {', '.join(INTERPOLATIONS)}, "
                              f"got {data.get('interpolation')!r}")

@@ -56,18 +56,15 @@ def finetune(
 
     Example: featkit finetune --recipe last-stage --model squeezenet1_1 --data PHOTOS/ -o runs/x
     """
-    from featkit.finetune.recipe import recipe_from_dict, resolve_recipe, with_overrides
+    from featkit.finetune.recipe import resolve_recipe, with_overrides
     from featkit.finetune.rundir import read_manifest
     from featkit.finetune.trainer import Trainer
 
     if resume is not None:
         if recipe or data or output or model or weights or overrides or limit or per_class:
             raise FeatkitError("--resume RUN takes the recipe, data and settings from RUN; drop the other options.")
-        manifest = read_manifest(resume)
-        r = recipe_from_dict(manifest["recipe"], str(resume / "recipe.json"))
-        data, output = Path(manifest["data"]), resume
-        subset = manifest.get("subset") or {}
-        limit, per_class = subset.get("limit"), subset.get("per_class")
+        run = read_manifest(resume)
+        r, data, output, limit, per_class = run.recipe, run.data, resume, run.limit, run.per_class
     else:
         if recipe is None or data is None or output is None:
             raise FeatkitError("Pass --recipe NAME --data DATA -o RUN (or --resume RUN). See: featkit recipes")

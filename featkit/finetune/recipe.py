@@ -9,6 +9,7 @@ Recipes are looked up in ``$FEATKIT_RECIPES`` (``os.pathsep``-separated folders)
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tomllib
 import typing
 from collections.abc import Iterable
@@ -184,26 +185,30 @@ def _type_text(tp) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, "two numbers")
 
 
+def _number(value: Any) -> bool:
+    """An int or float that is a finite float: not a bool, NaN, an infinity or an int too big for a float."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+
+
 def _coerce(where: str, key: str, value: Any, tp) -> Any:
     """``value`` as the field type ``tp`` (ints are accepted for floats), or a RecipeError."""
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        float: _number(value),
         str: isinstance(value, str),
     }.get(tp)
     if ok is None:  # tuple[float, float]
-        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_number(v) for v in value)
         value = tuple(float(v) for v in value) if ok else value
     elif ok and tp is float:
         value = float(value)
     if not ok:
         got = type(value).__name__
-        raise RecipeError(f"{where}: key '{key}' must be {_type_text(tp)}, got {value!r} ({got}).")
+        raise RecipeError(f"{where}: key '{key}' must be {_type_text(tp)}, got {repr(value)[:80]} ({got}).")
     rule = RULES.get(key)
     if rule is not None and not rule[0](value):
-        raise RecipeError(f"{where}: key '{key}' must be {rule[1]}, got {value!r}.")
+        raise RecipeError(f"{where}: key '{key}' must be {rule[1]}, got {repr(value)[:80]}.")
     return value
 
 

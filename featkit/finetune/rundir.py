@@ -36,6 +36,7 @@ from featkit.backbones.card import (
     write_card,
 )
 from featkit.errors import FeatkitError
+from featkit.finetune.recipe import Recipe, recipe_from_dict
 
 RUN_FORMAT = "featkit-finetune-run"
 VERSION = 1
@@ -79,19 +80,52 @@ def write_manifest(run: RunDir, manifest: dict) -> None:
     write_json(run.manifest, {"format": RUN_FORMAT, "version": VERSION, **manifest})
 
 
-def read_manifest(root: Path) -> dict:
-    """The manifest of a run directory, for ``--resume``; a one-line error when it is not one."""
+@dataclass(frozen=True)
+class RunManifest:
+    """What ``--resume`` takes from a run's manifest: the resolved recipe, the data, a smoke run's subset."""
+
+    recipe: Recipe
+    data: Path
+    limit: int | None = None
+    per_class: int | None = None
+
+
+def read_manifest(root: Path) -> RunManifest:
+    """The manifest of a run directory, for ``--resume``.
+
+    Raises:
+        FeatkitError: ``root`` is not a run directory, or its manifest is damaged (one line naming the file and
+            the field).
+    """
     path = RunDir(root).manifest
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise FeatkitError(f"{root} is not a fine-tuning run (no recipe.json). Pass the -o folder of a "
                            f"`featkit finetune` run.") from None
-    except (OSError, ValueError) as exc:
-        raise FeatkitError(f"Cannot read {path}: {exc}.") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise FeatkitError(f"Cannot read {path} ({str(exc)[:200]}); restore it, or start the run again in a new "
+                           "-o folder.") from None
+    if not isinstance(manifest, dict):
+        raise FeatkitError(f"{path} is not a featkit fine-tuning run manifest (it holds a JSON "
+                           f"{type(manifest).__name__}, not an object).")
     if manifest.get("format") != RUN_FORMAT or manifest.get("version") != VERSION:
         raise FeatkitError(f"{path} is not a version {VERSION} featkit fine-tuning run manifest.")
-    return manifest
+
+    def damaged(field: str, wanted: str) -> FeatkitError:
+        return FeatkitError(f"{path} is damaged: {field} must be {wanted}. Restore it, or start the run again "
+                            "in a new -o folder.")
+
+    recipe, data, subset = manifest.get("recipe"), manifest.get("data"), manifest.get("subset") or {}
+    if not isinstance(recipe, dict):
+        raise damaged("recipe", "an object (the resolved recipe)")
+    if not isinstance(data, str) or "\0" in data or not Path(data).is_absolute():
+        raise damaged("data", "the absolute path of the training images")
+    if (not isinstance(subset, dict) or not set(subset) <= {"limit", "per_class"}
+            or not all(type(n) is int and n >= 1 for n in subset.values())):
+        raise damaged("subset", "an object of limit and per_class, each an integer >= 1")
+    return RunManifest(recipe_from_dict(recipe, f"{path}, recipe"), Path(data), subset.get("limit"),
+                       subset.get("per_class"))
 
 
 def write_metrics(run: RunDir, rows: list[dict]) -> None:

@@ -68,6 +68,9 @@ class Index:
                                                     where, field="source.settings")
         except StoreError as exc:
             raise SearchIndexError(f"{exc} Rebuild the index with featkit index build.") from None
+        if self.tap not in self.settings.tap_names:
+            raise SearchIndexError(f"{where} is damaged: source.tap {self.tap[:80]!r} is not one of "
+                                   "source.settings.taps. Rebuild the index with featkit index build.")
         self._embedders: dict[tuple, Embedder] = {}  # loaded models for image queries, by (weights file, device)
         self._apply(self._cpu, manifest.get("search_params", {}))
 

@@ -25,14 +25,16 @@ import pandas as pd
 
 from featkit._atomic import TMP_SUFFIX, write_bytes, write_json, writing
 from featkit._faiss import faiss
-from featkit._files import Recorded, Verified, file_problem, sha256_file, verify_files
+from featkit._files import Recorded, Verified, file_problem, is_sha256, sha256_file, verify_files
+from featkit.choices import IndexKind, SearchMetric, values
 from featkit.errors import SearchIndexError, WriteError
-from featkit.store.format import parquet_bytes
+from featkit.store.format import MAX_COUNT, is_count, parquet_bytes, plain_name
 
 FORMAT = "featkit-index"
 VERSION = 1
 MANIFEST = "manifest.json"
 ID_COLUMNS = ["id", "path", "label", "store", "row"]
+SEARCH_PARAMS = ("nprobe", "efSearch")  # the search knobs featkit tunes and records (featkit.index.kinds)
 
 
 def _write_faiss(index: faiss.Index, path: Path) -> tuple[str, int]:
@@ -57,17 +59,69 @@ def read_manifest(root: Path) -> dict:
                                f"Build one with: featkit index build STORE -o {root}")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SearchIndexError(f"{path} is not readable JSON ({exc}); "
+    except (OSError, ValueError, RecursionError) as exc:
+        raise SearchIndexError(f"{path} is not readable JSON ({str(exc)[:200]}); "
                                f"rebuild the index with featkit index build.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise SearchIndexError(f"{root} is not a featkit index (its {MANIFEST} is not a '{FORMAT}' manifest).")
+        what = f"the format of {path} is not '{FORMAT}'" if isinstance(manifest, dict) else \
+            f"{path} holds a JSON {type(manifest).__name__}, not an object"
+        raise SearchIndexError(f"{root} is not a featkit index ({what}).")
     if manifest.get("version") != VERSION:
-        raise SearchIndexError(f"{root} is a featkit index of format version {manifest.get('version')}; "
+        raise SearchIndexError(f"{root} is a featkit index of format version {str(manifest.get('version'))[:20]!r}; "
                                f"this featkit reads version {VERSION}. Rebuild it with featkit index build.")
+    if problem := _problem(manifest):
+        raise SearchIndexError(f"{path} is damaged: {problem}. Rebuild the index with featkit index build.")
     return manifest
 
 
+def _shown(value: object) -> str:
+    """A value for an error message: scalars as written, containers by their kind (never a huge repr)."""
+    return repr(value)[:80] if isinstance(value, (str, int, float, type(None))) else f"a JSON {type(value).__name__}"
+
+
+def _problem(m: dict) -> str:
+    """The first field of the manifest ``m`` that featkit reads and finds missing or malformed; "" if none."""
+    for key, low in (("generation", 1), ("count", 0), ("index_dim", 1), ("dim", 1), ("next_id", 0),
+                     ("training_size", 0)):
+        if not is_count(m.get(key), low):
+            return f"{key} must be an integer from {low} to {MAX_COUNT}, got {_shown(m.get(key))}"
+    if "pca" not in m or (m["pca"] is not None and not is_count(m["pca"], 1)):
+        return f"pca must be null or an integer >= 1, got {_shown(m.get('pca'))}"
+    if m["dim"] != m["index_dim"] or m["next_id"] < m["count"]:
+        return "dim must equal index_dim, and next_id be at least count"
+    for key, choices in (("kind", values(IndexKind)[1:]), ("metric", values(SearchMetric))):  # kinds without auto
+        if m.get(key) not in choices:
+            return f"{key} must be one of {', '.join(choices)}, got {_shown(m.get(key))}"
+    for key in ("factory", "faiss_version"):
+        if not isinstance(m.get(key), str):
+            return f"{key} must be a string, got {_shown(m.get(key))}"
+    recall = m.get("recall_at_10")
+    if not (isinstance(recall, (int, float)) and not isinstance(recall, bool) and 0 <= recall <= 1):
+        return f"recall_at_10 must be a number from 0 to 1, got {_shown(recall)}"
+    params = m.get("search_params")
+    if not isinstance(params, dict) or not all(k in SEARCH_PARAMS and is_count(v, 1) for k, v in params.items()):
+        return f"search_params must map {' or '.join(SEARCH_PARAMS)} to an integer >= 1, got {_shown(params)}"
+    source = m.get("source")
+    if (not isinstance(source, dict) or not isinstance(source.get("tap"), str)
+            or not isinstance(source.get("weights_path"), (str, type(None)))
+            or not isinstance(source.get("stores"), list) or not all(isinstance(p, str) for p in source["stores"])):
+        return "source must be an object with tap, settings, weights_path (null or a path) and stores (paths)"
+    files = m.get("files")
+    for key, suffix in _FILE_SUFFIX.items():
+        entry = files.get(key) if isinstance(files, dict) else None
+        if not isinstance(entry, dict):
+            return f"files.{key} must be an object with name, sha256 and bytes"
+        if not plain_name(entry.get("name")) or not entry["name"].endswith(suffix):
+            return (f"files.{key}.name must be the name of a {suffix} file in the index directory, "
+                    f"got {_shown(entry.get('name'))}")
+        if not is_sha256(entry.get("sha256")):
+            return f"files.{key}.sha256 must be 64 hex digits, got {_shown(entry.get('sha256'))}"
+        if not is_count(entry.get("bytes")):
+            return f"files.{key}.bytes must be an integer from 0 to {MAX_COUNT}, got {_shown(entry.get('bytes'))}"
+    return ""
+
+
+_FILE_SUFFIX = {"index": ".faiss", "ids": ".parquet"}
 _FILES = {"index": "FAISS index", "ids": "id table"}  # manifest key → what the file is
 
 
@@ -113,6 +167,9 @@ def load(root: Path) -> Loaded:
     ids = pd.read_parquet(ids_path)
     if list(ids.columns) != ID_COLUMNS or len(ids) != manifest["count"]:
         raise SearchIndexError(f"{ids_path} does not match the manifest ({len(ids):,} rows). Rebuild the index.")
+    if len(ids) and ids["id"].max() >= manifest["next_id"]:  # the next add would reuse ids
+        raise SearchIndexError(f"{root / MANIFEST} is damaged: next_id must be above every id of {ids_path}. "
+                               "Rebuild the index with featkit index build.")
     return Loaded(manifest, index, ids)
 
 

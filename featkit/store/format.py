@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from featkit._atomic import json_bytes, write_bytes
-from featkit._files import not_a_file
+from featkit._files import is_sha256, not_a_file
 from featkit.choices import DType, values
 from featkit.errors import StoreError, WriteError
 from featkit.store.settings import StoreSettings
@@ -79,25 +79,54 @@ def read_manifest(root: Path) -> tuple[dict, StoreSettings] | None:
     except (OSError, ValueError, RecursionError) as exc:
         raise StoreError(f"{path} is not readable JSON ({str(exc)[:200]}). Use --overwrite to start the store "
                          "afresh.") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise StoreError(f"{root} is not a featkit feature store (no '{FORMAT}' manifest).")
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{root} is not a featkit feature store ({path} holds a JSON {type(manifest).__name__}, "
+                         "not an object).")
+    if manifest.get("format") != FORMAT:
+        raise StoreError(f"{root} is not a featkit feature store (the format of {path} is not '{FORMAT}').")
     if manifest.get("version") != VERSION:
-        raise StoreError(f"{root} is a featkit store of format version {manifest.get('version')!r}; "
+        raise StoreError(f"{root} is a featkit store of format version {str(manifest.get('version'))[:20]!r}; "
                          f"this featkit reads version {VERSION}.")
-    problem = _structure_problem(manifest)
-    if problem:
-        raise StoreError(f"{path} is damaged: {problem}.")
-    return manifest, StoreSettings.from_json(manifest.get("settings"), str(path))
+    if problem := _structure_problem(manifest):
+        raise _damaged(path, problem)
+    settings = StoreSettings.from_json(manifest.get("settings"), str(path))
+    if problem := _taps_problem(manifest, settings):
+        raise _damaged(path, problem)
+    return manifest, settings
+
+
+def _damaged(path: Path, problem: str) -> StoreError:
+    return StoreError(f"{path} is damaged: {problem}. Restore it, or recompute the store with "
+                      f"featkit extract ... -o {path.parent} --overwrite.")
 
 
 def plain_name(name: object) -> bool:
-    """True for a name that stays inside its folder: no separators, no '..', no NUL, not hidden, not empty."""
-    return (isinstance(name, str) and bool(name) and not name.startswith(".") and "/" not in name
-            and "\\" not in name and "\0" not in name and ":" not in name)
+    """True for a name that stays inside its folder: no separators, no '..', no NUL, not hidden, not empty.
+
+    Also printable and at most 255 characters: a name the file system takes as one file in that folder.
+    """
+    return (isinstance(name, str) and name != "" and name.isprintable() and len(name.encode()) <= 255
+            and not name.startswith(".") and not any(c in name for c in "/\\:"))
 
 
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def shard_file(rel: str, index: int) -> bool:
+    """True for a path that the writer gives a file of shard ``index``, relative to the store.
+
+    ``features/<tap>/part-NNNNN.npy`` (a plain tap name), ``metadata/part-NNNNN.parquet`` or
+    ``failures/part-NNNNN.parquet``: nothing else named in a manifest is ever opened or hashed.
+    """
+    parts = rel.split("/")
+    if len(parts) == 3 and parts[0] == "features":
+        return plain_name(parts[1]) and parts[2] == shard_name(index, ".npy")
+    return rel in (metadata_path(index), failures_path(index))
+
+
+MAX_COUNT = 2**48  # rows, failures or dimensions beyond this are damage, and would overflow int64 arithmetic
+
+
+def is_count(value: object, low: int = 0) -> bool:
+    """True for an integer (not a bool) from ``low`` to MAX_COUNT: a count or size a manifest may record."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_COUNT
 
 
 def _structure_problem(m: dict) -> str:
@@ -107,23 +136,39 @@ def _structure_problem(m: dict) -> str:
     for tap, meta in m["taps"].items():
         if not plain_name(tap):
             return f"taps: {tap[:80]!r} is not a plain tap name"
-        if not isinstance(meta, dict) or not _count(meta.get("dims")) or meta.get("dtype") not in values(DType):
-            return f"taps.{tap} must be an object with dims (an integer) and dtype (float32 or float16)"
+        if not isinstance(meta, dict) or not is_count(meta.get("dims"), 1) or meta.get("dtype") not in values(DType):
+            return f"taps.{tap} must be an object with dims (an integer >= 1) and dtype (float32 or float16)"
     for key in ("rows", "failures"):
-        if not _count(m.get(key)):
-            return f"{key} must be an integer >= 0"
+        if not is_count(m.get(key)):
+            return f"{key} must be an integer >= 0 (and at most 2**48)"
     if not isinstance(m.get("shards"), list):
         return "shards must be a list"
+    total = 0
     for i, shard in enumerate(m["shards"]):
-        if (not isinstance(shard, dict) or shard.get("index") != i or not _count(shard.get("rows"))
-                or not _count(shard.get("failures")) or not isinstance(shard.get("files"), dict)):
+        if (not isinstance(shard, dict) or type(shard.get("index")) is not int or shard["index"] != i
+                or not is_count(shard.get("rows")) or not is_count(shard.get("failures"))
+                or not isinstance(shard.get("files"), dict)):
             return f"shards[{i}] must be an object with index {i}, rows, failures and files"
+        for rel, digest in shard["files"].items():
+            if not shard_file(rel, i):
+                return f"shards[{i}].files: {rel[:80]!r} is not a file of shard {i}"
+            if not is_sha256(digest):
+                return f"shards[{i}].files[{rel!r}] must be a sha256 (64 hex digits)"
+        total += shard["rows"]
+    if total > MAX_COUNT:
+        return f"shards hold {total} rows in all, more than {MAX_COUNT}"
     stale = m.get("stale_rows", [])
-    if not isinstance(stale, list) or not all(_count(r) for r in stale):
-        return "stale_rows must be a list of row numbers"
+    if not isinstance(stale, list) or not all(is_count(r) and r < total for r in stale):
+        return "stale_rows must be a list of row numbers of the store's shards"
     if not isinstance(m.get("runs", []), list) or not all(isinstance(r, dict) for r in m.get("runs", [])):
         return "runs must be a list of objects"
     return ""
+
+
+def _taps_problem(m: dict, settings: StoreSettings) -> str:
+    """A stored tap that the settings do not record (they say how every stored tap was computed), or ""."""
+    unknown = [tap for tap in m["taps"] if tap not in settings.tap_names]
+    return f"taps: {unknown[0][:80]!r} is not one of settings.taps" if unknown else ""
 
 
 def write_manifest(root: Path, manifest: dict) -> None:

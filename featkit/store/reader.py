@@ -47,7 +47,8 @@ class TapArray:
         if isinstance(key, slice) and self._live is None:
             start, stop, step = key.indices(len(self))
             first = np.searchsorted(self._starts, start, side="right") - 1
-            if step == 1 and stop <= self._starts[first + 1]:  # inside one shard: a zero-copy memmap view
+            # inside one shard: a zero-copy memmap view (past the last row, as in a store of 0 rows, there is none)
+            if step == 1 and first + 1 < len(self._starts) and stop <= self._starts[first + 1]:
                 return self._shards[first][start - self._starts[first]: stop - self._starts[first]]
         positions = np.arange(len(self))[key]
         rows = self._live[positions] if self._live is not None else positions

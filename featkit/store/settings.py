@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from featkit._files import is_sha256
 from featkit.backbones.spec import Preprocess
 from featkit.choices import DType, Pool, Precision, WeightsKind, values
 from featkit.errors import StoreError
@@ -198,7 +199,7 @@ def _parse(data: Any) -> StoreSettings:
     if num_classes < 1:
         raise _Bad("weights.num_classes", f"must be >= 1, got {num_classes}")
     sha = _field(w, "sha256", str, "weights.")
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+    if not is_sha256(sha):
         raise _Bad("weights.sha256", "must be 64 hex digits")
     try:
         preprocess = Preprocess.from_dict(_field(data, "preprocess", dict))

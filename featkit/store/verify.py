@@ -112,14 +112,6 @@ def read_table(root: Path, rel: str, rows: int, first_row: int | None = None) ->
     return frame
 
 
-def _shard_file(rel: str, index: int) -> bool:
-    """True for a name the writer gives a file of shard ``index``: nothing else is read from a manifest."""
-    parts = rel.split("/")
-    if len(parts) == 3 and parts[0] == "features":
-        return fmt.plain_name(parts[1]) and parts[2] == fmt.shard_name(index, ".npy")
-    return rel in (fmt.metadata_path(index), fmt.failures_path(index))
-
-
 def verify_store(root: str | os.PathLike, *, progress: bool = False) -> Verified:
     """Re-hash every file of the store at ``root`` against the sha256 its manifest recorded.
 
@@ -145,7 +137,7 @@ def verify_store(root: str | os.PathLike, *, progress: bool = False) -> Verified
         for rel in cheap.keys() - files.keys():
             bad.append(BadFile(root / rel, f"has no sha256 in the manifest (shards[{i}].files)"))
         for rel, sha256 in files.items():
-            if not isinstance(rel, str) or not _shard_file(rel, i) or not isinstance(sha256, str):
+            if not isinstance(rel, str) or not fmt.shard_file(rel, i) or not isinstance(sha256, str):
                 bad.append(BadFile(root / fmt.MANIFEST, f"shards[{i}].files names {str(rel)[:80]!r}, "
                                                         f"not a file of shard {i} with its sha256"))
             elif cheap.get(rel):
