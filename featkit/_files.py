@@ -7,6 +7,7 @@ path a user or a manifest names (weights, list files, store and index files) is 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -40,6 +41,26 @@ def not_a_file(path: str | os.PathLike) -> str | None:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device file"
     return "not a regular file"
+
+
+def read_json(path: Path) -> object:
+    """The JSON document in the file at ``path``, as a manifest reader needs it: never blocks, never recurses away.
+
+    Raises:
+        FileNotFoundError: there is no file at ``path`` (the caller knows what its absence means).
+        ValueError: what else is wrong, as words to follow the path: "is a named pipe (FIFO), not a JSON file",
+            "cannot be read (...)", "is not readable JSON (...)" (also for nesting deeper than Python recurses).
+    """
+    if (what := not_a_file(path)) is not None:  # read_bytes() would wait forever on a FIFO
+        raise ValueError(f"is {what}, not a JSON file")
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"is not readable JSON ({str(exc)[:200]})") from None
 
 
 def is_sha256(value: object) -> bool:

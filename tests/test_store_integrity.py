@@ -186,3 +186,19 @@ def test_the_cli_refuses_a_damaged_store_in_one_line(store, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert exited.value.code == 1 and "Traceback" not in err
     assert err.count("\n") == 1 and err.startswith("error: ") and "holds object values" in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "fewer rows", "fifo"])
+def test_resuming_a_damaged_store_is_refused_in_one_line(store, damage):
+    """A rerun of ``featkit extract`` reads what each shard holds before planning: a damaged table is refused."""
+    if damage == "truncated":
+        truncate(store / META, 40)
+    elif damage == "fewer rows":
+        (store / META).write_bytes(fmt.parquet_bytes(pd.read_parquet(store / META).head(3)))
+    else:
+        fifo(store / FAILS)
+    from featkit.store.writer import StoreWriter
+
+    settings = fmt.read_manifest(store)[1]
+    with StoreWriter(store, settings) as writer, pytest.raises(StoreError, match="is damaged"):
+        in_thread(writer.committed, timeout=10)

@@ -180,9 +180,7 @@ def run(tmp_path) -> Path:
 
 def test_a_run_verifies_its_weights_and_says_which_files_carry_no_checksum(run, monkeypatch, capsys):
     card = read_card(run / "model.pth")
-    if card is None or card.sha256 is None:  # written by a featkit that records no sha256: record it here
-        write_card(run / "model.pth", WeightsCard("resnet18", ("a", "b"), Preprocess(8, 8),
-                                                  sha256=featkit._files.sha256_file(run / "model.pth")))
+    assert card is not None and card.sha256 == featkit._files.sha256_file(run / "model.pth")
     result = featkit.verify(run)
     assert result.ok and result.files == 1 and result.kind == "fine-tuning run"
     assert [p.name for p in result.unchecked] == ["metrics.csv", "model.json", "recipe.json"]
@@ -221,3 +219,19 @@ def test_json_output_lists_each_bad_file(store, monkeypatch, capsys):
     report = json.loads(out)
     assert code == 1 and report["ok"] is False and report["files"] == 9
     assert report["bad"] == [{"path": str(store / fmt.metadata_path(0)), "problem": report["bad"][0]["problem"]}]
+
+
+# ---- a FIFO in place of a manifest -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["store", "index", "run"])
+def test_a_fifo_in_place_of_a_manifest_is_refused_at_once(kind, store, index, run, monkeypatch, capsys):
+    """Row 27: ``verify``, and every command that opens the directory, refuses at once instead of waiting."""
+    root, name = {"store": (store, fmt.MANIFEST), "index": (index, "manifest.json"), "run": (run, "recipe.json")}[kind]
+    (root / name).unlink()
+    os.mkfifo(root / name)
+    with pytest.raises(FeatkitError, match="is a named pipe"):
+        in_thread(lambda: featkit.verify(root), timeout=10)
+    opener = {"store": lambda: open_features(root), "index": lambda: Index.open(root),
+              "run": lambda: rundir.read_manifest(root)}[kind]
+    with pytest.raises(FeatkitError, match=f"{name} is a named pipe"):
+        in_thread(opener, timeout=10)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from featkit._atomic import write_bytes, write_json
-from featkit._files import Recorded, Verified, not_a_file, verify_files
+from featkit._files import Recorded, Verified, not_a_file, read_json, verify_files
 from featkit.backbones.card import (
     RUN_BEST,
     RUN_MANIFEST,
@@ -99,13 +98,12 @@ def read_manifest(root: Path) -> RunManifest:
     """
     path = RunDir(root).manifest
     try:
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path)
     except FileNotFoundError:
         raise FeatkitError(f"{root} is not a fine-tuning run (no recipe.json). Pass the -o folder of a "
                            f"`featkit finetune` run.") from None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise FeatkitError(f"Cannot read {path} ({str(exc)[:200]}); restore it, or start the run again in a new "
-                           "-o folder.") from None
+    except ValueError as exc:
+        raise FeatkitError(f"{path} {exc}; restore it, or start the run again in a new -o folder.") from None
     if not isinstance(manifest, dict):
         raise FeatkitError(f"{path} is not a featkit fine-tuning run manifest (it holds a JSON "
                            f"{type(manifest).__name__}, not an object).")

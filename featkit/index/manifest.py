@@ -17,7 +17,6 @@ byte, so a truncated, bit-flipped or swapped-in file is refused with one line in
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pandas as pd
 
 from featkit._atomic import TMP_SUFFIX, write_bytes, write_json, writing
 from featkit._faiss import faiss
-from featkit._files import Recorded, Verified, file_problem, is_sha256, sha256_file, verify_files
+from featkit._files import Recorded, Verified, file_problem, is_sha256, read_json, sha256_file, verify_files
 from featkit.choices import IndexKind, SearchMetric, values
 from featkit.errors import SearchIndexError, WriteError
 from featkit.store.format import MAX_COUNT, is_count, parquet_bytes, plain_name
@@ -54,14 +53,13 @@ def read_manifest(root: Path) -> dict:
         raise SearchIndexError(f"{root} is a file, not a featkit index directory. "
                                f"Build one with: featkit index build STORE -o {root}")
     path = root / MANIFEST
-    if not path.exists():
-        raise SearchIndexError(f"{root} is not a featkit index (no {MANIFEST}). "
-                               f"Build one with: featkit index build STORE -o {root}")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise SearchIndexError(f"{path} is not readable JSON ({str(exc)[:200]}); "
-                               f"rebuild the index with featkit index build.") from None
+        manifest = read_json(path)
+    except FileNotFoundError:
+        raise SearchIndexError(f"{root} is not a featkit index (no {MANIFEST}). "
+                               f"Build one with: featkit index build STORE -o {root}") from None
+    except ValueError as exc:
+        raise SearchIndexError(f"{path} {exc}; rebuild the index with featkit index build.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         what = f"the format of {path} is not '{FORMAT}'" if isinstance(manifest, dict) else \
             f"{path} holds a JSON {type(manifest).__name__}, not an object"

@@ -15,14 +15,13 @@ written before it was recorded lack the column, and their files are compared by 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from featkit._atomic import json_bytes, write_bytes
-from featkit._files import is_sha256, not_a_file
+from featkit._files import is_sha256, read_json
 from featkit.choices import DType, values
 from featkit.errors import StoreError, WriteError
 from featkit.store.settings import StoreSettings
@@ -69,16 +68,13 @@ def read_manifest(root: Path) -> tuple[dict, StoreSettings] | None:
         StoreError: not a featkit store v1, or a manifest whose structure is damaged (names the file and field).
     """
     path = root / MANIFEST
-    if not path.exists():
-        return None
-    if (what := not_a_file(path)) is not None:  # read_text() would wait forever on a FIFO
-        raise StoreError(f"{path} is {what}, not a store manifest. Remove it, or recompute the store with "
-                         f"featkit extract ... -o {root} --overwrite.")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise StoreError(f"{path} is not readable JSON ({str(exc)[:200]}). Use --overwrite to start the store "
-                         "afresh.") from None
+        manifest = read_json(path)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise StoreError(f"{path} {exc}. Restore it, or recompute the store with featkit extract ... -o {root} "
+                         "--overwrite.") from None
     if not isinstance(manifest, dict):
         raise StoreError(f"{root} is not a featkit feature store ({path} holds a JSON {type(manifest).__name__}, "
                          "not an object).")

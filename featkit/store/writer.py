@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from featkit._atomic import TMP_SUFFIX, fsync_dir
 from featkit.errors import StoreError
 from featkit.store import format as fmt
 from featkit.store.settings import StoreSettings, TapRecord
+from featkit.store.verify import read_table
 
 
 def _now() -> str:
@@ -42,12 +42,6 @@ def _added_taps(found: StoreSettings, wanted: StoreSettings) -> list[TapRecord]:
     if dataclasses.replace(wanted, taps=found.taps, shard_rows=found.shard_rows) != found:
         return []
     return list(wanted.taps[len(found.taps):])
-
-
-def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
-    """``columns`` of one of the store's parquet files; a column its shard predates comes back as NA."""
-    have = set(pq.read_schema(path).names)
-    return pd.read_parquet(path, columns=[c for c in columns if c in have]).reindex(columns=columns)
 
 
 def _with_fingerprint(rows: pd.DataFrame) -> pd.DataFrame:
@@ -150,8 +144,9 @@ class StoreWriter:
         columns = ["path", "bytes", "mtime_ns", "fingerprint"]
         frames = []
         for shard in self.manifest["shards"]:
-            meta = _read_columns(self.root / fmt.metadata_path(shard["index"]), [*columns, "row"])
-            fail = _read_columns(self.root / fmt.failures_path(shard["index"]), columns)
+            # reindex: a column its shard predates (the fingerprint) comes back as NA
+            meta = self.shard_metadata(shard["index"]).reindex(columns=[*columns, "row"])
+            fail = read_table(self.root, fmt.failures_path(shard["index"]), shard["failures"]).reindex(columns=columns)
             frames += [meta, fail.assign(row=-1)]
         if not frames:  # typed: an empty frame of floats cannot be merged with a listing's paths
             return pd.DataFrame({"path": pd.Series([], dtype=object), "bytes": pd.Series([], dtype="int64"),
@@ -204,7 +199,10 @@ class StoreWriter:
         return [s["index"] for s in self.manifest["shards"] if fmt.feature_path(tap, s["index"]) not in s["files"]]
 
     def shard_metadata(self, index: int) -> pd.DataFrame:
-        return pd.read_parquet(self.root / fmt.metadata_path(index))
+        """The metadata of shard ``index``, refused (StoreError) if it disagrees with the manifest (a damaged store)."""
+        shards = self.manifest["shards"]
+        first_row = sum(s["rows"] for s in shards[:index])
+        return read_table(self.root, fmt.metadata_path(index), shards[index]["rows"], first_row)
 
     def add_tap_shard(self, index: int, tap: str, array: np.ndarray) -> None:
         """Write an added tap's features for one existing shard (its rows, in order), then the manifest."""
