@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pandas as pd
@@ -99,6 +100,14 @@ def test_changed_folder_is_brought_up_to_date(dirs, extractions):
     table = pd.read_csv(dirs / "out" / "results.csv")
     assert table["n_test"].tolist() == [9] and table["extracted"].tolist() == [True]
     assert len(list((dirs / "cache").glob("*/squeezenet1_1/*"))) == 1
+    # an edit that keeps the size and restores the mtime: the content fingerprint shows it (RELIABILITY row 30)
+    edited = data / "train" / "c1" / "001.png"
+    st, raw = edited.stat(), bytearray(edited.read_bytes())
+    raw[-20] ^= 0xFF
+    edited.write_bytes(bytes(raw))
+    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))
+    bench(*args)
+    assert len(extractions) == 3
 
 
 def test_taps_are_matched_per_model():
