@@ -187,6 +187,19 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_resume_starts_again(phot
     assert len(result.history) == 1 and (tmp_path / "run" / "model.pth").exists()
 
 
+def test_a_diverged_training_stops_in_one_line_and_writes_no_nan_weights(photos, tmp_path, monkeypatch):
+    """A loss of NaN stops the run: its weights would be refused by every loader (RELIABILITY row 28)."""
+    from featkit.errors import FeatkitError
+
+    trainer = Trainer(tiny("linear-head"), photos, tmp_path / "run")
+    criterion = trainer.criterion
+    monkeypatch.setattr(trainer, "criterion", lambda logits, y: criterion(logits, y) * float("nan"))
+    with pytest.raises(FeatkitError, match=r"Training diverged in epoch 1, step 1: the loss is nan\. No final weights "
+                                           r"were written\. .*--set optim\.lr="):
+        trainer.fit()
+    assert not (tmp_path / "run" / "model.pth").exists()
+
+
 def test_learning_curves_of_one_epoch_show_a_point_at_epoch_1():
     from featkit.finetune.rundir import curves_figure
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -284,7 +285,13 @@ class Trainer:
                 self.scaler.update()
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
-                self.loss_sum += loss.item() * len(y)
+                value = loss.item()
+                if not math.isfinite(value):  # weights written from here on would be NaN, refused by every loader
+                    raise FeatkitError(
+                        f"Training diverged in epoch {self.epoch + 1}, step {self.step + 1}: the loss is {value}. "
+                        f"No final weights were written. Start again in a new -o with a lower learning rate "
+                        f"(--set optim.lr=..., now {self.recipe.optim.lr:g}) or another recipe.")
+                self.loss_sum += value * len(y)
                 self.seen += len(y)
             self.step += 1
             self.seconds = time.perf_counter() - started
