@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from featkit._files import Verified, not_a_file
+from featkit._files import Verified, read_json
 from featkit.backbones.card import RUN_MANIFEST
 from featkit.errors import FeatkitError
 from featkit.extraction.config import DEFAULT_MODEL, ExtractConfig
-from featkit.extraction.run import ExtractResult, run_extraction
 from featkit.store.format import MANIFEST
 from featkit.store.verify import verify_store
+
+if TYPE_CHECKING:
+    from featkit.extraction.run import ExtractResult
 
 
 def extract(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str | os.PathLike, *,
@@ -33,6 +35,8 @@ def extract(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
     Returns:
         An :class:`ExtractResult`; read the features with :func:`featkit.open_features`.
     """
+    from featkit.extraction.run import run_extraction  # torch: imported by extraction only, not by verify
+
     taps = (layers,) if isinstance(layers, str) else tuple(layers)
     cfg = ExtractConfig(model=model, taps=taps, weights=weights, **options)
     return run_extraction(inputs, output, cfg, progress=progress)
@@ -69,11 +73,17 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> Verified:
 
 
 def _format(manifest: Path) -> object:
-    """The ``format`` a manifest names (None if it names none): which reader then reads it in full."""
-    if not_a_file(manifest) is not None:
-        return None
+    """The ``format`` a manifest names (None if it names none): which reader then reads it in full.
+
+    A damaged index manifest still names the index format when FAISS files lie beside it, so the index's reader
+    refuses it with index advice (a store's advice would be to write a store there).
+    """
     try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    return data.get("format") if isinstance(data, dict) else None
+        data = read_json(manifest)
+    except (FileNotFoundError, ValueError):
+        data = None
+    if isinstance(data, dict):
+        return data.get("format")
+    from featkit.index import manifest as index_manifest
+
+    return index_manifest.FORMAT if any(manifest.parent.glob("*.faiss")) else None

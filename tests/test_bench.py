@@ -108,6 +108,14 @@ def test_changed_folder_is_brought_up_to_date(dirs, extractions):
     os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))
     bench(*args)
     assert len(extractions) == 3
+    # a corrupt file is recorded; once deleted, the cache is up to date again (nothing left to fingerprint)
+    (data / "train" / "c0" / "bad.png").write_bytes(b"not a png")
+    bench(*args)
+    assert len(extractions) == 4
+    (data / "train" / "c0" / "bad.png").unlink()
+    bench(*args)
+    bench(*args)
+    assert len(extractions) == 4
 
 
 def test_taps_are_matched_per_model():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,23 @@ def test_a_diverged_training_stops_in_one_line_and_writes_no_nan_weights(photos,
                                            r"were written\. .*--set optim\.lr="):
         trainer.fit()
     assert not (tmp_path / "run" / "model.pth").exists()
+
+
+def test_with_a_grad_scaler_a_non_finite_loss_is_a_skipped_step_not_a_stop(photos, tmp_path, monkeypatch):
+    """fp16's scaler skips the step of an overflow and lowers its scale: the run goes on, its mean loss stays finite."""
+    trainer = Trainer(tiny("linear-head"), photos, tmp_path / "run")
+    criterion, calls = trainer.criterion, []
+
+    def first_overflows(logits, y):
+        calls.append(1)
+        return criterion(logits, y) * (float("inf") if len(calls) == 1 else 1.0)
+
+    monkeypatch.setattr(trainer, "criterion", first_overflows)
+    monkeypatch.setattr(trainer.scaler, "is_enabled", lambda: True)  # as with fp16 on a GPU
+    step = trainer.scaler.step
+    monkeypatch.setattr(trainer.scaler, "step", lambda optimizer: step(optimizer) if len(calls) > 1 else None)
+    result = trainer.fit()
+    assert len(calls) > 1 and all(math.isfinite(r["train_loss"]) for r in result.history)
 
 
 def test_learning_curves_of_one_epoch_show_a_point_at_epoch_1():

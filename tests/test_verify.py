@@ -235,3 +235,11 @@ def test_a_fifo_in_place_of_a_manifest_is_refused_at_once(kind, store, index, ru
               "run": lambda: rundir.read_manifest(root)}[kind]
     with pytest.raises(FeatkitError, match=f"{name} is a named pipe"):
         in_thread(opener, timeout=10)
+
+
+def test_a_damaged_index_manifest_gets_index_advice_never_a_store_s(index):
+    """Advice to write a store into an index folder would replace the index: verify recognises it by its files."""
+    (index / "manifest.json").write_bytes((index / "manifest.json").read_bytes()[:300])
+    with pytest.raises(FeatkitError, match="index build") as refused:
+        featkit.verify(index)
+    assert "featkit extract" not in str(refused.value)

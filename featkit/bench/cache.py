@@ -68,19 +68,20 @@ def is_up_to_date(store, dataset: BenchDataset) -> bool:
     good = triples(store.rows)
     listed_paths = set(listing.table["path"]) | set(listing.bad_names["path"])
     return (triples(listing.table) <= good | triples(store.failures) and {p for p, _, _ in good} <= listed_paths
-            and _fingerprints_hold(store))
+            and _fingerprints_hold(store, set(listing.table["path"])))
 
 
-def _fingerprints_hold(store) -> bool:
-    """Every recorded content fingerprint still matches its file (an edit that kept size and mtime shows here).
+def _fingerprints_hold(store, listed: set[str]) -> bool:
+    """Every recorded content fingerprint of a listed file still matches it (an edit that kept size and mtime).
 
     Rows written before fingerprints were recorded have none, and are trusted on size and mtime, as extraction does.
+    A recorded failure whose file is gone is not compared (it has nothing to fingerprint, and nothing to redo).
     """
     from featkit.extraction.fingerprint import fingerprint
 
     for frame in (store.rows, store.failures):
         if "fingerprint" in frame:
-            recorded = frame.dropna(subset=["fingerprint"])
+            recorded = frame[frame["path"].isin(listed)].dropna(subset=["fingerprint"])
             if any(fingerprint(p) != f for p, f in zip(recorded["path"], recorded["fingerprint"], strict=True)):
                 return False
     return True

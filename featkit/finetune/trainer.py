@@ -286,13 +286,16 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 value = loss.item()
-                if not math.isfinite(value):  # weights written from here on would be NaN, refused by every loader
+                # Without a grad scaler the step above has made the weights NaN, and every loader refuses them. With
+                # one (fp16), a non-finite loss is an overflow whose step the scaler skipped: training goes on.
+                if not math.isfinite(value) and not self.scaler.is_enabled():
                     raise FeatkitError(
                         f"Training diverged in epoch {self.epoch + 1}, step {self.step + 1}: the loss is {value}. "
                         f"No final weights were written. Start again in a new -o with a lower learning rate "
                         f"(--set optim.lr=..., now {self.recipe.optim.lr:g}) or another recipe.")
-                self.loss_sum += value * len(y)
-                self.seen += len(y)
+                if math.isfinite(value):  # a skipped fp16 step would make the epoch's mean loss NaN
+                    self.loss_sum += value * len(y)
+                    self.seen += len(y)
             self.step += 1
             self.seconds = time.perf_counter() - started
             if on_batch is not None and self.d.is_main:
