@@ -5,6 +5,7 @@ deleted out from under it, and a killed writer's lock never blocks a rerun."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -165,3 +166,33 @@ def test_a_writer_whose_store_was_deleted_and_made_again_stops_before_writing_in
             first.commit_shard({"logits": np.zeros((1, 1000), np.float32)}, rows, no_failures)
     assert store_bytes(store) == made
     assert featkit.open_features(store).rows["path"].str.startswith(str(folder)).all()
+
+
+def test_where_a_folder_cannot_be_locked_a_lock_file_is_and_deleting_it_stops_the_writer(folder, tmp_path,
+                                                                                         monkeypatch):
+    """NFS emulates flock with byte-range locks, which need a file open for writing: a folder fd gets EBADF there."""
+    import errno
+    import fcntl
+    import stat as stat_mode
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd, operation):
+        if stat_mode.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    store = tmp_path / "store"
+    featkit.extract(folder, store, **OLD)
+    settings = featkit.open_features(store).settings
+    with StoreWriter(store, settings) as writer:
+        assert (store / ".lock").is_file()
+        with pytest.raises(StoreError, match="Another featkit process is writing"):
+            StoreWriter(store, settings)
+        (store / ".lock").unlink()  # rm -f STORE/.lock mid-run: this writer stops before its next write
+        with pytest.raises(StoreError, match="deleted or replaced"):
+            writer.begin_run({})
+    monkeypatch.setattr(fcntl, "flock", lambda fd, operation: (_ for _ in ()).throw(OSError(errno.ENOLCK, "No locks")))
+    with pytest.raises(StoreError, match=r"Cannot lock .* \(No locks\)"):
+        StoreWriter(store, settings)

@@ -15,6 +15,7 @@ import dataclasses
 import fcntl
 import os
 import shutil
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,6 +50,40 @@ def _with_fingerprint(rows: pd.DataFrame) -> pd.DataFrame:
     return rows if "fingerprint" in rows.columns else rows.assign(fingerprint=None)
 
 
+LOCK_FILE = ".lock"
+
+
+def _lock(root: Path) -> int:
+    """An exclusive ``flock`` on the store folder itself, which no one can delete from under the writer.
+
+    Where a filesystem cannot lock a folder opened for reading (NFS emulates flock with byte-range locks, which
+    need a file open for writing), a ``.lock`` file in it is locked instead; deleting that one stops the writer
+    at its next commit (:meth:`StoreWriter._check_root`).
+
+    Raises:
+        StoreError: another process holds the lock, or the filesystem cannot lock at all.
+    """
+    error: OSError | None = None
+    for target, flags in ((root, os.O_RDONLY), (root / LOCK_FILE, os.O_RDWR | os.O_CREAT)):
+        try:
+            fd = os.open(target, flags, 0o644)
+        except OSError as exc:
+            error = exc
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"Another featkit process is writing to {root}; wait for it or use another -o.") from None
+        except OSError as exc:
+            os.close(fd)
+            error = exc
+    why = (error.strerror or str(error)) if error is not None else "no lock"
+    raise StoreError(f"Cannot lock {root} for writing ({why}); featkit needs flock, which this filesystem refuses. "
+                     "Write the store to a local disk and copy it.")
+
+
 class StoreWriter:
     """Open (or create) a store for writing with fixed ``settings``.
 
@@ -64,15 +99,10 @@ class StoreWriter:
     def __init__(self, root: str | os.PathLike, settings: StoreSettings, *, overwrite: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock: int | None = os.open(self.root, os.O_RDONLY)  # held for the writer's lifetime
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)
-            self._lock = None
-            raise StoreError(f"Another featkit process is writing to {self.root}; "
-                             f"wait for it or use another -o.") from None
+        self._lock: int | None = _lock(self.root)  # held for the writer's lifetime
         locked = os.fstat(self._lock)
+        # what must still be at its path for this writer to go on: the store folder, or the lock file held instead
+        self._locked_path = self.root if stat.S_ISDIR(locked.st_mode) else self.root / LOCK_FILE
         self._locked = (locked.st_dev, locked.st_ino)
         try:
             self.manifest = self._open(settings, overwrite)
@@ -118,9 +148,12 @@ class StoreWriter:
             shutil.rmtree(self.root / name, ignore_errors=True)
 
     def _check_root(self) -> None:
-        """Refuse to write once the locked directory was deleted or replaced: the path may be another writer's now."""
+        """Refuse to write once what is locked (the folder, or its lock file) was deleted or replaced.
+
+        The path may be another writer's now.
+        """
         try:
-            st = os.stat(self.root)
+            st = os.stat(self._locked_path)
             here: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except OSError:
             here = None
