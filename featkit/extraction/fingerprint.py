@@ -18,7 +18,7 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXE
 
 
 def fingerprint(path: str | os.PathLike) -> str:
-    """Blake2b-128 (32 hex digits) of the file's size, first and last 64 KiB; "" if it is not a readable file.
+    """The sha256 (first 32 hex digits) of the file's size, first and last 64 KiB; "" if it is not a readable file.
 
     A FIFO, device or directory gives "" at once, without waiting on it.
     """
@@ -30,11 +30,11 @@ def fingerprint(path: str | os.PathLike) -> str:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return ""
-        digest = hashlib.blake2b(st.st_size.to_bytes(8, "little"), digest_size=16)
+        digest = hashlib.sha256(st.st_size.to_bytes(8, "little"))  # SHA-NI: twice as fast as blake2b here
         digest.update(os.pread(fd, SPAN, 0))
         if st.st_size > SPAN:
             digest.update(os.pread(fd, SPAN, max(SPAN, st.st_size - SPAN)))
-        return digest.hexdigest()
+        return digest.hexdigest()[:32]
     except OSError:
         return ""
     finally:
