@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featkit._files import not_a_file
 from featkit.errors import StoreError, unknown
 from featkit.store import format as fmt
 from featkit.store.settings import StoreSettings
@@ -127,9 +128,7 @@ class FeatureStore:
         arrays = []
         for s in self.manifest["shards"]:
             path = self.root / fmt.feature_path(tap, s["index"])
-            if (problem := npy_problem(path, s["rows"], meta["dims"], meta["dtype"])):  # replaced since opening?
-                raise damaged(self.root, [f"{path} {problem}"])
-            arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
+            arrays.append(_mapped(self.root, path, s["rows"], meta["dims"], meta["dtype"]))
         return TapArray(arrays, self._live)
 
     def __getitem__(self, tap: str) -> TapArray:
@@ -142,6 +141,21 @@ class FeatureStore:
         s = self.settings
         taps = ", ".join(f"{t} ({v['dims']}-d {v['dtype']})" for t, v in self.manifest["taps"].items())
         return f"FeatureStore({self.root}: {len(self)} rows, {s.model} / {s.weights.id}, taps: {taps})"
+
+
+def _mapped(root: Path, path: Path, rows: int, dims: int, dtype: str) -> np.memmap:
+    """The shard at ``path`` memory-mapped, refused if it changed since the store was opened (one header read)."""
+    array = None
+    if not_a_file(path) is None:  # np.load would wait forever on a FIFO
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception:  # noqa: BLE001 - npy_problem below says what is wrong with the file
+            array = None
+    if (array is not None and array.shape == (rows, dims) and array.dtype == np.dtype(dtype)
+            and array.offset + array.nbytes == os.stat(path).st_size):
+        return array
+    problem = npy_problem(path, rows, dims, dtype) or "changed while it was read"
+    raise damaged(root, [f"{path} {problem}"])
 
 
 def open_features(path: str | os.PathLike, *, verify: bool = False) -> FeatureStore:
