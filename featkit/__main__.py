@@ -1,3 +1,4 @@
 from featkit.cli.app import main
 
-main()
+if __name__ == "__main__":  # worker processes (--procs) import this module again: they must not rerun the command
+    main()

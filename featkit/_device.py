@@ -131,6 +131,39 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def device_list(spec: str, procs: int | None = None) -> list[str]:
+    """The device of each worker process for ``--device`` ``spec`` and ``--procs``.
+
+    ``all`` is every visible CUDA GPU (the CPU where there is none); ``cuda:0,cuda:1`` those GPUs; one device
+    serves ``procs`` processes. ``procs`` defaults to one per listed device; more than that share them in turn.
+
+    Raises:
+        DeviceError: a device this machine cannot serve, or ``procs`` < 1.
+    """
+    if procs is not None and procs < 1:
+        raise DeviceError(f"--procs must be at least 1. Got {procs}.")
+    if spec == "all":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    else:
+        devices = [d.strip() for d in spec.split(",") if d.strip()] or ["auto"]
+        for d in devices:
+            resolve_device(d)
+        if len(devices) > 1 and len(set(devices)) != len(devices):
+            raise DeviceError(f"--device {spec} names a device twice; use --procs to run several processes on one.")
+    n = procs or len(devices)
+    return [devices[i % len(devices)] for i in range(n)]
+
+
+def bind_worker(device: str, procs_on_cpu: int) -> None:
+    """In a worker process: compute on ``device`` alone, and on a CPU with its share of the cores."""
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    elif procs_on_cpu > 1 and not os.environ.get(THREADS_ENV):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ[THREADS_ENV] = str(max(1, cores // procs_on_cpu))
+
+
 def resolve_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
     precision = check_choice("precision", precision, Precision, "resolve_runtime", error=DeviceError)
     dev = resolve_device(device)

@@ -44,14 +44,39 @@ def write_feature_store(root: Path, shards: tuple[int, ...] = (4, 4), dims: int 
                              Preprocess(8, 8), (TapRecord(tap, tap),), pool="avg", l2=False, dtype="float32",
                              precision="fp32", draft=True, shard_rows=max(shards))
     rng = np.random.default_rng(0)
-    with StoreWriter(root, settings) as writer:
+    with StoreWriter(root, settings) as writer:  # one segment (as one partition of a run writes it)
+        segment = writer.open_segment(0, sum(shards), "0" * 64)
+        first = 0
         for n in shards:
-            first = writer.next_row
             meta = pd.DataFrame({"path": [f"/img/{i:04d}.jpg" for i in range(first, first + n)], "label": "a",
                                  "split": None, "width": 8, "height": 8, "bytes": 100, "mtime_ns": 1})
-            writer.commit_shard({tap: rng.standard_normal((n, dims)).astype(np.float32)}, meta,
-                                pd.DataFrame(columns=["path", "reason", "message", "bytes", "mtime_ns"]))
+            first += n
+            segment.commit_shard({tap: rng.standard_normal((n, dims)).astype(np.float32)}, meta,
+                                 pd.DataFrame(columns=["path", "reason", "message", "bytes", "mtime_ns"]), first)
+        segment.seal()
+        writer.merge(segment.name)
     return root
+
+
+def shard_dir(store: Path) -> Path:
+    """Where a store made by :func:`write_feature_store` (or :func:`as_v1_store`) keeps its shards' files."""
+    return store / "segments" / "seg-000000" if (store / "segments").is_dir() else store
+
+
+def files_record(store: Path) -> Path:
+    """The JSON file recording the shards' files of such a store: a v1 manifest, or the v2 segment's manifest."""
+    return shard_dir(store) / "segment.json" if shard_dir(store) != store else store / "manifest.json"
+
+
+def read_all(store: Path):
+    """Open a store and read everything in it (rows, every tap, failures): what a damaged file must stop."""
+    from featkit.store.reader import open_features
+
+    opened = open_features(store)
+    for tap in opened.taps:
+        np.asarray(opened[tap])
+    assert len(opened.rows) == len(opened) and opened.failures is not None
+    return opened
 
 
 def in_thread(fn, timeout: float = 20):
@@ -74,3 +99,42 @@ def in_thread(fn, timeout: float = 20):
     if error is not None:
         raise error
     return value
+
+
+def as_v1_store(v2: Path, v1: Path) -> Path:
+    """The v2 store at ``v2`` rewritten at ``v1`` in format v1, as earlier featkit wrote it.
+
+    One manifest listing every shard (with its files' sha256), files at the store's root, the store's row numbers
+    in the metadata tables, retired rows and runs in the manifest.
+    """
+    import hashlib
+    import json
+
+    import pandas as pd
+
+    from featkit.store import format as fmt
+    from featkit.store import segments as sg
+
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    log = sg.read_log(v2)
+    table = sg.ShardTable.of_log(v2, log)
+    shards = []
+    for i, ref in enumerate(table):
+        files = {}
+        for tap in manifest["taps"]:
+            files[fmt.feature_path(tap, i)] = ref.feature_file(tap).read_bytes()
+        meta = pd.read_parquet(ref.metadata_file())
+        meta["row"] = meta["row"] + (ref.first_row - ref.local_first)
+        files[fmt.metadata_path(i)] = fmt.parquet_bytes(meta)
+        files[fmt.failures_path(i)] = ref.failures_file().read_bytes()
+        for rel, data in files.items():
+            (v1 / rel).parent.mkdir(parents=True, exist_ok=True)
+            (v1 / rel).write_bytes(data)
+        shards.append({"index": i, "rows": ref.rows, "failures": ref.failures,
+                       "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}})
+    rows = int(table.total_rows) - len(log.retired)
+    (v1 / "manifest.json").write_text(json.dumps({
+        "format": "featkit-store", "version": 1, "created": manifest["created"], "taps": manifest["taps"],
+        "rows": rows, "failures": int(table.failures.sum()), "shards": shards, "stale_rows": sorted(log.retired),
+        "runs": log.runs, "settings": manifest["settings"]}, indent=1))
+    return v1

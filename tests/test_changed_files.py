@@ -51,7 +51,7 @@ def test_a_same_size_edit_with_its_mtime_restored_is_computed_again(bmps, tmp_pa
     result = featkit.extract(bmps, tmp_path / "s", **FAST)
     assert (result.computed, result.changed, result.unchanged, result.removed) == (1, 1, 7, 0)
     store = featkit.open_features(tmp_path / "s")
-    assert len(store.rows) == 8 and store.manifest["stale_rows"] == [2]  # the old row is retired
+    assert len(store.rows) == 8 and store.stale_rows == [2]  # the old row is retired
     # the new content's features (computed in a batch of one: equal within rounding, as row 20 says)
     np.testing.assert_allclose(live(store, "c0/002.bmp"), live(store, "c1/003.bmp"), rtol=1e-5, atol=1e-6)
     for name in ("c0/000.bmp", "c0/001.bmp", "c1/000.bmp"):  # the others: the same rows, untouched
@@ -79,7 +79,7 @@ def test_a_store_written_before_fingerprints_resumes_without_reading_its_files(b
         patch.setattr(fmt, "META_COLUMNS", OLD_META)
         patch.setattr(fmt, "FAILURE_COLUMNS", OLD_FAILURES)
         featkit.extract(bmps, tmp_path / "s", **FAST)
-    assert list(pd.read_parquet(tmp_path / "s" / "metadata" / "part-00000.parquet").columns) == OLD_META
+    assert list(pd.read_parquet(next((tmp_path / "s").rglob("metadata/part-00000.parquet"))).columns) == OLD_META
     read: list[str] = []
     counting = lambda path: read.append(path) or fingerprint(path)  # noqa: E731
     monkeypatch.setattr(extraction_run, "fingerprint", counting)
@@ -97,7 +97,7 @@ def test_a_store_written_before_fingerprints_resumes_without_reading_its_files(b
     edited = featkit.extract(bmps, tmp_path / "s", **FAST)
     assert (edited.computed, edited.changed, edited.unchanged) == (1, 1, 8)
     # without featkit: plain pandas reads every shard
-    assert len(pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "s" / "metadata").glob("*.parquet")))) == 10
+    assert len(pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "s").rglob("metadata/*.parquet")))) == 10
 
 
 def test_the_fingerprint_reads_both_ends_and_never_waits_on_a_fifo(tmp_path):

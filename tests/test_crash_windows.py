@@ -4,7 +4,6 @@ deleted out from under it, and a killed writer's lock never blocks a rerun."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,7 +24,8 @@ from featkit.cli.app import app
 from featkit.errors import FeatkitError, StoreError
 from featkit.store import format as fmt
 from featkit.store import writer as writer_module
-from featkit.store.writer import StoreWriter
+from featkit.store.verify import store_shards
+from featkit.store.writer import SegmentWriter, StoreWriter
 
 FAST = dict(model="squeezenet1_1", weights="random", workers=0, batch_size=4, device="cpu", layers=["logits"],
             shard_rows=3)
@@ -72,12 +72,12 @@ def killed_on_call(n: int, original):
 
 # Each step `extract --overwrite` takes, named by what is done when the kill comes.
 POINTS = {
-    "old_manifest_retired": ("rmtree", 1),  # the old shards are all still there
-    "old_features_deleted": ("rmtree", 2),
-    "old_metadata_deleted": ("rmtree", 3),
-    "old_store_gone": ("begin_run", 1),
-    "new_manifest_written": ("commit_shard", 1),
-    "first_new_shard_committed": ("commit_shard", 2),
+    "old_manifest_retired": (StoreWriter, "rmtree", 1),  # manifest and log gone, the old segments all still there
+    "old_segments_half_deleted": (StoreWriter, "rmtree", 4),  # v1's folders cleared, the segments next
+    "old_store_gone": (StoreWriter, "_write_manifest", 1),
+    "new_manifest_written": (StoreWriter, "begin_run", 1),
+    "first_new_shard_committed": (SegmentWriter, "commit_shard", 2),
+    "first_segment_sealed": (StoreWriter, "merge", 1),
 }
 
 
@@ -87,8 +87,9 @@ def assert_no_manifest_names_a_missing_file(store: Path) -> None:
         with pytest.raises(StoreError, match="is not a featkit feature store"):
             featkit.open_features(store)
         return
-    missing = [name for shard in found[0]["shards"] for name in shard["files"] if not (store / name).is_file()]
-    assert missing == []
+    shards, bad = store_shards(store, found[0])
+    missing = [ref.directory / name for ref, files in shards for name in files if not (ref.directory / name).is_file()]
+    assert missing == [] and bad == []
     opened = featkit.open_features(store)
     assert all(len(np.asarray(opened[tap])) == len(opened.rows) for tap in opened.taps)
 
@@ -98,12 +99,12 @@ def test_overwrite_killed_at_each_step_never_leaves_a_manifest_naming_deleted_sh
         point, folder, old_store, replaced, tmp_path, monkeypatch):
     store = tmp_path / "store"
     shutil.copytree(old_store, store)
-    name, n = POINTS[point]
+    cls, name, n = POINTS[point]
     with monkeypatch.context() as patch:
         if name == "rmtree":  # the writer's own, not every rmtree
             patch.setattr(writer_module, "shutil", SimpleNamespace(rmtree=killed_on_call(n, shutil.rmtree)))
         else:
-            patch.setattr(StoreWriter, name, killed_on_call(n, getattr(StoreWriter, name)))
+            patch.setattr(cls, name, killed_on_call(n, getattr(cls, name)))
         with pytest.raises(Killed):
             featkit.extract(folder, store, **NEW)
     assert_no_manifest_names_a_missing_file(store)
@@ -116,7 +117,7 @@ def test_overwrite_killed_at_each_step_never_leaves_a_manifest_naming_deleted_sh
     featkit.extract(folder, store, **{k: v for k, v in NEW.items() if k != "overwrite"})
     for out in (store, again):
         assert store_bytes(out) == store_bytes(replaced)
-        assert json.loads((out / "manifest.json").read_text())["rows"] == 8
+        assert len(featkit.open_features(out)) == 8
 
 
 HOLD = textwrap.dedent("""

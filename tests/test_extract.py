@@ -32,9 +32,9 @@ def test_store_layout_rows_and_labels(tiny_folder, tmp_path):
     assert (store.rows[["width", "height"]].to_numpy() == [48, 40]).all()
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["settings"]["weights"]["sha256"] == result.weights.sha256 and len(result.weights.sha256) == 64
-    assert {"torch", "torchvision", "pillow", "featkit"} <= set(manifest["runs"][-1]["versions"])
+    assert {"torch", "torchvision", "pillow", "featkit"} <= set(store.runs[-1]["versions"])
     # other tools read the shard folders directly
-    shard = np.load(tmp_path / "s" / "features" / "fire9" / "part-00000.npy")
+    shard = np.load(tmp_path / "s" / "segments" / "seg-000000" / "features" / "fire9" / "part-00000.npy")
     np.testing.assert_array_equal(shard, np.asarray(store["fire9"]))
 
 

@@ -64,7 +64,9 @@ def made(tmp_path_factory) -> dict[str, Path]:
     card = WeightsCard(model="squeezenet1_1", classes=("c0", "c1"), preprocess=trainer.pre, recipe=recipe.name,
                        epochs=2, val_acc=0.5)
     rundir.write_weights(trainer.run.weights, trainer.model.state_dict(), card)
-    return {"store": root / "store", "index": root / "index", "run": root / "run", "card": root / "run"}
+    store = root / "store"
+    return {"store": store, "segment": store, "log": store, "index": root / "index", "run": root / "run",
+            "card": root / "run"}
 
 
 # ---- opening, as featkit's commands do ----------------------------------------------------------------------
@@ -105,6 +107,8 @@ def open_card(root: Path) -> None:
 
 READERS: dict[str, tuple[str, Callable[[Path], None]]] = {  # the file each reader reads, in its directory
     "store": ("manifest.json", open_store),
+    "segment": ("segments/seg-000000/segment.json", open_store),  # a v2 segment's manifest
+    "log": ("log.jsonl", open_store),  # the v2 store's log: JSON lines, so byte edits only
     "index": ("manifest.json", open_index),
     "run": ("recipe.json", open_run),
     "card": ("model.json", open_card),
@@ -149,7 +153,7 @@ def workdirs(made, tmp_path_factory) -> dict[str, tuple[Path, bytes, object]]:
         work = tmp_path_factory.mktemp(reader) / made[reader].name
         shutil.copytree(made[reader], work)
         raw = (work / name).read_bytes()
-        out[reader] = (work, raw, json.loads(raw))
+        out[reader] = (work, raw, json.loads(raw) if name.endswith(".json") else None)
     return out
 
 
@@ -256,8 +260,11 @@ def structural_edits(original) -> st.SearchStrategy[bytes]:
 
 # ---- the fuzz tests: each reader, both kinds of damage ------------------------------------------------------
 
-@pytest.mark.parametrize("edits", ["bytes", "structure"])
-@pytest.mark.parametrize("reader", list(READERS))
+JSON_READERS = [r for r, (name, _) in READERS.items() if name.endswith(".json")]
+
+
+@pytest.mark.parametrize(("reader", "edits"),
+                         [(r, "bytes") for r in READERS] + [(r, "structure") for r in JSON_READERS])
 def test_a_damaged_manifest_raises_only_featkit_errors(reader, edits, workdirs):
     work, raw, doc = workdirs[reader]
 
@@ -273,6 +280,7 @@ def test_a_damaged_manifest_raises_only_featkit_errors(reader, edits, workdirs):
 
 COMMANDS = {  # how a user meets each file: {dir} is the damaged copy
     "store": ["info", "{dir}"],
+    "segment": ["info", "{dir}"],
     "index": ["search", "{dir}", "{dir}/../query.npy"],
     "run": ["finetune", "--resume", "{dir}"],
     "card": ["extract", "{dir}/../imgs", "--model", "squeezenet1_1", "--weights", "{dir}/model.pth", "-o",
@@ -296,16 +304,16 @@ def nested(key: str) -> Callable[[object], str]:
 
 
 @pytest.mark.parametrize(("reader", "damage", "field"), [
-    ("store", renamed(("shards",)), "shards"),
+    ("segment", renamed(("shards",)), "shards"),
     ("store", renamed(("taps", "fire9")), "taps"),
     ("index", renamed(("files",)), "files"),
     ("run", renamed(("recipe",)), "recipe"),
     ("card", renamed(("format",)), "format"),
-    *[(reader, lambda doc: json.dumps([doc]), "") for reader in READERS],
-    *[(reader, nested(key), "") for reader, key in [("store", "shards"), ("index", "source"), ("run", "recipe"),
-                                                     ("card", "classes")]],
-], ids=[*[f"{r}-renamed" for r in ("store", "store-tap", "index", "run", "card")], *[f"{r}-list" for r in READERS],
-        *[f"{r}-deep" for r in READERS]])
+    *[(reader, lambda doc: json.dumps([doc]), "") for reader in JSON_READERS],
+    *[(reader, nested(key), "") for reader, key in [("store", "taps"), ("segment", "shards"), ("index", "source"),
+                                                     ("run", "recipe"), ("card", "classes")]],
+], ids=[*[f"{r}-renamed" for r in ("segment", "store-tap", "index", "run", "card")],
+        *[f"{r}-list" for r in JSON_READERS], *[f"{r}-deep" for r in JSON_READERS]])
 def test_a_damaged_file_is_one_cli_error_line_naming_file_and_field(reader, damage, field, made, tmp_path,
                                                                     monkeypatch, capsys):
     work = tmp_path / "work"

@@ -1,6 +1,7 @@
-"""Opening a store checks its shards against the manifest: a damaged shard is refused, never read misaligned.
+"""A store's shards are checked against its manifest or log: a damaged shard is refused, never read misaligned.
 
-RELIABILITY.md row 26 (size/row mismatch refused on open) and row 27 (a FIFO or directory in place of a store
+Format v1 and v2 alike; v2 checks a shard when it is first read (a billion-row store is not read at open).
+RELIABILITY.md row 26 (size/row mismatch refused before it is read) and row 27 (a FIFO or directory in place of a store
 file is refused at once). Each damage below read misaligned rows, raised a raw numpy/pyarrow error or blocked
 before opening checked the files.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import in_thread, write_feature_store
+from helpers import as_v1_store, in_thread, read_all, shard_dir, write_feature_store
 
 from featkit.cli.app import main as featkit_main
 from featkit.errors import FeatkitError, StoreError
@@ -28,14 +29,19 @@ META = fmt.metadata_path(0)
 FAILS = fmt.failures_path(0)
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    return write_feature_store(tmp_path_factory.mktemp("pristine") / "store")
+@pytest.fixture(scope="module", params=["v2", "v1"])
+def pristine(request, tmp_path_factory) -> Path:
+    v2 = write_feature_store(tmp_path_factory.mktemp("pristine") / "store")
+    return v2 if request.param == "v2" else as_v1_store(v2, tmp_path_factory.mktemp("v1") / "store")
 
 
 @pytest.fixture
 def store(pristine, tmp_path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "store"))
+
+
+def at(store: Path, rel: str) -> Path:
+    return shard_dir(store) / rel
 
 
 def npy_of(array: np.ndarray) -> bytes:
@@ -89,13 +95,13 @@ DAMAGE = {  # name → (damage, the file it damages, what the refusal says)
 
 
 @pytest.mark.parametrize("name", DAMAGE)
-def test_a_damaged_shard_is_refused_on_open_naming_the_file(store, name):
+def test_a_damaged_shard_is_refused_before_it_is_read_naming_the_file(store, name):
     damage, rel, says = DAMAGE[name]
-    damage(store / rel)
+    damage(at(store, rel))
     with pytest.raises(StoreError) as refused:
-        in_thread(lambda: open_features(store), timeout=10)  # a FIFO must not block
+        in_thread(lambda: read_all(store), timeout=10)  # a FIFO must not block
     message = str(refused.value)
-    assert f"{store / rel} " in message and says in message, message
+    assert f"{at(store, rel)} " in message and says in message, message
     assert "\n" not in message and f"featkit verify {store}" in message and "--overwrite" in message
 
 
@@ -107,17 +113,17 @@ def test_a_damaged_shard_is_refused_on_open_naming_the_file(store, name):
 ], ids=["missing", "FIFO", "2 rows"])
 def test_a_damaged_failures_table_is_refused_when_read(store, damage, says):
     opened = open_features(store)
-    damage(store / FAILS)
+    damage(at(store, FAILS))
     with pytest.raises(StoreError) as refused:
         in_thread(lambda: opened.failures, timeout=10)
-    assert f"{store / FAILS} {says}" in str(refused.value)
+    assert f"{at(store, FAILS)} {says}" in str(refused.value)
 
 
 def test_a_shard_replaced_after_opening_is_refused_when_its_features_are_read(store):
     opened = open_features(store)
-    (store / NPY).write_bytes(npy_of(np.ones((7, 8), np.float32)))
+    (at(store, NPY)).write_bytes(npy_of(np.ones((7, 8), np.float32)))
     with pytest.raises(StoreError, match="holds 7 × 8 values"):
-        opened["feat"]
+        np.asarray(opened["feat"])
 
 
 def test_a_fifo_manifest_is_refused_at_once(store):
@@ -128,23 +134,23 @@ def test_a_fifo_manifest_is_refused_at_once(store):
 
 def test_a_bit_flip_in_the_vectors_still_opens(store):
     """Opening checks sizes and headers, not hashes: a flipped value reads (``featkit verify`` finds it)."""
-    raw = bytearray((store / NPY).read_bytes())
+    raw = bytearray((at(store, NPY)).read_bytes())
     raw[-5] ^= 0x01
-    (store / NPY).write_bytes(bytes(raw))
-    assert open_features(store)["feat"].shape == (8, 8)
+    (at(store, NPY)).write_bytes(bytes(raw))
+    assert read_all(store)["feat"].shape == (8, 8)
 
 
 def test_every_truncation_of_a_shard_is_refused(store):
     """Row 26's attack, exhaustively for the vectors: every shorter length, and a sample for the table."""
-    npy_bytes, meta_bytes = (store / NPY).read_bytes(), (store / META).read_bytes()
+    npy_bytes, meta_bytes = (at(store, NPY)).read_bytes(), (at(store, META)).read_bytes()
     lengths = {"npy": range(len(npy_bytes)), "parquet": range(0, len(meta_bytes), 29)}
     outcomes: dict[str, int] = {}
     for kind, keeps in lengths.items():
-        path, data = (store / NPY, npy_bytes) if kind == "npy" else (store / META, meta_bytes)
+        path, data = (at(store, NPY), npy_bytes) if kind == "npy" else (at(store, META), meta_bytes)
         for keep in keeps:
             path.write_bytes(data[:keep])
             try:
-                open_features(store)
+                read_all(store)
                 outcome = "opened"
             except StoreError as exc:
                 assert str(path) in str(exc) and "\n" not in str(exc)
@@ -157,17 +163,17 @@ def test_every_truncation_of_a_shard_is_refused(store):
 def test_every_bit_flip_in_a_shard_header_or_table_is_refused_or_opens_aligned(store):
     """A flipped bit in a ``.npy`` header or a metadata table never escapes as a raw numpy or pyarrow error."""
     outcomes: dict[str, int] = {}
-    table_offsets = np.random.default_rng(0).choice((store / META).stat().st_size, 120, replace=False)
+    table_offsets = np.random.default_rng(0).choice((at(store, META)).stat().st_size, 120, replace=False)
     for rel, offsets in ((NPY, range(128)), (META, sorted(table_offsets))):
-        path = store / rel
+        path = at(store, rel)
         data = path.read_bytes()
         for offset in offsets:
             raw = bytearray(data)
             raw[offset] ^= 1 << (offset % 8)
             path.write_bytes(bytes(raw))
             try:
-                opened = open_features(store)
-                assert len(opened) == len(opened["feat"]) == 8
+                opened = read_all(store)
+                assert len(opened) == len(opened["feat"]) == len(opened.rows) == 8
                 outcome = "opened"
             except FeatkitError as exc:
                 assert "\n" not in str(exc)
@@ -178,8 +184,8 @@ def test_every_bit_flip_in_a_shard_header_or_table_is_refused_or_opens_aligned(s
 
 
 def test_the_cli_refuses_a_damaged_store_in_one_line(store, monkeypatch, capsys):
-    (store / NPY).write_bytes(npy_of(np.array([{"x": 1}] * 4, dtype=object)))
-    monkeypatch.setattr(sys, "argv", ["featkit", "info", str(store)])
+    (at(store, NPY)).write_bytes(npy_of(np.array([{"x": 1}] * 4, dtype=object)))
+    monkeypatch.setattr(sys, "argv", ["featkit", "dedup", str(store)])
     monkeypatch.setenv("FEATKIT_DEBUG", "0")
     with pytest.raises(SystemExit) as exited:
         featkit_main()
@@ -192,13 +198,13 @@ def test_the_cli_refuses_a_damaged_store_in_one_line(store, monkeypatch, capsys)
 def test_resuming_a_damaged_store_is_refused_in_one_line(store, damage):
     """A rerun of ``featkit extract`` reads what each shard holds before planning: a damaged table is refused."""
     if damage == "truncated":
-        truncate(store / META, 40)
+        truncate(at(store, META), 40)
     elif damage == "fewer rows":
-        (store / META).write_bytes(fmt.parquet_bytes(pd.read_parquet(store / META).head(3)))
+        (at(store, META)).write_bytes(fmt.parquet_bytes(pd.read_parquet(at(store, META)).head(3)))
     else:
-        fifo(store / FAILS)
-    from featkit.store.writer import StoreWriter
+        fifo(at(store, FAILS))
+    from featkit.store.writer import open_writer
 
     settings = fmt.read_manifest(store)[1]
-    with StoreWriter(store, settings) as writer, pytest.raises(StoreError, match="is damaged"):
+    with open_writer(store, settings) as writer, pytest.raises(StoreError, match="is damaged"):
         in_thread(writer.committed, timeout=10)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_images
+from helpers import as_v1_store, files_record, read_all, shard_dir, write_images
 
 import featkit
 from featkit.cli.app import main as featkit_main
@@ -131,50 +131,81 @@ def edit(path: Path, change: Callable[[dict], None]) -> None:
 # ---- a feature store: its tap names and its shards' file names ----------------------------------------------
 
 def name_the_tap(root: Path, tap: str) -> list[str]:
-    """Rename the store's tap to ``tap`` everywhere the manifest names it; plant a decoy where it points."""
+    """Rename the store's tap to ``tap`` everywhere a manifest names it; plant a decoy where it points."""
+    shards = shard_dir(root)
     manifest = json.loads((root / "manifest.json").read_text())
-    shard = manifest["shards"][0]
+    rows = json.loads(files_record(root).read_text())["shards"][0]["rows"]
     rel = f"features/{tap}/part-00000.npy"
-    target = plant(root, rel, npy_bytes(np.ones((shard["rows"], manifest["taps"][TAP]["dims"]), np.float32)))
+    target = plant(root, os.path.join(os.path.relpath(shards, root), rel),
+                   npy_bytes(np.ones((rows, manifest["taps"][TAP]["dims"]), np.float32)))
 
     def change(m: dict) -> None:
         m["taps"] = {tap: m["taps"][TAP]}
         m["settings"]["taps"][0]["name"] = tap
+
+    def rename_file(m: dict) -> None:
         files = m["shards"][0]["files"]
         files[rel] = files.pop(f"features/{TAP}/part-00000.npy")
 
     edit(root / "manifest.json", change)
-    return [t for t in (target, os.path.join(root, rel)) if t]
+    edit(files_record(root), rename_file)
+    return [t for t in (target, os.path.join(shards, rel)) if t]
+
+
+@pytest.fixture(params=["v2", "v1"])
+def store_made(request, made, tmp_path_factory) -> Path:
+    if request.param == "v2":
+        return made[0]
+    v1 = tmp_path_factory.getbasetemp() / "v1-store"
+    return v1 if v1.exists() else as_v1_store(made[0], v1)
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_a_tap_name_never_reads_outside_the_store(payload, made, tmp_path):
-    root = copy(made[0], tmp_path)
+def test_a_tap_name_never_reads_outside_the_store(payload, store_made, tmp_path):
+    root = copy(store_made, tmp_path)
     targets = name_the_tap(root, payload)
     refused_without_reading_outside(root, lambda: featkit.open_features(root)[payload][:], targets)
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_a_shard_file_name_never_reads_outside_the_store(payload, made, tmp_path):
-    root = copy(made[0], tmp_path)
+def test_a_shard_file_name_never_reads_outside_the_store(payload, store_made, tmp_path):
+    root = copy(store_made, tmp_path)
+    shards = shard_dir(root)
     real = f"features/{TAP}/part-00000.npy"
-    data = (root / real).read_bytes()
+    data = (shards / real).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     names = [payload, f"features/{payload}/part-00000.npy", f"{payload}/part-00000.npy"]
-    targets = [t for rel in names if (t := plant(root, rel, data))]
+    targets = [t for rel in names if (t := plant(root, os.path.join(os.path.relpath(shards, root), rel), data))]
 
     def change(m: dict) -> None:
         m["shards"][0]["files"].update({rel: digest for rel in names})
 
-    edit(root / "manifest.json", change)
-    refused_without_reading_outside(root, lambda: featkit.open_features(root), targets)
+    edit(files_record(root), change)
+    refused_without_reading_outside(root, lambda: read_all(root), targets)
     refused_without_reading_outside(root, lambda: verify(root), targets)
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_index_build_on_a_store_with_a_traversing_tap_reads_nothing_outside(payload, made, tmp_path, monkeypatch,
-                                                                           capsys):
+def test_a_segment_name_in_the_log_never_reads_outside_the_store(payload, made, tmp_path):
+    """v2: the log names each merged segment; a traversing name is refused before any of its files is read."""
     root = copy(made[0], tmp_path)
+    log = (root / "log.jsonl").read_text().splitlines()
+    at = next(i for i, line in enumerate(log) if '"segment"' in line)
+    entry = json.loads(log[at])
+    segment = root / "segments" / entry["segment"]
+    targets = [t for rel in (payload, f"{payload}/segment.json", f"{payload}/features/{TAP}/part-00000.npy")
+               if (t := plant(root, os.path.join("segments", rel), (segment / "segment.json").read_bytes()))]
+    entry["segment"] = payload
+    log[at] = json.dumps(entry)
+    (root / "log.jsonl").write_text("\n".join(log) + "\n")
+    refused_without_reading_outside(root, lambda: read_all(root), targets)
+    refused_without_reading_outside(root, lambda: verify(root), targets)
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_index_build_on_a_store_with_a_traversing_tap_reads_nothing_outside(payload, store_made, tmp_path,
+                                                                           monkeypatch, capsys):
+    root = copy(store_made, tmp_path)
     targets = name_the_tap(root, payload)
     out = tmp_path / "out.index"
     monkeypatch.setattr(sys, "argv", ["featkit", "index", "build", str(root), "-o", str(out)])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import in_thread, write_feature_store
+from helpers import as_v1_store, files_record, in_thread, shard_dir, write_feature_store
 
 import featkit
 from featkit.backbones.card import WeightsCard, read_card, write_card
@@ -29,9 +29,10 @@ from featkit.store import format as fmt
 from featkit.store.reader import open_features
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    return write_feature_store(tmp_path_factory.mktemp("pristine") / "store", shards=(4, 4, 3))
+@pytest.fixture(scope="module", params=["v2", "v1"])
+def pristine(request, tmp_path_factory) -> Path:
+    v2 = write_feature_store(tmp_path_factory.mktemp("pristine") / "store", shards=(4, 4, 3))
+    return v2 if request.param == "v2" else as_v1_store(v2, tmp_path_factory.mktemp("v1") / "store")
 
 
 @pytest.fixture
@@ -40,8 +41,12 @@ def store(pristine, tmp_path) -> Path:
 
 
 def files_of(store: Path) -> list[Path]:
-    manifest = json.loads((store / fmt.MANIFEST).read_text())
-    return [store / rel for shard in manifest["shards"] for rel in shard["files"]]
+    record = json.loads(files_record(store).read_text())
+    return [shard_dir(store) / rel for shard in record["shards"] for rel in shard["files"]]
+
+
+def at(store: Path, rel: str) -> Path:
+    return shard_dir(store) / rel
 
 
 def flip(path: Path, offset: int = -5, bit: int = 0) -> None:
@@ -73,7 +78,7 @@ def test_an_intact_store_verifies_with_a_one_line_summary(store, monkeypatch, ca
 
 
 def test_a_flipped_bit_is_named_by_verify_and_open_with_verify(store, monkeypatch, capsys):
-    npy = store / fmt.feature_path("feat", 1)
+    npy = at(store, fmt.feature_path("feat", 1))
     flip(npy)
     assert len(open_features(store)) == 11  # sizes agree: opening without verify does not read the vectors
     with pytest.raises(StoreError, match=f"{npy}: corrupt or replaced"):
@@ -85,11 +90,11 @@ def test_a_flipped_bit_is_named_by_verify_and_open_with_verify(store, monkeypatc
 
 def test_every_bad_file_is_named_at_once_and_a_fifo_never_blocks(store, monkeypatch, capsys):
     bad = {
-        store / fmt.feature_path("feat", 0): "corrupt or replaced",
-        store / fmt.metadata_path(1): "not a readable parquet table",
-        store / fmt.failures_path(1): "missing",
-        store / fmt.feature_path("feat", 2): "a named pipe (FIFO), not a .npy file",
-        store / fmt.metadata_path(2): "holds 4 rows where the manifest says 3",
+        at(store, fmt.feature_path("feat", 0)): "corrupt or replaced",
+        at(store, fmt.metadata_path(1)): "not a readable parquet table",
+        at(store, fmt.failures_path(1)): "missing",
+        at(store, fmt.feature_path("feat", 2)): "a named pipe (FIFO), not a .npy file",
+        at(store, fmt.metadata_path(2)): "holds 4 rows where the manifest says 3",
     }
     paths = list(bad)
     flip(paths[0])
@@ -97,7 +102,7 @@ def test_every_bad_file_is_named_at_once_and_a_fifo_never_blocks(store, monkeypa
     paths[2].unlink()
     paths[3].unlink()
     os.mkfifo(paths[3])
-    shutil.copy(store / fmt.metadata_path(0), paths[4])
+    shutil.copy(at(store, fmt.metadata_path(0)), paths[4])
     result = in_thread(lambda: featkit.verify(store), timeout=10)
     assert [b.path for b in result.bad] == sorted(bad) and result.files == 9
     for b in result.bad:
@@ -127,15 +132,15 @@ def test_verify_finds_every_sampled_bit_flip_in_every_file(store):
 def test_a_manifest_naming_a_file_outside_its_shard_is_not_read(store, tmp_path):
     outside = tmp_path / "outside.npy"
     outside.write_bytes(b"secret")
-    manifest = json.loads((store / fmt.MANIFEST).read_text())
-    manifest["shards"][0]["files"]["../outside.npy"] = "0" * 64
-    (store / fmt.MANIFEST).write_text(json.dumps(manifest))
+    record = json.loads(files_record(store).read_text())
+    record["shards"][0]["files"]["../outside.npy"] = "0" * 64
+    files_record(store).write_text(json.dumps(record))
     try:
         result = featkit.verify(store)
     except StoreError as refused:  # the manifest's own validation may refuse the name first
         assert "\n" not in str(refused)
-    else:
-        assert [(b.path, b.problem[:25]) for b in result.bad] == [(store / fmt.MANIFEST, "shards[0].files names '..")]
+    else:  # a segment's manifest: named bad, nothing of it read
+        assert [b.path for b in result.bad] == [files_record(store)] and "'../outside.npy'" in result.bad[0].problem
 
 
 # ---- indexes -------------------------------------------------------------------------------------------------
@@ -214,11 +219,11 @@ def test_a_folder_that_is_none_of_them_is_a_one_line_error(tmp_path, monkeypatch
 
 
 def test_json_output_lists_each_bad_file(store, monkeypatch, capsys):
-    flip(store / fmt.metadata_path(0))
+    flip(at(store, fmt.metadata_path(0)))
     code, out, _ = cli(monkeypatch, capsys, "verify", str(store), "--json")
     report = json.loads(out)
     assert code == 1 and report["ok"] is False and report["files"] == 9
-    assert report["bad"] == [{"path": str(store / fmt.metadata_path(0)), "problem": report["bad"][0]["problem"]}]
+    assert report["bad"] == [{"path": str(at(store, fmt.metadata_path(0))), "problem": report["bad"][0]["problem"]}]
 
 
 # ---- a FIFO in place of a manifest -----------------------------------------------------------------------------

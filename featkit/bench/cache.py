@@ -104,6 +104,8 @@ class FeatureCache:
 
     def _matching_stores(self, model_dir: Path, key: dict) -> list[tuple[Path, list[str]]]:
         """Stores made for ``key`` with a committed manifest, and the taps each holds."""
+        from featkit.store.reader import open_features
+
         found = []
         for key_file in sorted(model_dir.glob(f"*/{KEY_FILE}")):
             try:
@@ -111,9 +113,11 @@ class FeatureCache:
                     continue
             except (OSError, ValueError):
                 continue
-            opened = fmt.read_manifest(key_file.parent)
-            if opened is not None and opened[0]["runs"] and "finished" in opened[0]["runs"][-1]:
-                found.append((key_file.parent, list(opened[0]["taps"])))
+            if fmt.read_manifest(key_file.parent) is None:  # a run killed before its first commit
+                continue
+            opened = open_features(key_file.parent)
+            if opened.runs and "finished" in opened.runs[-1]:
+                found.append((key_file.parent, opened.taps))
         return found
 
     def ensure(self, dataset: BenchDataset, model: str, taps: list[str], cfg, *, progress: bool = False,

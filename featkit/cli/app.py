@@ -83,6 +83,7 @@ app.command("finetune")(finetune_cmd.finetune)
 app.command("demo")(demo_cmd.demo)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(index_cmd.app, name="index")
+app.add_typer(store_cmd.app, name="store")
 app.command("search")(index_cmd.search)
 app.command("dedup")(index_cmd.dedup)
 

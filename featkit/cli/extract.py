@@ -33,9 +33,13 @@ def print_result(result, console) -> None:
     console.print(f"[bold green]wrote[/] {result.store}: {result.rows:,} rows "
                   f"({result.computed:,} computed, {result.unchanged:,} already there, {result.failed:,} skipped) "
                   f"in {result.seconds:.1f} s, {result.images_per_s:.1f} img/s on {result.device}")
+    for device, speed in result.images_per_s_by_device.items():
+        console.print(f"  {device}: {speed:,.1f} img/s while computing")
+    where = "" if store.version == 1 else "segments/*/"
     for tap, dims in result.taps.items():
-        console.print(f"  features/{tap}/part-*.npy  ({len(store):,} × {dims:,} {store[tap].dtype})")
-    console.print("  metadata/part-*.parquet  (row, path, label, split, width, height, bytes, mtime_ns, fingerprint)")
+        console.print(f"  {where}features/{tap}/part-*.npy  ({len(store):,} × {dims:,} {store[tap].dtype})")
+    console.print(f"  {where}metadata/part-*.parquet  (row, path, label, split, width, height, bytes, mtime_ns, "
+                  "fingerprint)")
     if result.added_taps:
         console.print(f"  added {', '.join(result.added_taps)} to the {result.backfilled:,} rows already in the store "
                       "(the other taps were not recomputed)")
@@ -45,7 +49,7 @@ def print_result(result, console) -> None:
     fails = store.failures
     if len(fails):
         reasons = ", ".join(f"{k} {v}" for k, v in fails["reason"].value_counts().items())
-        console.print(f"  failures/part-*.parquet  ({len(fails)} files skipped: {reasons})")
+        console.print(f"  {where}failures/part-*.parquet  ({len(fails)} files skipped: {reasons})")
     console.print(f"Read it: featkit.open_features('{result.store}')['{next(iter(result.taps))}']")
 
 
@@ -67,6 +71,10 @@ def extract(
         help="Decoder processes beside the model (default: every spare core on a GPU; 0 on a CPU = decode on a "
              "thread per core between batches).", min=0)] = None,
     shard_rows: Annotated[int, typer.Option(help="Rows per committed shard (the unit of resume).", min=1)] = 2048,
+    procs: Annotated[int | None, typer.Option(
+        help="Worker processes, each with its own model (default: one per device that --device lists, e.g. "
+             "cuda:0,cuda:1 or all; else 1). On a CPU they split the cores. The store is the same for any number.",
+        min=1)] = None,
     draft: Annotated[bool, typer.Option(
         "--draft/--no-draft", help="Decode large JPEGs at reduced DCT scale (still ≥ the resize size).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for --weights random.")] = 0,
@@ -88,8 +96,8 @@ def extract(
 
     cfg = ExtractConfig(model=model, taps=tuple(layer or ()), weights=weights, pool=pool, l2=l2,
                         dtype=dtype, precision=precision, batch_size=batch_size, device=device,
-                        workers=workers, shard_rows=shard_rows, draft=draft, seed=seed, overwrite=overwrite,
-                        download=not offline, layout=layout, limit=limit, per_class=per_class)
+                        workers=workers, shard_rows=shard_rows, procs=procs, draft=draft, seed=seed,
+                        overwrite=overwrite, download=not offline, layout=layout, limit=limit, per_class=per_class)
     console = make_console(stderr=True)
     result = run_extraction(inputs, output, cfg, progress=not quiet)
     print_result(result, make_console())

@@ -10,6 +10,28 @@ import typer
 from featkit.cli._console import console as make_console
 from featkit.cli._options import JsonOpt, StoreArg
 
+app = typer.Typer(help="Feature store maintenance: upgrade a store to the current format.", no_args_is_help=True)
+
+
+@app.command("upgrade")
+def upgrade(store: StoreArg) -> None:
+    """Rewrite a store of format v1 (written by an earlier featkit) as v2 in place, atomically: rows and features stay.
+
+    Shard files are hard-linked into one segment, not copied; a kill at any moment leaves a store that opens.
+
+    Example: featkit store upgrade feats/
+    """
+    from featkit.store.upgrade import upgrade_store
+
+    done = upgrade_store(store)
+    console = make_console()
+    if done.was != 1:
+        console.print(f"{store} is already a store of format v{done.was}; nothing to do.")
+        return
+    how = "linked" if done.linked else "copied (this file system has no hard links)"
+    console.print(f"upgraded {store} to format v2: {plural(done.rows, 'row')} in {plural(done.shards, 'shard')}, "
+                  f"files {how} into one segment.")
+
 
 def plural(n: int, word: str, many: str = "") -> str:
     """``1 shard``, ``2 shards``, ``1,024 rows``."""
@@ -33,7 +55,8 @@ def info(
     if as_json:
         labels = fs.rows["label"].dropna()
         print(json.dumps({
-            "store": str(store), "rows": len(fs), "shards": len(fs.manifest["shards"]), "settings": s.to_json(),
+            "store": str(store), "rows": len(fs), "shards": fs.shard_count, "segments": fs.segment_count,
+            "format": fs.version, "settings": s.to_json(),
             "taps": {t: {**meta, "aliases": list(record.aliases) if (record := s.tap(t)) else []}
                      for t, meta in fs.manifest["taps"].items()},
             "classes": int(labels.nunique()), "splits": fs.rows["split"].value_counts().to_dict(),
@@ -41,7 +64,8 @@ def info(
         }))
         return
     console = make_console()
-    console.print(f"[bold]{store}[/]: {plural(len(fs), 'row')}, {plural(len(fs.manifest['shards']), 'shard')}")
+    where = f" in {plural(fs.segment_count, 'segment')}" if fs.version != 1 else " (format v1: featkit store upgrade)"
+    console.print(f"[bold]{store}[/]: {plural(len(fs), 'row')}, {plural(fs.shard_count, 'shard')}{where}")
     console.print(f"model {s.model}, weights {s.weights.id} (sha256 {s.weights.sha256[:12]}…)"
                   + (f", from {s.weights.path}" if s.weights.path else ""))
     pre = s.preprocess
@@ -50,7 +74,8 @@ def info(
     for tap, meta in fs.manifest["taps"].items():
         record = s.tap(tap)
         aliases = f" (also {', '.join(record.aliases)})" if record is not None and record.aliases else ""
-        console.print(f"  tap {tap}{aliases}: {meta['dims']:,}-d {meta['dtype']} → features/{tap}/")
+        folder = f"features/{tap}/" if fs.version == 1 else f"segments/*/features/{tap}/"
+        console.print(f"  tap {tap}{aliases}: {meta['dims']:,}-d {meta['dtype']} → {folder}")
     labels = fs.rows["label"].dropna()
     if len(labels):
         splits = ", ".join(f"{k} {v:,}" for k, v in fs.rows["split"].value_counts().items()) or "-"

@@ -50,6 +50,8 @@ class ExtractConfig:
         workers: decoder processes beside the model (None: chosen for the device, see ``default_workers``;
             0: decode in this process on a thread per core, between forward passes).
         shard_rows: rows per committed shard (the unit of resume).
+        procs: worker processes computing the run's partitions (None: one per device ``device`` lists, e.g.
+            ``cuda:0,cuda:1`` or ``all``; 1 for one device). The store is the same bytes for any number.
         draft: JPEG draft decoding (DCT scaling) down to the resize size, for large photos.
         seed: seed of ``--weights random``.
         overwrite: replace a store made with other settings.
@@ -72,6 +74,7 @@ class ExtractConfig:
     device: str = "auto"
     workers: int | None = None
     shard_rows: int = 2048
+    procs: int | None = None
     draft: bool = True
     seed: int = 0
     overwrite: bool = False
@@ -90,6 +93,8 @@ class ExtractConfig:
         for name in ("batch_size", "shard_rows"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), "extract", minimum=1))
         object.__setattr__(self, "seed", check_int("seed", self.seed, "extract"))
+        if self.procs is not None:
+            object.__setattr__(self, "procs", check_int("procs", self.procs, "extract", minimum=1))
         if self.workers is not None:
             object.__setattr__(self, "workers", check_int("workers", self.workers, "extract", minimum=0))
         for name in ("l2", "draft", "overwrite", "download"):

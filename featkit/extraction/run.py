@@ -21,15 +21,17 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from featkit._device import device_list
 from featkit._versions import library_versions
 from featkit.backbones.weights import WeightsInfo
 from featkit.data.sources import list_inputs
 from featkit.errors import InputError, Interrupted, StoreError
+from featkit.extraction import plan
 from featkit.extraction.config import SHARD_BYTES, ExtractConfig
 from featkit.extraction.embed import Embedder, resolve_taps
 from featkit.extraction.fingerprint import fingerprint
 from featkit.store import format as fmt
-from featkit.store.writer import StoreWriter
+from featkit.store.writer import open_writer
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +54,17 @@ class ExtractResult:
     weights: WeightsInfo
     added_taps: tuple[str, ...] = ()  # taps this run added to rows the store already held
     backfilled: int = 0  # rows those taps were computed for
+    images_per_s_by_device: dict[str, float] = dataclasses.field(default_factory=dict)  # with several processes
 
 
 class _ShardBuilder:
-    """Accumulates good rows and failures until a shard is full, then commits it."""
+    """Accumulates good rows and failures of one partition until a shard is full, then commits it to its segment.
 
-    def __init__(self, writer: StoreWriter, pending: pd.DataFrame, shard_rows: int):
-        self.writer, self.pending, self.shard_rows = writer, pending, shard_rows
+    Positions are rows of the partition's input table; ``offset`` of them are in the segment already.
+    """
+
+    def __init__(self, segment, inputs: pd.DataFrame, shard_rows: int, dtype: str):
+        self.segment, self.pending, self.shard_rows, self.dtype = segment, inputs, shard_rows, dtype
         self.features: dict[str, list[np.ndarray]] = {}
         self.positions: list[int] = []
         self.sizes: list[tuple[int, int]] = []
@@ -104,11 +110,36 @@ class _ShardBuilder:
         if self.features:
             arrays = {tap: np.concatenate(parts) for tap, parts in self.features.items()}
         else:
-            dtype = self.writer.settings.dtype
-            arrays = {tap: np.empty((0, d), dtype=dtype) for tap, d in (dims or {}).items()}
-        self.writer.commit_shard(arrays, meta, fails)
+            arrays = {tap: np.empty((0, d), dtype=self.dtype) for tap, d in (dims or {}).items()}
+        consumed = len(self.pending) if cut is None else cut + 1
+        self.segment.commit_shard(arrays, meta, fails, consumed)
         self.committed_rows += len(meta)
         self.features, self.positions, self.sizes = {}, [], []
+
+
+def write_partition(segment, embedder: Embedder, inputs: pd.DataFrame, unlisted: pd.DataFrame | None,
+                    on_progress=lambda n: None) -> tuple[int, Counter]:
+    """Compute one partition's inputs into its segment, after the shards a killed run committed; seal it.
+
+    Returns:
+        Rows computed, and the reasons of the files skipped.
+    """
+    shard_rows = embedder.settings.shard_rows
+    start = segment.consumed
+    shards = _ShardBuilder(segment, inputs, shard_rows, embedder.settings.dtype)
+    reasons: Counter = Counter()
+    for batch in embedder.batches(inputs["path"].iloc[start:].tolist(), boundary=shard_rows):
+        failures = [(p + start, r, m) for p, r, m in batch.failures]
+        shards.failures += failures
+        reasons.update(f[1] for f in failures)
+        if batch.positions:
+            shards.add(batch.features, [p + start for p in batch.positions], batch.sizes)
+        on_progress(len(batch.positions) + len(failures))
+    extra = unlisted if unlisted is not None and len(unlisted) else None
+    dims = embedder.dims() if not shards.features and (extra is not None or shards.failures) else None
+    shards.commit(final=True, extra_failures=extra, dims=dims)
+    segment.seal()
+    return shards.committed_rows, reasons
 
 
 def _check_output(items: list, output: Path) -> None:
@@ -125,7 +156,7 @@ def _check_output(items: list, output: Path) -> None:
                                  "input; put it outside.")
 
 
-def _plan(writer: StoreWriter, listing) -> tuple[pd.DataFrame, pd.DataFrame, int, int, int]:
+def _plan(writer, listing) -> tuple[pd.DataFrame, pd.DataFrame, int, int, int]:
     """Inputs still to compute (new or changed), failures to record, and counts of unchanged/changed/removed.
 
     A file is unchanged when its size, mtime and content fingerprint are those recorded (the fingerprint catches
@@ -155,6 +186,9 @@ def _plan(writer: StoreWriter, listing) -> tuple[pd.DataFrame, pd.DataFrame, int
 def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, progress: bool = False) -> ExtractResult:
     """Extract ``cfg.taps`` of ``cfg.model`` for ``inputs`` into the store at ``output`` (resuming if it exists).
 
+    With ``cfg.procs`` > 1 (or several devices), worker processes compute the partitions
+    (:mod:`featkit.extraction.parallel`); the store is bitwise the one a single process writes.
+
     Raises:
         InputError: no inputs, ``output`` is a file or inside an input folder, or not one file could be read
             (the failures are recorded in the store first).
@@ -162,55 +196,71 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)  # a generator is read once
     _check_output(items, Path(output))
+    devices = device_list(cfg.device, cfg.procs)
     listing = list_inputs(items, layout=cfg.layout, limit=cfg.limit, per_class=cfg.per_class)
     cfg = _with_store_taps(cfg, Path(output))
-    embedder = Embedder(cfg)
+    # several processes: this one only plans and merges, and needs the model's settings, not a device of its own
+    embedder = Embedder(cfg if len(devices) == 1 else dataclasses.replace(cfg, device="cpu", workers=0))
     start = time.perf_counter()
-    with StoreWriter(output, embedder.settings, overwrite=cfg.overwrite) as writer:
+    with open_writer(output, embedder.settings, overwrite=cfg.overwrite) as writer:
         added = tuple(t.name for t in writer.adding)
         shard_rows = embedder.settings.shard_rows
-        computed_before = writer.next_row
+        rows_before = writer.next_row
+        per_device: dict[str, float] = {}
         try:
             # first, so that rows whose files no longer decode are retired and planned again below
             backfilled = _backfill(writer, cfg, progress) if added else 0
             pending, bad_names, unchanged, changed, removed = _plan(writer, listing)
+            parts = plan.partitions(pending, bad_names, shard_rows, writer.segment_count, whole=writer.version == 1)
+            if len(devices) > 1 and writer.version == 1:
+                raise StoreError(f"{output} is a store of format v1, which one process writes; upgrade it to write "
+                                 f"it with several: featkit store upgrade {output}")
             runtime = embedder.runtime
-            writer.begin_run({"inputs": [str(i) for i in items], "device": runtime.describe(),
+            where = runtime.describe() if len(devices) == 1 else f"{len(devices)} processes on {', '.join(devices)}"
+            writer.begin_run({"inputs": [str(i) for i in items], "device": where,
                               "batch_size": cfg.batch_size, "workers": embedder.decoders(len(pending)),
-                              "versions": library_versions(), "to_compute": len(pending), "unchanged": unchanged,
-                              "changed": changed, "removed": removed})
-            shards = _ShardBuilder(writer, pending, shard_rows)
+                              "procs": len(devices), "versions": library_versions(), "to_compute": len(pending),
+                              "unchanged": unchanged, "changed": changed, "removed": removed})
             reasons = Counter(bad_names["reason"])
-            for batch in embedder.batches(pending["path"].tolist(), boundary=shard_rows, progress=progress):
-                shards.failures += batch.failures
-                reasons.update(f[1] for f in batch.failures)
-                if batch.positions:
-                    shards.add(batch.features, batch.positions, batch.sizes)
+            with tqdm(total=len(pending), unit="img", disable=not progress, dynamic_ncols=True, desc="extract") as bar:
+                if len(devices) == 1:
+                    computed = 0
+                    for part in parts:
+                        segment = writer.open_segment(part.number, part.inputs, part.sha256)
+                        bar.update(segment.consumed)
+                        done, why = write_partition(segment, embedder, pending.iloc[part.start:part.stop],
+                                                    bad_names if part.last else None, bar.update)
+                        writer.merge(segment.name)
+                        computed += done
+                        reasons.update(why)
+                else:
+                    from featkit.extraction.parallel import run_parallel
+
+                    computed, why, per_device = run_parallel(writer, cfg, devices, parts, pending, bad_names, bar)
+                    reasons.update(why)
         except KeyboardInterrupt:
             adding = f"; {', '.join(added)} not yet added to every shard" if writer.adding else ""
             raise Interrupted(f"Interrupted: {output} holds {writer.next_row:,} rows in committed shards "
-                              f"({writer.next_row - computed_before:,} of them from this run; shards of "
+                              f"({writer.next_row - rows_before:,} of them from this run; shards of "
                               f"{shard_rows:,} rows{adding}); rerun the same command to resume.") from None
         failed = sum(reasons.values())
-        dims = embedder.dims() if not shards.features and (len(bad_names) or shards.failures) else None
-        shards.commit(final=True, extra_failures=bad_names, dims=dims)
         seconds = time.perf_counter() - start
-        computed = shards.committed_rows
-        info = {"computed": computed, "failed": failed, "seconds": round(seconds, 3),
-                "images_per_s": round(computed / seconds, 2) if seconds else 0.0}
+        info: dict = {"computed": computed, "failed": failed, "seconds": round(seconds, 3),
+                      "images_per_s": round(computed / seconds, 2) if seconds else 0.0}
+        if per_device:
+            info["images_per_s_by_device"] = per_device
         writer.end_run(info)
-        manifest = writer.manifest
-    if manifest["rows"] == 0 and manifest["failures"]:  # this run's, or recorded by an earlier one
-        why = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common()) or "recorded earlier"
-        n = manifest["failures"]
-        files = "the only file was" if n == 1 else f"all {n:,} files were"
-        raise InputError(f"Nothing could be read: {files} skipped ({why}); the store at {output} records why "
+        rows, failures, taps = writer.rows, writer.failures, dict(writer.taps)
+    if rows == 0 and failures:  # this run's, or recorded by an earlier one
+        said = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common()) or "recorded earlier"
+        files = "the only file was" if failures == 1 else f"all {failures:,} files were"
+        raise InputError(f"Nothing could be read: {files} skipped ({said}); the store at {output} records why "
                          f"(featkit info {output}).")
     return ExtractResult(
-        store=Path(output), rows=manifest["rows"], computed=computed, failed=failed, unchanged=unchanged,
+        store=Path(output), rows=rows, computed=computed, failed=failed, unchanged=unchanged,
         changed=changed, removed=removed, seconds=seconds, images_per_s=info["images_per_s"],
-        taps={t: v["dims"] for t, v in manifest["taps"].items()}, device=runtime.describe(), weights=embedder.weights,
-        added_taps=added, backfilled=backfilled,
+        taps={t: v["dims"] for t, v in taps.items()}, device=where, weights=embedder.weights,
+        added_taps=added, backfilled=backfilled, images_per_s_by_device=per_device,
     )
 
 
@@ -226,7 +276,7 @@ def _with_store_taps(cfg: ExtractConfig, output: Path) -> ExtractConfig:
     return dataclasses.replace(cfg, taps=(*have, *(t for t in asked if t not in have)))
 
 
-def _backfill(writer: StoreWriter, cfg: ExtractConfig, progress: bool) -> int:
+def _backfill(writer, cfg: ExtractConfig, progress: bool) -> int:
     """Compute the taps being added for the rows the store already holds, shard by shard (each commit resumable).
 
     Rows retired earlier get zeros: no reader sees them. A file that no longer decodes (deleted, damaged) retires
@@ -235,16 +285,17 @@ def _backfill(writer: StoreWriter, cfg: ExtractConfig, progress: bool) -> int:
     names = [t.name for t in writer.adding]
     embedder = Embedder(dataclasses.replace(cfg, taps=tuple(names)))
     dims = embedder.dims()
-    biggest = max((s["rows"] for s in writer.manifest["shards"]), default=0)
+    biggest = int(writer.shards.rows.max()) if len(writer.shards) else 0
     need = biggest * sum(dims.values()) * np.dtype(cfg.dtype).itemsize
     if need > SHARD_BYTES:  # existing shards keep their size, and one is computed whole in memory
         raise StoreError(f"Adding {', '.join(names)} to {writer.root} would hold {need / 2**30:.1f} GiB per shard of "
                          f"{biggest:,} rows in memory; pool it (--pool avg), or extract it into another store.")
-    stale = set(writer.manifest["stale_rows"])
-    shards = sorted({i for tap in names for i in writer.missing_tap(tap)})
+    stale = writer.stale_rows
+    missing = {tap: set(writer.missing_tap(tap)) for tap in names}
+    shards = sorted(set().union(*missing.values()), key=lambda ref: ref.first_row)
     computed = 0
-    for index in tqdm(shards, desc=f"add {', '.join(names)}", unit="shard", disable=not progress):
-        meta = writer.shard_metadata(index)
+    for ref in tqdm(shards, desc=f"add {', '.join(names)}", unit="shard", disable=not progress):
+        meta = writer.shard_metadata(ref)
         rows = meta["row"].to_numpy(np.int64)
         live = [i for i, row in enumerate(rows) if int(row) not in stale]
         arrays = {tap: np.zeros((len(meta), dims[tap]), dtype=cfg.dtype) for tap in names}
@@ -254,8 +305,8 @@ def _backfill(writer: StoreWriter, cfg: ExtractConfig, progress: bool) -> int:
                 arrays[tap][[live[p] for p in batch.positions]] = values
             retired += [int(rows[live[p]]) for p, _, _ in batch.failures]
         for tap in names:
-            if index in writer.missing_tap(tap):
-                writer.add_tap_shard(index, tap, arrays[tap])
+            if ref in missing[tap]:
+                writer.add_tap_shard(ref, tap, arrays[tap])
         writer.mark_stale(retired)
         computed += len(live) - len(retired)
     writer.finish_adding(dims)

@@ -1,4 +1,6 @@
-"""Feature store format v1: the directory layout and the manifest.
+"""Feature store formats: v1's directory layout and manifest, and what v2 (:mod:`featkit.store.segments`) shares.
+
+Format v1, which this featkit still reads, resumes and adds taps to (``featkit store upgrade`` rewrites it as v2):
 
 ```
 STORE/
@@ -15,6 +17,7 @@ written before it was recorded lack the column, and their files are compared by 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,8 @@ from featkit.errors import StoreError, WriteError
 from featkit.store.settings import StoreSettings
 
 FORMAT = "featkit-store"
-VERSION = 1
+VERSION = 2  # what new stores are written as
+VERSIONS = (1, 2)  # what this featkit reads
 MANIFEST = "manifest.json"
 META_COLUMNS = ["row", "path", "label", "split", "width", "height", "bytes", "mtime_ns", "fingerprint"]
 FAILURE_COLUMNS = ["path", "reason", "message", "bytes", "mtime_ns", "fingerprint"]
@@ -80,10 +84,10 @@ def read_manifest(root: Path) -> tuple[dict, StoreSettings] | None:
                          "not an object).")
     if manifest.get("format") != FORMAT:
         raise StoreError(f"{root} is not a featkit feature store (the format of {path} is not '{FORMAT}').")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in VERSIONS or isinstance(manifest.get("version"), bool):
         raise StoreError(f"{root} is a featkit store of format version {str(manifest.get('version'))[:20]!r}; "
-                         f"this featkit reads version {VERSION}.")
-    if problem := _structure_problem(manifest):
+                         f"this featkit reads versions {' and '.join(map(str, VERSIONS))} (a newer featkit wrote it?).")
+    if problem := (_structure_problem(manifest) if manifest["version"] == 1 else _taps_structure_problem(manifest)):
         raise _damaged(path, problem)
     settings = StoreSettings.from_json(manifest.get("settings"), str(path))
     if problem := _taps_problem(manifest, settings):
@@ -125,8 +129,8 @@ def is_count(value: object, low: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_COUNT
 
 
-def _structure_problem(m: dict) -> str:
-    """What is wrong with the manifest's fields besides its settings, or an empty string."""
+def _taps_structure_problem(m: dict) -> str:
+    """What is wrong with the manifest's taps (every version has them), or an empty string."""
     if not isinstance(m.get("taps"), dict):
         return "taps must be an object"
     for tap, meta in m["taps"].items():
@@ -134,23 +138,19 @@ def _structure_problem(m: dict) -> str:
             return f"taps: {tap[:80]!r} is not a plain tap name"
         if not isinstance(meta, dict) or not is_count(meta.get("dims"), 1) or meta.get("dtype") not in values(DType):
             return f"taps.{tap} must be an object with dims (an integer >= 1) and dtype (float32 or float16)"
+    return ""
+
+
+def _structure_problem(m: dict) -> str:
+    """What is wrong with a v1 manifest's fields besides its settings, or an empty string."""
+    if problem := _taps_structure_problem(m):
+        return problem
     for key in ("rows", "failures"):
         if not is_count(m.get(key)):
             return f"{key} must be an integer >= 0 (and at most 2**48)"
-    if not isinstance(m.get("shards"), list):
-        return "shards must be a list"
-    total = 0
-    for i, shard in enumerate(m["shards"]):
-        if (not isinstance(shard, dict) or type(shard.get("index")) is not int or shard["index"] != i
-                or not is_count(shard.get("rows")) or not is_count(shard.get("failures"))
-                or not isinstance(shard.get("files"), dict)):
-            return f"shards[{i}] must be an object with index {i}, rows, failures and files"
-        for rel, digest in shard["files"].items():
-            if not shard_file(rel, i):
-                return f"shards[{i}].files: {rel[:80]!r} is not a file of shard {i}"
-            if not is_sha256(digest):
-                return f"shards[{i}].files[{rel!r}] must be a sha256 (64 hex digits)"
-        total += shard["rows"]
+    if problem := shards_problem(m.get("shards")):
+        return problem
+    total = sum(shard["rows"] for shard in m["shards"])
     if total > MAX_COUNT:
         return f"shards hold {total} rows in all, more than {MAX_COUNT}"
     stale = m.get("stale_rows", [])
@@ -158,6 +158,29 @@ def _structure_problem(m: dict) -> str:
         return "stale_rows must be a list of row numbers of the store's shards"
     if not isinstance(m.get("runs", []), list) or not all(isinstance(r, dict) for r in m.get("runs", [])):
         return "runs must be a list of objects"
+    return ""
+
+
+def shards_problem(shards: object, *, consumed_up_to: int | None = None) -> str:
+    """What is wrong with a list of shard records (index, rows, failures, files[, consumed]); "" if nothing."""
+    if not isinstance(shards, list):
+        return "shards must be a list"
+    consumed = 0
+    for i, shard in enumerate(shards):
+        if (not isinstance(shard, dict) or type(shard.get("index")) is not int or shard["index"] != i
+                or not is_count(shard.get("rows")) or not is_count(shard.get("failures"))
+                or not isinstance(shard.get("files"), dict)):
+            return f"shards[{i}] must be an object with index {i}, rows, failures and files"
+        if consumed_up_to is not None:
+            step = shard.get("consumed", -1)
+            if not is_count(step) or not consumed <= int(step) <= consumed_up_to:
+                return f"shards[{i}].consumed must be a count from {consumed} to {consumed_up_to}"
+            consumed = int(step)
+        for rel, digest in shard["files"].items():
+            if not shard_file(rel, i):
+                return f"shards[{i}].files: {rel[:80]!r} is not a file of shard {i}"
+            if not is_sha256(digest):
+                return f"shards[{i}].files[{rel!r}] must be a sha256 (64 hex digits)"
     return ""
 
 
@@ -182,3 +205,38 @@ def write_file(path: Path, data: bytes) -> str:
     except WriteError as exc:
         raise StoreError(f"{exc} Earlier shards are intact; fix the cause (e.g. free disk space) and rerun the same "
                          "command to resume.") from None
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """Where one committed shard lives and which rows it holds.
+
+    Attributes:
+        directory: the folder its ``features/``, ``metadata/`` and ``failures/`` files are in (a v1 store's root,
+            or a v2 segment's folder).
+        index: its number in that folder (``part-NNNNN``).
+        rows, failures: what it holds.
+        first_row: the store's number for its first row.
+        local_first: the number its metadata table gives its first row (v1: the store's; v2: the segment's).
+        segment: the v2 segment it belongs to ("" in a v1 store).
+    """
+
+    directory: Path
+    index: int
+    rows: int
+    failures: int
+    first_row: int
+    local_first: int
+    segment: str = ""
+
+    def file(self, rel: str) -> Path:
+        return self.directory / rel
+
+    def feature_file(self, tap: str) -> Path:
+        return self.directory / feature_path(tap, self.index)
+
+    def metadata_file(self) -> Path:
+        return self.directory / metadata_path(self.index)
+
+    def failures_file(self) -> Path:
+        return self.directory / failures_path(self.index)

@@ -112,6 +112,62 @@ def read_table(root: Path, rel: str, rows: int, first_row: int | None = None) ->
     return frame
 
 
+def npy_shape(path: Path) -> tuple[tuple[int, ...], str]:
+    """The shape and dtype a ``.npy`` file's header gives.
+
+    Raises:
+        StoreError: the file is missing or its header unreadable (names the file).
+    """
+    if (what := not_a_file(path)) is not None:
+        raise StoreError(f"{path} is {what}, not a .npy file.")
+    try:
+        with open(path, "rb") as f:
+            version = npy.read_magic(f)
+            shape, _, dtype = _HEADERS[version](f)
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, KeyError, ...
+        raise StoreError(f"{path} is not a readable .npy file ({_reason(exc)}).") from None
+    if len(shape) != 2:
+        raise StoreError(f"{path} holds a {len(shape)}-d array, not rows of vectors.")
+    return shape, str(dtype)
+
+
+def store_shards(root: Path, manifest: dict) -> tuple[list[tuple[fmt.ShardRef, dict]], list[BadFile]]:
+    """Each committed shard of the store with the files (and sha256s) recorded for it, and unreadable records.
+
+    v1 records files in its manifest; v2 in each merged segment's manifest, which must agree with the log.
+    """
+    from featkit.store import segments as sg
+    from featkit.store.settings import StoreSettings
+
+    if manifest["version"] == 1:
+        table = sg.ShardTable.of_v1(root, manifest["shards"])
+        return [(ref, manifest["shards"][ref.index]["files"]) for ref in table], []
+    log = sg.read_log(root)
+    table = sg.ShardTable.of_log(root, log)
+    digest = sg.settings_digest(StoreSettings.from_json(manifest["settings"], str(root / fmt.MANIFEST)))
+    good: dict[str, list[dict]] = {}  # segment -> its shard records
+    bad: list[BadFile] = []
+    for name, rows, fails in log.segments:
+        path = sg.segment_dir(root, name) / sg.SEGMENT_MANIFEST
+        try:
+            segment = sg.read_segment_manifest(root, name)
+        except StoreError as exc:
+            bad.append(BadFile(path, str(exc).split(f"{path} ", 1)[-1].split(". Restore", 1)[0]))
+            continue
+        if segment is None:
+            bad.append(BadFile(path, "is missing"))
+            continue
+        recorded = ([s["rows"] for s in segment.shards], [s["failures"] for s in segment.shards])
+        if recorded != (rows, fails) or not segment.sealed:
+            bad.append(BadFile(path, f"does not record the shards {sg.LOG} merged"))
+            continue
+        if segment.settings_sha256 != digest:
+            bad.append(BadFile(path, "was written with other settings than the store's"))
+            continue
+        good[name] = segment.shards
+    return [(ref, good[ref.segment][ref.index]["files"]) for ref in table if ref.segment in good], bad
+
+
 def verify_store(root: str | os.PathLike, *, progress: bool = False) -> Verified:
     """Re-hash every file of the store at ``root`` against the sha256 its manifest recorded.
 
@@ -119,26 +175,27 @@ def verify_store(root: str | os.PathLike, *, progress: bool = False) -> Verified
     manifest), every bad file at once.
 
     Raises:
-        StoreError: ``root`` is not a feature store, or its manifest is damaged.
+        StoreError: ``root`` is not a feature store, or its manifest or log is damaged.
     """
     root = Path(root)
     found = fmt.read_manifest(root)
     if found is None:
         raise StoreError(f"{root} is not a featkit feature store (no {fmt.MANIFEST}).")
     manifest = found[0]
-    bad: list[BadFile] = []
+    shards, bad = store_shards(root, manifest)
     recorded: list[Recorded] = []
-    for shard in manifest["shards"]:
-        i, files = shard["index"], shard["files"]
-        cheap = {fmt.feature_path(tap, i): npy_problem(root / fmt.feature_path(tap, i), shard["rows"], meta["dims"],
+    for ref, files in shards:
+        i, d = ref.index, ref.directory
+        where = f"shards[{i}].files" if manifest["version"] == 1 else f"{ref.segment}/segment.json"
+        cheap = {fmt.feature_path(tap, i): npy_problem(d / fmt.feature_path(tap, i), ref.rows, meta["dims"],
                                                        meta["dtype"]) for tap, meta in manifest["taps"].items()}
-        cheap[fmt.metadata_path(i)] = table_problem(root / fmt.metadata_path(i), shard["rows"])
-        cheap[fmt.failures_path(i)] = table_problem(root / fmt.failures_path(i), shard["failures"])
+        cheap[fmt.metadata_path(i)] = table_problem(d / fmt.metadata_path(i), ref.rows)
+        cheap[fmt.failures_path(i)] = table_problem(d / fmt.failures_path(i), ref.failures)
         for rel in cheap.keys() - files.keys():
-            bad.append(BadFile(root / rel, f"has no sha256 in the manifest (shards[{i}].files)"))
-        for rel, sha256 in files.items():  # names and digests were checked by read_manifest
+            bad.append(BadFile(d / rel, f"has no sha256 in the manifest ({where})"))
+        for rel, sha256 in files.items():  # names and digests were checked when the manifest was read
             if cheap.get(rel):
-                bad.append(BadFile(root / rel, cheap[rel].removeprefix("is ")))
+                bad.append(BadFile(d / rel, cheap[rel].removeprefix("is ")))
             else:
-                recorded.append(Recorded(root / rel, sha256))
+                recorded.append(Recorded(d / rel, sha256))
     return verify_files(root, "feature store", recorded, bad=bad, progress=progress)

@@ -1,0 +1,180 @@
+"""One ``featkit extract`` on several processes: one per GPU, or CPU workers splitting the cores.
+
+The parent holds the store's lock, plans the partitions (:mod:`featkit.extraction.plan`) and hands them out one
+at a time; each worker (a spawned process with its own model on its own device) writes a partition's segment and
+seals it; the parent merges sealed segments in partition order, so row numbers and bytes are those of a run on
+one process. A worker that dies has its partition handed to another, which resumes the segment after its last
+committed shard. Workers die with the parent (``PR_SET_PDEATHSIG`` on Linux, and a check before each shard), so a
+``kill -9`` of the parent leaves only unmerged segments, which the next run resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import queue
+import signal
+import sys
+import time
+from collections import Counter, deque
+from multiprocessing import get_context
+
+import pandas as pd
+
+from featkit.errors import FeatkitError, StoreError
+from featkit.extraction.config import ExtractConfig
+from featkit.extraction.plan import Partition
+from featkit.store import segments as sg
+
+POLL_SECONDS = 0.2
+MAX_RESTARTS = 3  # per worker slot: a worker that keeps dying is a bug or a bad device, not bad luck
+
+
+def _die_with_parent(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
+def _worker(slot: int, root: str, cfg: ExtractConfig, device: str, procs: int, parent: int, tasks, results) -> None:
+    """Take partitions from ``tasks`` until None; report progress, sealed segments and errors on ``results``."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    from pathlib import Path
+
+    from featkit._device import bind_worker
+    from featkit.extraction.embed import Embedder
+    from featkit.extraction.run import write_partition
+    from featkit.store.writer import SegmentWriter
+
+    def parent_alive() -> None:
+        if os.getppid() != parent:
+            os._exit(1)
+
+    try:
+        bind_worker(device, procs)
+        embedder = Embedder(dataclasses.replace(cfg, device=device, procs=1))
+        results.put(("ready", slot, embedder.runtime.describe()))
+        while (task := tasks.get()) is not None:
+            number, manifest, taps, inputs, unlisted = task
+            segment = SegmentWriter(Path(root), manifest, taps, parent_alive)
+            started = time.perf_counter()
+            computed, reasons = write_partition(segment, embedder, inputs, unlisted,
+                                                lambda n: results.put(("progress", slot, n)))
+            results.put(("sealed", slot, number, computed, dict(reasons), time.perf_counter() - started))
+    except FeatkitError as exc:
+        results.put(("error", slot, type(exc).__name__, str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which says it in one line
+        results.put(("error", slot, "", f"{type(exc).__name__}: {exc}"))
+
+
+def _error(kind: str, message: str, device: str) -> Exception:
+    """A worker's error, as the featkit error it raised (its message is already one line), else a RuntimeError."""
+    import featkit.errors
+
+    cls = getattr(featkit.errors, kind, None) if kind else None
+    if isinstance(cls, type) and issubclass(cls, FeatkitError):
+        return cls(message)
+    return RuntimeError(f"A worker on {device} failed: {message}")
+
+
+def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Partition], pending: pd.DataFrame,
+                 unlisted: pd.DataFrame, bar) -> tuple[int, Counter, dict[str, float]]:
+    """Compute ``parts`` on one process per entry of ``devices``, merging each sealed segment in order.
+
+    Returns:
+        Rows computed, reasons of the files skipped, and images/s of each device (computing time only).
+    """
+    ctx = get_context("spawn")  # CUDA cannot be forked, and a forked torch can hang in its thread pools
+    results = ctx.Queue()
+    taps = {t: (m["dims"], m["dtype"]) for t, m in writer.taps.items()}
+    todo = deque(parts)
+    by_number = {p.number: p for p in parts}
+    workers: dict[int, tuple] = {}  # slot -> (process, task queue)
+    busy: dict[int, int | None] = {}  # slot -> partition number it computes
+    restarts: Counter = Counter()
+    sealed: set[int] = set()
+    next_merge = parts[0].number if parts else 0
+    computed = 0
+    reasons: Counter = Counter()
+    images: Counter = Counter()
+    seconds: Counter = Counter()
+
+    def start(slot: int) -> None:
+        tasks = ctx.Queue()
+        proc = ctx.Process(target=_worker, args=(slot, str(writer.root), cfg, devices[slot], len(devices),
+                                                 os.getpid(), tasks, results), daemon=True)
+        proc.start()
+        workers[slot], busy[slot] = (proc, tasks), None
+
+    def hand_out(slot: int) -> None:
+        proc, tasks = workers[slot]
+        if not todo:
+            tasks.put(None)
+            busy[slot] = None
+            return
+        part = todo.popleft()
+        manifest = writer.segment_manifest(part.number, part.inputs, part.sha256)
+        bar.update(manifest.consumed)
+        tasks.put((part.number, manifest, taps, pending.iloc[part.start:part.stop],
+                   unlisted if part.last else None))
+        busy[slot] = part.number
+
+    for slot in range(min(len(devices), max(1, len(parts)))):
+        start(slot)
+    try:
+        while next_merge in by_number:
+            try:
+                message = results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                message = None
+            if message is not None:
+                kind, slot = message[0], message[1]
+                if kind == "ready":
+                    hand_out(slot)
+                elif kind == "progress":
+                    bar.update(message[2])
+                elif kind == "sealed":
+                    _, _, number, rows, why, took = message
+                    sealed.add(number)
+                    computed += rows
+                    reasons.update(why)
+                    images[devices[slot]] += rows
+                    seconds[devices[slot]] += took
+                    hand_out(slot)
+                elif kind == "error":
+                    raise _error(message[2], message[3], devices[slot])
+            while next_merge in sealed:
+                writer.merge(sg.segment_name(next_merge))
+                next_merge += 1
+            for slot, (proc, _) in list(workers.items()):
+                if proc.exitcode is None or proc.exitcode == 0:
+                    continue
+                # a worker died: its partition goes to the next free worker, which resumes the segment after its
+                # last committed shard
+                lost = busy.get(slot)
+                if lost is not None:
+                    todo.appendleft(by_number[lost])
+                restarts[slot] += 1
+                if restarts[slot] > MAX_RESTARTS:
+                    raise StoreError(f"A worker on {devices[slot]} died {restarts[slot]} times (exit code "
+                                     f"{proc.exitcode}); the shards it committed are kept: rerun to resume.")
+                start(slot)
+    finally:
+        for proc, tasks in workers.values():
+            if proc.is_alive():
+                with contextlib.suppress(Exception):
+                    tasks.put(None)
+        deadline = time.monotonic() + 5
+        for proc, _ in workers.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    per_device = {d: round(images[d] / seconds[d], 2) for d in images if seconds[d] > 0}
+    return computed, reasons, per_device
