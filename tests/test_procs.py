@@ -130,3 +130,13 @@ def test_a_rerun_computes_nothing(photos, reference, tmp_path):
                              shard_rows=2)
     assert (result.computed, result.unchanged) == (0, 50)
     assert store_bytes(tmp_path / "s") == store_bytes(reference)
+
+
+def test_under_torchrun_each_rank_takes_its_share_and_the_store_is_the_same(photos, reference, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "featkit", "extract", str(photos), "-o", str(tmp_path / "s"), *ARGS],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("wrote ") == 1 and "2 torchrun ranks" in run.stdout  # rank 0 reports for both
+    assert store_bytes(tmp_path / "s") == store_bytes(reference)

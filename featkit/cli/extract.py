@@ -100,6 +100,8 @@ def extract(
                         overwrite=overwrite, download=not offline, layout=layout, limit=limit, per_class=per_class)
     console = make_console(stderr=True)
     result = run_extraction(inputs, output, cfg, progress=not quiet)
+    if result.rank != 0:  # under torchrun, rank 0 reports for all
+        return
     print_result(result, make_console())
     itemsize = 2 if cfg.dtype == "float16" else 4
     for tap in resolve_taps(cfg.model, cfg.taps):

@@ -58,6 +58,8 @@ def _worker(slot: int, root: str, cfg: ExtractConfig, device: str, procs: int, p
 
     try:
         bind_worker(device, procs)
+        if cfg.workers is None and device != "cpu":  # the decoder processes of one GPU, shared out among its peers
+            cfg = dataclasses.replace(cfg, workers=max(1, ((os.cpu_count() or 2) - 1) // procs))
         embedder = Embedder(dataclasses.replace(cfg, device=device, procs=1))
         results.put(("ready", slot, embedder.runtime.describe()))
         while (task := tasks.get()) is not None:

@@ -26,7 +26,7 @@ from featkit._versions import library_versions
 from featkit.backbones.weights import WeightsInfo
 from featkit.data.sources import list_inputs
 from featkit.errors import InputError, Interrupted, StoreError
-from featkit.extraction import plan
+from featkit.extraction import plan, ranks
 from featkit.extraction.config import SHARD_BYTES, ExtractConfig
 from featkit.extraction.embed import Embedder, resolve_taps
 from featkit.extraction.fingerprint import fingerprint
@@ -55,6 +55,7 @@ class ExtractResult:
     added_taps: tuple[str, ...] = ()  # taps this run added to rows the store already held
     backfilled: int = 0  # rows those taps were computed for
     images_per_s_by_device: dict[str, float] = dataclasses.field(default_factory=dict)  # with several processes
+    rank: int = 0  # under torchrun: the rank that returns this (rank 0 writes the store and reports)
 
 
 class _ShardBuilder:
@@ -196,12 +197,17 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)  # a generator is read once
     _check_output(items, Path(output))
+    world = ranks.torchrun_world() if (cfg.procs or 1) == 1 else None
+    if world is not None:  # under torchrun: this process is one rank, on its own device
+        cfg = ranks.join(world[2], cfg)
     devices = device_list(cfg.device, cfg.procs)
     listing = list_inputs(items, layout=cfg.layout, limit=cfg.limit, per_class=cfg.per_class)
     cfg = _with_store_taps(cfg, Path(output))
     # several processes: this one only plans and merges, and needs the model's settings, not a device of its own
     embedder = Embedder(cfg if len(devices) == 1 else dataclasses.replace(cfg, device="cpu", workers=0))
     start = time.perf_counter()
+    if world is not None and world[0] != 0:
+        return _other_rank(Path(output), embedder, world, start)
     with open_writer(output, embedder.settings, overwrite=cfg.overwrite) as writer:
         added = tuple(t.name for t in writer.adding)
         shard_rows = embedder.settings.shard_rows
@@ -212,18 +218,29 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
             backfilled = _backfill(writer, cfg, progress) if added else 0
             pending, bad_names, unchanged, changed, removed = _plan(writer, listing)
             parts = plan.partitions(pending, bad_names, shard_rows, writer.segment_count, whole=writer.version == 1)
-            if len(devices) > 1 and writer.version == 1:
+            if (len(devices) > 1 or world is not None) and writer.version == 1:
                 raise StoreError(f"{output} is a store of format v1, which one process writes; upgrade it to write "
                                  f"it with several: featkit store upgrade {output}")
             runtime = embedder.runtime
             where = runtime.describe() if len(devices) == 1 else f"{len(devices)} processes on {', '.join(devices)}"
+            if world is not None:
+                where = f"{world[1]} torchrun ranks ({runtime.describe()} on rank 0)"
             writer.begin_run({"inputs": [str(i) for i in items], "device": where,
                               "batch_size": cfg.batch_size, "workers": embedder.decoders(len(pending)),
                               "procs": len(devices), "versions": library_versions(), "to_compute": len(pending),
                               "unchanged": unchanged, "changed": changed, "removed": removed})
             reasons = Counter(bad_names["reason"])
             with tqdm(total=len(pending), unit="img", disable=not progress, dynamic_ncols=True, desc="extract") as bar:
-                if len(devices) == 1:
+                if world is not None:
+                    shared = {"parts": parts, "pending": pending, "unlisted": bad_names,
+                              "manifests": [writer.segment_manifest(p.number, p.inputs, p.sha256) for p in parts],
+                              "taps": {t: (m["dims"], m["dtype"]) for t, m in writer.taps.items()}}
+                    ranks.share(shared, 0)
+                    mine = ranks.compute_share(writer.root, embedder, shared, 0, world[1], bar)
+                    ranks.merge_all(writer, parts)
+                    computed, why = ranks.totals(*mine)
+                    reasons.update(why)
+                elif len(devices) == 1:
                     computed = 0
                     for part in parts:
                         segment = writer.open_segment(part.number, part.inputs, part.sha256)
@@ -251,6 +268,8 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
             info["images_per_s_by_device"] = per_device
         writer.end_run(info)
         rows, failures, taps = writer.rows, writer.failures, dict(writer.taps)
+    if world is not None:
+        ranks.leave()
     if rows == 0 and failures:  # this run's, or recorded by an earlier one
         said = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common()) or "recorded earlier"
         files = "the only file was" if failures == 1 else f"all {failures:,} files were"
@@ -262,6 +281,24 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
         taps={t: v["dims"] for t, v in taps.items()}, device=where, weights=embedder.weights,
         added_taps=added, backfilled=backfilled, images_per_s_by_device=per_device,
     )
+
+
+def _other_rank(output: Path, embedder: Embedder, world: tuple[int, int, int], start: float) -> ExtractResult:
+    """A torchrun rank other than 0: compute its share of rank 0's plan; the store is rank 0's to write."""
+    rank, size, _ = world
+    shared = ranks.share(None, rank)
+    assert isinstance(shared, dict)
+    with tqdm(disable=True) as bar:
+        computed, reasons = ranks.totals(*ranks.compute_share(output, embedder, shared, rank, size, bar))
+    ranks.leave()
+    from featkit.store.reader import open_features
+
+    store = open_features(output)
+    seconds = time.perf_counter() - start
+    return ExtractResult(store=output, rows=len(store), computed=computed, failed=sum(reasons.values()), unchanged=0,
+                         changed=0, removed=0, seconds=seconds, images_per_s=round(computed / seconds, 2),
+                         taps={t: v["dims"] for t, v in store.tap_info.items()}, device=embedder.runtime.describe(),
+                         weights=embedder.weights, rank=rank)
 
 
 def _with_store_taps(cfg: ExtractConfig, output: Path) -> ExtractConfig:

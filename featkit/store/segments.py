@@ -265,9 +265,10 @@ class ShardTable:
     row (and, last, the number of rows).
     """
 
-    def __init__(self, directories: list[Path], segment_names: list[str], segment_of: np.ndarray,
+    def __init__(self, root: Path, segment_names: list[str], segment_of: np.ndarray,
                  index: np.ndarray, rows: np.ndarray, failures: np.ndarray, local_first: np.ndarray):
-        self.directories, self.segment_names = directories, segment_names
+        # a v1 store's one "segment" (named "") is the store itself; Paths are made when asked (a Path costs µs)
+        self.root, self.segment_names = root, segment_names
         self.segment_of, self.index = segment_of, index
         self.rows, self.failures, self.local_first = rows, failures, local_first
         self.starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
@@ -283,22 +284,26 @@ class ShardTable:
         before = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)  # rows before each shard, store-wide
         local_first = before[:-1] - before[seg_starts[:-1]][segment_of]
         names = [name for name, _, _ in log.segments]
-        return cls([segment_dir(root, n) for n in names], names, segment_of, index, rows, fails, local_first)
+        return cls(root, names, segment_of, index, rows, fails, local_first)
 
     @classmethod
     def of_v1(cls, root: Path, shards: list[dict]) -> ShardTable:
         rows = np.array([s["rows"] for s in shards], dtype=np.int64)
         fails = np.array([s["failures"] for s in shards], dtype=np.int64)
         n = len(shards)
-        return cls([root], [""], np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64), rows, fails,
+        return cls(root, [""], np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64), rows, fails,
                    np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def directory(self, segment: int) -> Path:
+        name = self.segment_names[segment]
+        return segment_dir(self.root, name) if name else self.root
+
     def __getitem__(self, i: int) -> fmt.ShardRef:
         seg = int(self.segment_of[i])
-        return fmt.ShardRef(self.directories[seg], int(self.index[i]), int(self.rows[i]), int(self.failures[i]),
+        return fmt.ShardRef(self.directory(seg), int(self.index[i]), int(self.rows[i]), int(self.failures[i]),
                             int(self.starts[i]), int(self.local_first[i]), self.segment_names[seg])
 
     def __iter__(self) -> Iterator[fmt.ShardRef]:
