@@ -155,13 +155,16 @@ def device_list(spec: str, procs: int | None = None) -> list[str]:
     return [devices[i % len(devices)] for i in range(n)]
 
 
-def bind_worker(device: str, procs_on_cpu: int) -> None:
-    """In a worker process: compute on ``device`` alone, and on a CPU with its share of the cores."""
-    if device.startswith("cuda"):
+def bind_worker(device: str, procs: int) -> None:
+    """In one of ``procs`` worker processes: compute on ``device`` alone, with this process's share of the cores.
+
+    The threads compute on a CPU, and decode JPEGs beside a GPU.
+    """
+    if device.startswith("cuda:"):
         torch.cuda.set_device(torch.device(device))
-    elif procs_on_cpu > 1 and not os.environ.get(THREADS_ENV):
+    if procs > 1 and not os.environ.get(THREADS_ENV):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        os.environ[THREADS_ENV] = str(max(1, cores // procs_on_cpu))
+        os.environ[THREADS_ENV] = str(max(1, cores // procs))
 
 
 def resolve_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:

@@ -20,9 +20,14 @@ ARGS = ["--model", "squeezenet1_1", "--weights", "random", "--layer", "fire9", "
         "--workers", "0", "--device", "cpu", "--batch-size", "2", "--shard-rows", "2", "-q"]
 
 
-def extract(src: Path, out: Path, *extra: str, **kw) -> subprocess.Popen:
+# One thread per process, whatever the machine's load: oneDNN's reductions depend on the thread count (on
+# different counts features differ in the last bits, ~1e-7), and the claim is bitwise equality.
+ENV = {**os.environ, "FEATKIT_NUM_THREADS": "1"}
+
+
+def extract(src: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "featkit", "extract", str(src), "-o", str(out), *ARGS, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
 def finished(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -121,9 +126,10 @@ def test_the_parent_killed_mid_run_takes_its_workers_with_it_and_a_rerun_ends_th
     assert sum(len(e["rows"]) for e in log if "segment" in e) == featkit.open_features(out).shard_count
 
 
-def test_a_rerun_computes_nothing(photos, reference, tmp_path):
+def test_a_rerun_computes_nothing(photos, reference, tmp_path, monkeypatch):
     import shutil
 
+    monkeypatch.setenv("FEATKIT_NUM_THREADS", "1")
     shutil.copytree(reference, tmp_path / "s")
     result = featkit.extract(photos, tmp_path / "s", procs=2, model="squeezenet1_1", weights="random",
                              layers=["fire9", "logits"], pool="avg", workers=0, device="cpu", batch_size=2,
@@ -133,7 +139,7 @@ def test_a_rerun_computes_nothing(photos, reference, tmp_path):
 
 
 def test_under_torchrun_each_rank_takes_its_share_and_the_store_is_the_same(photos, reference, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env = {**ENV, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "featkit", "extract", str(photos), "-o", str(tmp_path / "s"), *ARGS],
                          env=env, capture_output=True, text=True, timeout=600)

@@ -110,7 +110,7 @@ class Embedder:
         return min(workers, n // self.config.batch_size)
 
     def batches(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
-                boundary: int | None = None, progress: bool = False,
+                boundary: int | None = None, cuts: Sequence[int] = (), progress: bool = False,
                 desc: str = "extract") -> Iterator[EmbeddedBatch]:
         """Decode, crop and forward ``sources`` in batches of ``config.batch_size`` good images, in input order.
 
@@ -119,6 +119,9 @@ class Embedder:
             names: how in-memory sources are called in failure messages (default ``<image N>``).
             boundary: batches never straddle a multiple of this many good images, so a run that resumes at such
                 a multiple (a store's shard) forms exactly the batches an uninterrupted run would have.
+            cuts: input positions where a new group starts (a store's partition): no batch (or failures-only
+                batch) holds inputs of two groups, and ``boundary`` counts from each group's start, so each group
+                gets the batches it would get alone, from one loader that keeps its decoders busy across groups.
             progress: show a progress bar.
             desc: what the bar says it is doing.
         """
@@ -150,20 +153,28 @@ class Embedder:
             done += count
             return out
 
+        group = 0  # the group of the inputs being batched: the number of cuts at or before them
         # the bar counts images handed on (computed, or recorded as failures), not images decoded ahead
         with tqdm(total=n, unit="img", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
             for chunk in loader:
-                if chunk.failures:
-                    bar.update(len(chunk.failures))
-                    yield EmbeddedBatch({}, [], [], list(chunk.failures))
-                if chunk.positions:
-                    pixels.append(chunk.pixels.to(self.runtime.device, non_blocking=True))
-                    positions += chunk.positions
-                    sizes += chunk.sizes
-                while len(positions) >= room():
-                    batch = forward(room())
-                    bar.update(len(batch.positions))
-                    yield batch
+                for piece_group, fails, (lo, hi) in _by_group(chunk, cuts):
+                    if piece_group != group:  # a new group: the last one's images go first, in their own batches
+                        while positions:
+                            batch = forward(min(room(), len(positions)))
+                            bar.update(len(batch.positions))
+                            yield batch
+                        group, done = piece_group, 0
+                    if fails:
+                        bar.update(len(fails))
+                        yield EmbeddedBatch({}, [], [], fails)
+                    if hi > lo:
+                        pixels.append(chunk.pixels[lo:hi].to(self.runtime.device, non_blocking=True))
+                        positions += chunk.positions[lo:hi]
+                        sizes += chunk.sizes[lo:hi]
+                    while len(positions) >= room():
+                        batch = forward(room())
+                        bar.update(len(batch.positions))
+                        yield batch
             while positions:
                 batch = forward(min(room(), len(positions)))
                 bar.update(len(batch.positions))
@@ -203,6 +214,22 @@ class Embedder:
             extra = pd.DataFrame([{"position": -1, **row} for row in unlisted], columns=FAILURE_COLUMNS)
             result = dataclasses.replace(result, failures=pd.concat([result.failures, extra], ignore_index=True))
         return result
+
+
+def _by_group(chunk, cuts: Sequence[int]) -> Iterator[tuple[int, list, tuple[int, int]]]:
+    """A decoded chunk split where ``cuts`` fall: (group, its failures, its range of the chunk's good images)."""
+    import bisect
+
+    if not cuts:
+        yield 0, list(chunk.failures), (0, len(chunk.positions))
+        return
+    groups = sorted({bisect.bisect_right(cuts, p) for p in chunk.positions}
+                    | {bisect.bisect_right(cuts, f[0]) for f in chunk.failures})
+    for g in groups:
+        lo = bisect.bisect_left(chunk.positions, cuts[g - 1]) if g > 0 else 0
+        hi = bisect.bisect_left(chunk.positions, cuts[g]) if g < len(cuts) else len(chunk.positions)
+        fails = [f for f in chunk.failures if bisect.bisect_right(cuts, f[0]) == g]
+        yield g, fails, (lo, hi)
 
 
 def _names(sources: Sequence[ImageSource]) -> list[str]:

@@ -9,6 +9,7 @@ shards an uninterrupted run would have.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import os
@@ -143,6 +144,53 @@ def write_partition(segment, embedder: Embedder, inputs: pd.DataFrame, unlisted:
     return shards.committed_rows, reasons
 
 
+def write_partitions(writer, embedder: Embedder, parts: list[plan.Partition], pending: pd.DataFrame,
+                     unlisted: pd.DataFrame, on_progress=lambda n: None) -> tuple[int, Counter]:
+    """Compute every partition into its segment, in order, merging each as it is sealed (one process).
+
+    One loader streams the inputs of all partitions (after what each segment holds already), so the decoders
+    never stop between partitions; ``cuts`` keep each partition's batches what they would be alone.
+    """
+    shard_rows = embedder.settings.shard_rows
+    segments = [writer.open_segment(p.number, p.inputs, p.sha256) for p in parts]
+    held = [segment.consumed for segment in segments]  # inputs each segment holds already (a killed run's)
+    starts: list[int] = []  # where each partition's remaining inputs begin in the stream
+    paths: list[str] = []
+    for part, skip in zip(parts, held, strict=True):
+        starts.append(len(paths))
+        on_progress(skip)
+        paths += pending["path"].iloc[part.start + skip: part.stop].tolist()
+    builders = [_ShardBuilder(seg, pending.iloc[p.start:p.stop], shard_rows, embedder.settings.dtype)
+                for p, seg in zip(parts, segments, strict=True)]
+    reasons: Counter = Counter()
+    finished = 0  # partitions sealed and merged
+
+    def finish_up_to(k: int) -> None:
+        nonlocal finished
+        while finished < k:
+            part, builder = parts[finished], builders[finished]
+            extra = unlisted if part.last and len(unlisted) else None
+            dims = embedder.dims() if not builder.features and (extra is not None or builder.failures) else None
+            builder.commit(final=True, extra_failures=extra, dims=dims)
+            segments[finished].seal()
+            writer.merge(segments[finished].name)
+            finished += 1
+
+    for batch in embedder.batches(paths, boundary=shard_rows, cuts=starts[1:]):
+        first = batch.positions[0] if batch.positions else batch.failures[0][0]
+        k = bisect.bisect_right(starts, first) - 1
+        finish_up_to(k)
+        local = held[k] - starts[k]  # stream position -> the partition's input position
+        failures = [(p + local, r, m) for p, r, m in batch.failures]
+        builders[k].failures += failures
+        reasons.update(f[1] for f in failures)
+        if batch.positions:
+            builders[k].add(batch.features, [p + local for p in batch.positions], batch.sizes)
+        on_progress(len(batch.positions) + len(failures))
+    finish_up_to(len(parts))
+    return sum(b.committed_rows for b in builders), reasons
+
+
 def _check_output(items: list, output: Path) -> None:
     """Refuse a store path that is a file, or that lies inside a folder being read (it would list itself)."""
     if output.exists() and not output.is_dir():
@@ -201,6 +249,8 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
     if world is not None:  # under torchrun: this process is one rank, on its own device
         cfg = ranks.join(world[2], cfg)
     devices = device_list(cfg.device, cfg.procs)
+    if len(devices) == 1 and cfg.device == "all":  # every GPU, and there is one (or none: the CPU)
+        cfg = dataclasses.replace(cfg, device=devices[0])
     listing = list_inputs(items, layout=cfg.layout, limit=cfg.limit, per_class=cfg.per_class)
     cfg = _with_store_taps(cfg, Path(output))
     # several processes: this one only plans and merges, and needs the model's settings, not a device of its own
@@ -241,15 +291,8 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
                     computed, why = ranks.totals(*mine)
                     reasons.update(why)
                 elif len(devices) == 1:
-                    computed = 0
-                    for part in parts:
-                        segment = writer.open_segment(part.number, part.inputs, part.sha256)
-                        bar.update(segment.consumed)
-                        done, why = write_partition(segment, embedder, pending.iloc[part.start:part.stop],
-                                                    bad_names if part.last else None, bar.update)
-                        writer.merge(segment.name)
-                        computed += done
-                        reasons.update(why)
+                    computed, why = write_partitions(writer, embedder, parts, pending, bad_names, bar.update)
+                    reasons.update(why)
                 else:
                     from featkit.extraction.parallel import run_parallel
 
