@@ -146,10 +146,8 @@ def device_list(spec: str, procs: int | None = None) -> list[str]:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
     else:
-        devices = [d.strip() for d in spec.split(",") if d.strip()] or ["auto"]
-        for d in devices:
-            resolve_device(d)
-        if len(devices) > 1 and len(set(devices)) != len(devices):
+        devices = [str(resolve_device(d.strip())) for d in spec.split(",") if d.strip()] or ["cpu"]
+        if len(set(devices)) != len(devices):
             raise DeviceError(f"--device {spec} names a device twice; use --procs to run several processes on one.")
     n = procs or len(devices)
     return [devices[i % len(devices)] for i in range(n)]

@@ -283,3 +283,42 @@ def test_store_v1_and_v2_bytes_are_a_function_of_the_inputs_only(photos, tmp_pat
     featkit.extract(photos, tmp_path / "a", **FAST)
     featkit.extract(photos, tmp_path / "b", **FAST)
     assert store_bytes(tmp_path / "a") == store_bytes(tmp_path / "b")
+
+
+@pytest.mark.parametrize("kill_at", ["merge", "seal"])
+def test_a_kill_between_the_last_shard_and_the_merge_records_unlisted_files_once(tmp_path, monkeypatch, kill_at):
+    """The last partition's final shard records the files that could not even be listed (here a name that is not
+    UTF-8): a rerun after a kill before the merge must not record them again (a store of other bytes)."""
+    src = write_images(tmp_path / "imgs", classes=1, per_class=3)
+    os.close(os.open(os.path.join(os.fsencode(src / "c0"), b"bad\xff.png"), os.O_CREAT | os.O_WRONLY))
+    featkit.extract(src, tmp_path / "ref", **FAST)
+
+    class Killed(BaseException):
+        pass
+
+    def kill(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        if kill_at == "merge":
+            patch.setattr(StoreWriter, "merge", kill)
+        else:  # the final shard's files written, the manifest that commits (and seals) them not
+            patch.setattr(sg, "write_segment_manifest", lambda root, seg: kill() if seg.sealed else
+                          sg.fmt.write_file(sg.segment_dir(root, seg.name) / sg.SEGMENT_MANIFEST,
+                                            sg.json_bytes(seg.to_json(), indent=None)))
+        with pytest.raises(Killed):
+            featkit.extract(src, tmp_path / "out", **FAST)
+    featkit.extract(src, tmp_path / "out", **FAST)
+    assert store_bytes(tmp_path / "out") == store_bytes(tmp_path / "ref")
+    assert len(featkit.open_features(tmp_path / "out").failures) == 1
+
+
+def test_tap_arrays_index_like_numpy_and_refuse_what_numpy_would(tmp_path):
+    root = write_feature_store(tmp_path / "s", shards=(3, 3, 2), dims=4)
+    tap, whole = featkit.open_features(root)["feat"], np.asarray(featkit.open_features(root)["feat"])
+    for key in (5, -1, slice(1, 7), slice(None, None, -2), slice(6, 2, -1), [0, 7, 3], np.array([[1, 2], [6, 0]]),
+                whole[:, 0] > 0, (slice(2, 6), 1), (3, slice(0, 2)), np.array([], dtype=np.int64)):
+        np.testing.assert_array_equal(tap[key], whole[key])
+    for key in (True, np.array([0.5, 1.0]), 8, -9, (1, 2, 3)):
+        with pytest.raises(IndexError):
+            tap[key]

@@ -63,18 +63,19 @@ def _worker(slot: int, root: str, cfg: ExtractConfig, device: str, procs: int, p
             # started inside a worker process fed AlexNet 85 img/s where threads fed it 619
             cfg = dataclasses.replace(cfg, workers=0)
         embedder = Embedder(dataclasses.replace(cfg, device=device, procs=1))
-        results.put(("ready", slot, embedder.runtime.describe()))
+        me = os.getpid()  # every message says who sent it: the parent ignores a replaced worker's last words
+        results.put(("ready", slot, me))
         while (task := tasks.get()) is not None:
             number, manifest, taps, inputs, unlisted = task
             segment = SegmentWriter(Path(root), manifest, taps, parent_alive)
             started = time.perf_counter()
             computed, reasons = write_partition(segment, embedder, inputs, unlisted,
-                                                lambda n: results.put(("progress", slot, n)))
-            results.put(("sealed", slot, number, computed, dict(reasons), time.perf_counter() - started))
+                                                lambda n: results.put(("progress", slot, me, n)))
+            results.put(("sealed", slot, me, number, computed, dict(reasons), time.perf_counter() - started))
     except FeatkitError as exc:
-        results.put(("error", slot, type(exc).__name__, str(exc)))
+        results.put(("error", slot, os.getpid(), type(exc).__name__, str(exc)))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which says it in one line
-        results.put(("error", slot, "", f"{type(exc).__name__}: {exc}"))
+        results.put(("error", slot, os.getpid(), "", f"{type(exc).__name__}: {exc}"))
 
 
 def _error(kind: str, message: str, device: str) -> Exception:
@@ -94,6 +95,8 @@ def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Par
     Returns:
         Rows computed, reasons of the files skipped, and images/s of each device (computing time only).
     """
+    if not parts:  # nothing to compute: no worker to start
+        return 0, Counter(), {}
     ctx = get_context("spawn")  # CUDA cannot be forked, and a forked torch can hang in its thread pools
     results = ctx.Queue()
     taps = {t: (m["dims"], m["dtype"]) for t, m in writer.taps.items()}
@@ -119,6 +122,8 @@ def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Par
 
     def hand_out(slot: int) -> None:
         proc, tasks = workers[slot]
+        while todo and (todo[0].number in sealed or todo[0].number < next_merge):
+            todo.popleft()  # sealed by a worker that died just after: only the merge is left
         if not todo:
             tasks.put(None)
             busy[slot] = None
@@ -139,21 +144,21 @@ def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Par
                 message = results.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 message = None
-            if message is not None:
+            if message is not None and message[2] == workers[message[1]][0].pid:
                 kind, slot = message[0], message[1]
                 if kind == "ready":
                     hand_out(slot)
                 elif kind == "progress":
-                    bar.update(message[2])
+                    bar.update(message[3])
                 elif kind == "sealed":
-                    _, _, number, rows, why, took = message
+                    _, _, _, number, rows, why, took = message
                     sealed.add(number)
                     reasons.update(why)
                     images[devices[slot]] += rows
                     seconds[devices[slot]] += took
                     hand_out(slot)
                 elif kind == "error":
-                    raise _error(message[2], message[3], devices[slot])
+                    raise _error(message[3], message[4], devices[slot])
             while next_merge in sealed:
                 writer.merge(sg.segment_name(next_merge))
                 computed += sum(writer.log.segments[-1][1]) - held[next_merge]  # a killed worker's rows too
@@ -164,7 +169,7 @@ def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Par
                 # a worker died: its partition goes to the next free worker, which resumes the segment after its
                 # last committed shard
                 lost = busy.get(slot)
-                if lost is not None:
+                if lost is not None and lost not in sealed:
                     todo.appendleft(by_number[lost])
                 restarts[slot] += 1
                 if restarts[slot] > MAX_RESTARTS:

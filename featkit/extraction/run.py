@@ -114,7 +114,7 @@ class _ShardBuilder:
         else:
             arrays = {tap: np.empty((0, d), dtype=self.dtype) for tap, d in (dims or {}).items()}
         consumed = len(self.pending) if cut is None else cut + 1
-        self.segment.commit_shard(arrays, meta, fails, consumed)
+        self.segment.commit_shard(arrays, meta, fails, consumed, seal=final)
         self.committed_rows += len(meta)
         self.features, self.positions, self.sizes = {}, [], []
 
@@ -126,6 +126,8 @@ def write_partition(segment, embedder: Embedder, inputs: pd.DataFrame, unlisted:
     Returns:
         Rows computed, and the reasons of the files skipped.
     """
+    if segment.sealed:  # a killed run (or worker) finished it: only the merge is left
+        return 0, Counter()
     shard_rows = embedder.settings.shard_rows
     start = segment.consumed
     shards = _ShardBuilder(segment, inputs, shard_rows, embedder.settings.dtype)
@@ -153,7 +155,8 @@ def write_partitions(writer, embedder: Embedder, parts: list[plan.Partition], pe
     """
     shard_rows = embedder.settings.shard_rows
     segments = [writer.open_segment(p.number, p.inputs, p.sha256) for p in parts]
-    held = [segment.consumed for segment in segments]  # inputs each segment holds already (a killed run's)
+    # inputs each segment holds already (a killed run's); a sealed one is only merged
+    held = [part.inputs if segment.sealed else segment.consumed for part, segment in zip(parts, segments, strict=True)]
     starts: list[int] = []  # where each partition's remaining inputs begin in the stream
     paths: list[str] = []
     for part, skip in zip(parts, held, strict=True):
@@ -169,10 +172,11 @@ def write_partitions(writer, embedder: Embedder, parts: list[plan.Partition], pe
         nonlocal finished
         while finished < k:
             part, builder = parts[finished], builders[finished]
-            extra = unlisted if part.last and len(unlisted) else None
-            dims = embedder.dims() if not builder.features and (extra is not None or builder.failures) else None
-            builder.commit(final=True, extra_failures=extra, dims=dims)
-            segments[finished].seal()
+            if not segments[finished].sealed:
+                extra = unlisted if part.last and len(unlisted) else None
+                dims = embedder.dims() if not builder.features and (extra is not None or builder.failures) else None
+                builder.commit(final=True, extra_failures=extra, dims=dims)
+                segments[finished].seal()  # where the last commit had nothing to write
             writer.merge(segments[finished].name)
             finished += 1
 
@@ -272,7 +276,8 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
                 raise StoreError(f"{output} is a store of format v1, which one process writes; upgrade it to write "
                                  f"it with several: featkit store upgrade {output}")
             runtime = embedder.runtime
-            where = runtime.describe() if len(devices) == 1 else f"{len(devices)} processes on {', '.join(devices)}"
+            where = (runtime.describe() if len(devices) == 1 else f"{len(devices)} processes on "
+                     + ", ".join(f"{d} ×{n}" if n > 1 else d for d, n in Counter(devices).items()))
             if world is not None:
                 where = f"{world[1]} torchrun ranks ({runtime.describe()} on rank 0)"
             writer.begin_run({"inputs": [str(i) for i in items], "device": where,

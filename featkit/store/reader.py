@@ -96,6 +96,13 @@ class TapArray:
 
     def __getitem__(self, key):
         n = len(self)
+        if isinstance(key, tuple):  # rows, then columns: x[:, :8]
+            if len(key) != 2:
+                raise IndexError(f"a tap's vectors are 2-D; got {len(key)} indices")
+            rows = self[key[0]]
+            return rows[key[1]] if rows.ndim == 1 else rows[:, key[1]]
+        if isinstance(key, (bool, np.bool_)):
+            raise IndexError("index rows with an integer, a slice, a boolean mask or an array of row numbers")
         if isinstance(key, (int, np.integer)):
             k = int(key) + (n if key < 0 else 0)
             if not 0 <= k < n:
@@ -116,10 +123,14 @@ class TapArray:
                 if positions.shape != (n,):
                     raise IndexError(f"a boolean mask of shape {positions.shape} for {n} rows")
                 positions = np.flatnonzero(positions)
+            elif positions.size and positions.dtype.kind not in "iu":
+                raise IndexError(f"rows are indexed by integers, not {positions.dtype}")
+            shape = positions.shape
             positions = positions.astype(np.int64, copy=False).reshape(-1)
             if len(positions) and (positions.min() < -n or positions.max() >= n):
                 raise IndexError(f"rows out of range for {n} rows")
             positions = np.where(positions < 0, positions + n, positions)
+            return self._take(self._store.stored_rows(positions)).reshape(*shape, self.shape[1])
         return self._take(self._store.stored_rows(positions))
 
     def __array__(self, dtype=None, copy=None):
@@ -202,9 +213,11 @@ class FeatureStore:
         ``row`` (the stored row number) is always included.
         """
         n = len(self)
+        if start < 0 or (stop is not None and stop < 0):
+            raise IndexError(f"read_rows takes row positions from 0 to {n}; got {start} to {stop}")
         stop = n if stop is None else min(stop, n)
         if stop <= start:
-            return pd.DataFrame(columns=list(columns or fmt.META_COLUMNS))
+            return pd.DataFrame(columns=list(dict.fromkeys([*(columns or fmt.META_COLUMNS), "row"])))
         first, last = (int(r) for r in self.stored_rows(np.array([start, stop - 1])))
         table = self.shard_table
         lo = int(np.searchsorted(table.starts, first, side="right") - 1)

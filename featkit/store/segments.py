@@ -135,6 +135,8 @@ def _entry_problem(entry: object, names: set[str], rows: int) -> str:
             return f"names {str(name)[:80]!r}, which is not a segment name (seg-NNNNNN)"
         if name in names:
             return f"merges {name} a second time"
+        if name != segment_name(len(names)):
+            return f"merges {name} where the next segment is {segment_name(len(names))}"
         if (not isinstance(shard_rows, list) or not isinstance(fails, list) or len(shard_rows) != len(fails)
                 or not all(fmt.is_count(n) for n in [*shard_rows, *fails])):
             return "must give rows and failures as lists of counts, one per shard"

@@ -96,6 +96,7 @@ def _check_files(root: Path, manifest: dict) -> None:
     problems = []
     for shard in manifest["shards"]:
         i = shard["index"]
+        problems += [f"{root / rel} is missing" for rel in shard["files"] if not (root / rel).is_file()]
         for tap, meta in manifest["taps"].items():
             if problem := npy_problem(root / fmt.feature_path(tap, i), shard["rows"], meta["dims"], meta["dtype"]):
                 problems.append(f"{root / fmt.feature_path(tap, i)} {problem}")

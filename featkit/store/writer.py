@@ -104,11 +104,17 @@ class SegmentWriter:
     def consumed(self) -> int:
         return self.manifest.consumed
 
+    @property
+    def sealed(self) -> bool:
+        return self.manifest.sealed
+
     def commit_shard(self, features: dict[str, np.ndarray], metadata: pd.DataFrame, failures: pd.DataFrame,
-                     consumed: int) -> None:
+                     consumed: int, *, seal: bool = False) -> None:
         """Write one shard's files, then the segment manifest that commits them.
 
-        ``consumed``: how many of the partition's inputs the segment holds with this shard.
+        ``consumed``: how many of the partition's inputs the segment holds with this shard. ``seal``: it is the
+        last; the same manifest write seals the segment, so no kill leaves a complete segment unsealed (a rerun
+        would record its last failures again).
         """
         self.check()
         index = len(self.manifest.shards)
@@ -132,13 +138,15 @@ class SegmentWriter:
         files[rel] = fmt.write_file(self.directory / rel, fmt.parquet_bytes(fail))
         self.manifest.shards.append({"index": index, "rows": n, "failures": len(fail), "consumed": consumed,
                                      "files": files})
+        self.manifest.sealed = seal
         sg.write_segment_manifest(self.root, self.manifest)
 
     def seal(self) -> None:
         """Every input of the partition is in a shard: the segment is ready to merge."""
-        self.check()
-        self.manifest.sealed = True
-        sg.write_segment_manifest(self.root, self.manifest)
+        if not self.manifest.sealed:
+            self.check()
+            self.manifest.sealed = True
+            sg.write_segment_manifest(self.root, self.manifest)
 
 
 class StoreWriter:
@@ -364,9 +372,9 @@ class StoreWriter:
 
     def commit_shard(self, features: dict[str, np.ndarray], metadata: pd.DataFrame, failures: pd.DataFrame) -> None:
         """Write one shard as a segment of its own and merge it (for writers that have no partitions)."""
+        shutil.rmtree(sg.segment_dir(self.root, sg.segment_name(self.segment_count)), ignore_errors=True)  # a kill's
         segment = self.open_segment(self.segment_count, len(metadata) + len(failures), "0" * 64)
-        segment.commit_shard(features, metadata, failures, len(metadata) + len(failures))
-        segment.seal()
+        segment.commit_shard(features, metadata, failures, len(metadata) + len(failures), seal=True)
         self.merge(segment.name)
 
     # ---- adding taps to the shards the store holds ----------------------------------------------------------

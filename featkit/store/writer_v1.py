@@ -118,6 +118,7 @@ class V1Writer:
 
     name = ""
     consumed = 0
+    sealed = False
 
     def seal(self) -> None:
         pass
@@ -137,7 +138,7 @@ class V1Writer:
             self._write_manifest()
 
     def commit_shard(self, features: dict[str, np.ndarray], metadata: pd.DataFrame, failures: pd.DataFrame,
-                     consumed: int = 0) -> None:
+                     consumed: int = 0, *, seal: bool = False) -> None:
         """Write one shard's files, then the manifest that makes them part of the store."""
         self.check()
         index = len(self.manifest["shards"])
