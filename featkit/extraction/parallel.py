@@ -176,6 +176,11 @@ def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Par
                     raise StoreError(f"A worker on {devices[slot]} died {restarts[slot]} times (exit code "
                                      f"{proc.exitcode}); the shards it committed are kept: rerun to resume.")
                 start(slot)
+    except BaseException:  # Ctrl-C or an error: stop the workers now (each keeps its committed shards)
+        for proc, _ in workers.values():
+            if proc.is_alive():
+                proc.kill()
+        raise
     finally:
         for proc, tasks in workers.values():
             if proc.is_alive():

@@ -305,8 +305,10 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
                     reasons.update(why)
         except KeyboardInterrupt:
             adding = f"; {', '.join(added)} not yet added to every shard" if writer.adding else ""
+            waiting = writer.unmerged_rows()
+            pending_note = f", and {waiting:,} more in segments that a rerun finishes" if waiting else ""
             raise Interrupted(f"Interrupted: {output} holds {writer.next_row:,} rows in committed shards "
-                              f"({writer.next_row - rows_before:,} of them from this run; shards of "
+                              f"({writer.next_row - rows_before:,} of them from this run{pending_note}; shards of "
                               f"{shard_rows:,} rows{adding}); rerun the same command to resume.") from None
         failed = sum(reasons.values())
         seconds = time.perf_counter() - start

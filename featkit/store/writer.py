@@ -362,6 +362,20 @@ class StoreWriter:
                 taps[parts[1]] = (shape[1], dtype)
         return taps
 
+    def unmerged_rows(self) -> int:
+        """Rows in shards committed to segments not merged yet (a rerun resumes them)."""
+        merged = {name for name, _, _ in self.log.segments}
+        folder = self.root / sg.SEGMENTS
+        rows = 0
+        for path in folder.iterdir() if folder.is_dir() else []:
+            if path.name not in merged:
+                try:
+                    found = sg.read_segment_manifest(self.root, path.name)
+                except StoreError:
+                    found = None
+                rows += found.rows if found is not None else 0
+        return rows
+
     def _drop_unmerged(self) -> None:
         """Delete segments no run will resume: those after the merged ones that this run did not finish."""
         merged = {name for name, _, _ in self.log.segments}

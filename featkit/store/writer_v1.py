@@ -123,6 +123,9 @@ class V1Writer:
     def seal(self) -> None:
         pass
 
+    def unmerged_rows(self) -> int:
+        return 0
+
     def merge(self, name: str) -> None:
         pass
 
