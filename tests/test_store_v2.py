@@ -173,9 +173,11 @@ def test_a_v1_store_resumes_and_takes_new_files_and_taps_in_its_own_format(v1_st
     assert store.taps == ["fire9", "fire5"] and store["fire5"].shape == (11, 256)
 
 
-def test_procs_on_a_v1_store_says_to_upgrade_it(v1_store, photos):
+def test_procs_on_a_v1_store_says_to_upgrade_it_before_writing_anything(v1_store, photos):
+    before = (v1_store[0] / fmt.MANIFEST).read_bytes()
     with pytest.raises(StoreError, match="featkit store upgrade"):
-        featkit.extract(photos, v1_store[0], procs=2, **FAST)
+        featkit.extract(photos, v1_store[0], procs=2, **FAST)  # the retired row's file would be planned again
+    assert (v1_store[0] / fmt.MANIFEST).read_bytes() == before
 
 
 def test_upgrade_keeps_every_row_vector_failure_and_retired_row(v1_store, photos):
@@ -200,7 +202,8 @@ def test_upgrade_keeps_every_row_vector_failure_and_retired_row(v1_store, photos
 @pytest.mark.parametrize("step", ["links", "segment manifest", "log", "manifest", "cleanup"])
 def test_an_upgrade_killed_at_any_step_leaves_a_store_that_reads_the_same(v1_store, step, monkeypatch):
     v1, _ = v1_store
-    expected = read_all(v1).rows
+    before = read_all(v1)
+    expected, vectors, fails, runs = before.rows, np.asarray(before["fire9"]), before.failures, before.runs
     from featkit.store import upgrade as up
 
     class Killed(BaseException):
@@ -209,19 +212,27 @@ def test_an_upgrade_killed_at_any_step_leaves_a_store_that_reads_the_same(v1_sto
     def kill(*args, **kwargs):
         raise Killed
 
-    target = {"links": (up.os, "link"), "segment manifest": (sg, "write_segment_manifest"),
-              "log": (up, "write_bytes"), "manifest": (up.fmt, "write_file"), "cleanup": (up, "remove_v1_folders")}
+    real_write = up.fmt.write_file
+
+    def kill_at_the_manifest(path, data):  # the commit point: the manifest swap, not a segment's manifest
+        return kill() if Path(path).name == fmt.MANIFEST else real_write(path, data)
+
+    target = {"links": (up.os, "link", kill), "segment manifest": (sg, "write_segment_manifest", kill),
+              "log": (up, "write_bytes", kill), "manifest": (up.fmt, "write_file", kill_at_the_manifest),
+              "cleanup": (up, "remove_v1_folders", kill)}
     with monkeypatch.context() as patch:
-        patch.setattr(*target[step], kill)
+        patch.setattr(*target[step])
         with pytest.raises(Killed):
             up.upgrade_store(v1)
-    store = read_all(v1)
-    assert store.version == (2 if step == "cleanup" else 1)
-    pd.testing.assert_frame_equal(store.rows, expected)
-    up.upgrade_store(v1)  # and it finishes
-    store = read_all(v1)
-    assert store.version == 2 and featkit.verify(v1).ok and not (v1 / "features").exists()
-    pd.testing.assert_frame_equal(store.rows, expected)
+    for finished in (False, True):
+        store = read_all(v1)
+        assert store.version == (2 if step == "cleanup" or finished else 1)
+        pd.testing.assert_frame_equal(store.rows, expected)
+        np.testing.assert_array_equal(np.asarray(store["fire9"]), vectors)
+        pd.testing.assert_frame_equal(store.failures, fails)
+        assert store.runs == runs and store.stale_rows == [3]
+        up.upgrade_store(v1)  # and it finishes
+    assert featkit.verify(v1).ok and not (v1 / "features").exists()
 
 
 def test_the_cli_upgrades_and_says_what_it_did(v1_store, capsys, monkeypatch):

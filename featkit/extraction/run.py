@@ -267,14 +267,14 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
         shard_rows = embedder.settings.shard_rows
         rows_before = writer.next_row
         per_device: dict[str, float] = {}
+        if (len(devices) > 1 or world is not None) and writer.version == 1:  # before anything is written
+            raise StoreError(f"{output} is a store of format v1, which one process writes; upgrade it to write "
+                             f"it with several: featkit store upgrade {output}")
         try:
             # first, so that rows whose files no longer decode are retired and planned again below
             backfilled = _backfill(writer, cfg, progress) if added else 0
             pending, bad_names, unchanged, changed, removed = _plan(writer, listing)
             parts = plan.partitions(pending, bad_names, shard_rows, writer.segment_count, whole=writer.version == 1)
-            if (len(devices) > 1 or world is not None) and writer.version == 1:
-                raise StoreError(f"{output} is a store of format v1, which one process writes; upgrade it to write "
-                                 f"it with several: featkit store upgrade {output}")
             runtime = embedder.runtime
             where = (runtime.describe() if len(devices) == 1 else f"{len(devices)} processes on "
                      + ", ".join(f"{d} ×{n}" if n > 1 else d for d, n in Counter(devices).items()))
