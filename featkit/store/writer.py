@@ -21,11 +21,12 @@ import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pandas as pd
 
-from featkit._atomic import TMP_SUFFIX, fsync_dir, json_bytes
+from featkit._atomic import TMP_SUFFIX, fsync_dir
 from featkit.errors import StoreError
 from featkit.store import format as fmt
 from featkit.store import segments as sg
@@ -149,7 +150,41 @@ class SegmentWriter:
             sg.write_segment_manifest(self.root, self.manifest)
 
 
-class StoreWriter:
+class BaseWriter:
+    """What the writers of both formats share: the lock, the manifest, finishing added taps, closing."""
+
+    root: Path
+    manifest: dict
+    settings: StoreSettings
+    adding: list[TapRecord]
+    _lock: StoreLock
+
+    def check(self) -> None:
+        self._lock.check()
+
+    def _write_manifest(self) -> None:
+        self.check()
+        fmt.write_manifest(self.root, self.manifest)
+
+    def finish_adding(self, dims: dict[str, int]) -> None:
+        """Every shard has the added taps: from now on they are part of the store (settings and tap list)."""
+        for record in self.adding:
+            self.manifest["taps"][record.name] = {"dims": int(dims[record.name]), "dtype": self.settings.dtype}
+        self.manifest["settings"] = self.settings.to_json()
+        self.adding = []
+        self._write_manifest()
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StoreWriter(BaseWriter):
     """Open (or create) a v2 store for writing with fixed ``settings``; the one writer of its log.
 
     Args:
@@ -221,13 +256,6 @@ class StoreWriter:
         (self.root / sg.LOG).unlink(missing_ok=True)
         for name in ("features", "metadata", "failures", sg.SEGMENTS):  # v1's folders too
             shutil.rmtree(self.root / name, ignore_errors=True)
-
-    def check(self) -> None:
-        self._lock.check()
-
-    def _write_manifest(self) -> None:
-        self.check()
-        fmt.write_file(self.root / fmt.MANIFEST, json_bytes(self.manifest))
 
     def _append(self, entry: dict) -> None:
         self.check()
@@ -422,22 +450,6 @@ class StoreWriter:
         segment.shards[ref.index]["files"][rel] = fmt.write_file(ref.directory / rel, fmt.npy_bytes(array))
         sg.write_segment_manifest(self.root, segment)
 
-    def finish_adding(self, dims: dict[str, int]) -> None:
-        """Every shard has the added taps: from now on they are part of the store (settings and tap list)."""
-        for record in self.adding:
-            self.manifest["taps"][record.name] = {"dims": int(dims[record.name]), "dtype": self.settings.dtype}
-        self.manifest["settings"] = self.settings.to_json()
-        self.adding = []
-        self._write_manifest()
-
-    def close(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> StoreWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def open_writer(root: str | os.PathLike, settings: StoreSettings, *, overwrite: bool = False):

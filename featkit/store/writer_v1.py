@@ -29,10 +29,10 @@ from featkit.store.lock import StoreLock
 from featkit.store.segments import ShardTable
 from featkit.store.settings import StoreSettings, TapRecord
 from featkit.store.verify import read_table
-from featkit.store.writer import added_taps, committed_inputs, now, with_fingerprint
+from featkit.store.writer import BaseWriter, added_taps, committed_inputs, now, with_fingerprint
 
 
-class V1Writer:
+class V1Writer(BaseWriter):
     """Open a v1 store for writing with fixed ``settings`` (the interface of :class:`StoreWriter`).
 
     Args:
@@ -74,13 +74,6 @@ class V1Writer:
         for leftover in self.root.rglob(f"*{TMP_SUFFIX}"):  # a kill mid-write leaves these; they were never committed
             leftover.unlink()
         return manifest
-
-    def check(self) -> None:
-        self._lock.check()
-
-    def _write_manifest(self) -> None:
-        self.check()
-        fmt.write_manifest(self.root, self.manifest)
 
     @property
     def shards(self) -> ShardTable:
@@ -186,23 +179,7 @@ class V1Writer:
         shard["files"][rel] = fmt.write_file(self.root / rel, fmt.npy_bytes(array))
         self._write_manifest()
 
-    def finish_adding(self, dims: dict[str, int]) -> None:
-        """Every shard has the added taps: from now on they are part of the store (settings and tap list)."""
-        for record in self.adding:
-            self.manifest["taps"][record.name] = {"dims": int(dims[record.name]), "dtype": self.settings.dtype}
-        self.manifest["settings"] = self.settings.to_json()
-        self.adding = []
-        self._write_manifest()
-
     def end_run(self, info: dict) -> None:
         self.manifest["runs"][-1].update({"finished": now(), **info})
         self._write_manifest()
 
-    def close(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> V1Writer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
