@@ -194,17 +194,17 @@ class FeatureStore:
         """Before the first read of a v2 segment: its manifest agrees with the log and the store's settings."""
         if not name or name in self._checked:
             return
-        segment = sg.read_segment_manifest(self.root, name)
         path = sg.segment_dir(self.root, name) / sg.SEGMENT_MANIFEST
-        if segment is None:
-            raise damaged(self.root, [f"{path} is missing"])
-        if segment.settings_sha256 != self._digest:
+        shards = self.shard_table.segment_shards(name)
+        problem = sg.merged_segment_problem(sg.read_segment_manifest(self.root, name),
+                                            self.shard_table.rows[shards].tolist(),
+                                            self.shard_table.failures[shards].tolist(), self._digest)
+        if problem == sg.OTHER_SETTINGS:
             raise StoreError(f"{path} was written with other settings than the store {self.root} (a segment copied "
                              "from another store?); a store never mixes two. Recompute it with featkit extract ... "
                              "--overwrite.")
-        table = self.shard_table
-        if [s["rows"] for s in segment.shards] != table.rows[table.segment_shards(name)].tolist():
-            raise damaged(self.root, [f"{path} does not record the shards {sg.LOG} merged"])
+        if problem:
+            raise damaged(self.root, [f"{path} {problem}"])
         self._checked.add(name)
 
     def read_rows(self, start: int = 0, stop: int | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -247,6 +247,24 @@ def _segment_damaged(path: Path, problem: str) -> StoreError:
                       f"featkit extract ... -o {store} --overwrite.")
 
 
+OTHER_SETTINGS = "was written with other settings than the store's"
+
+
+def merged_segment_problem(segment: SegmentManifest | None, rows: list[int], failures: list[int], digest: str) -> str:
+    """What is wrong with a merged segment's manifest, against its log line and the store's settings; "" if nothing.
+
+    Readers refuse such a segment before reading any of it, and ``featkit verify`` names it.
+    """
+    if segment is None:
+        return "is missing"
+    if segment.settings_sha256 != digest:
+        return OTHER_SETTINGS
+    if (not segment.sealed or [s["rows"] for s in segment.shards] != rows
+            or [s["failures"] for s in segment.shards] != failures):
+        return f"does not record the shards {LOG} merged"
+    return ""
+
+
 def settings_digest(settings: StoreSettings) -> str:
     """What a segment records of its store's settings, so that a store never merges segments made differently.
 

@@ -154,16 +154,10 @@ def store_shards(root: Path, manifest: dict) -> tuple[list[tuple[fmt.ShardRef, d
         except StoreError as exc:
             bad.append(BadFile(path, str(exc).split(f"{path} ", 1)[-1].split(". Restore", 1)[0]))
             continue
-        if segment is None:
-            bad.append(BadFile(path, "is missing"))
+        if problem := sg.merged_segment_problem(segment, rows, fails, digest):
+            bad.append(BadFile(path, problem))
             continue
-        recorded = ([s["rows"] for s in segment.shards], [s["failures"] for s in segment.shards])
-        if recorded != (rows, fails) or not segment.sealed:
-            bad.append(BadFile(path, f"does not record the shards {sg.LOG} merged"))
-            continue
-        if segment.settings_sha256 != digest:
-            bad.append(BadFile(path, "was written with other settings than the store's"))
-            continue
+        assert segment is not None
         good[name] = segment.shards
     return [(ref, good[ref.segment][ref.index]["files"]) for ref in table if ref.segment in good], bad
 
