@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import queue
+import pickle
 import signal
 import sys
 import time
 from collections import Counter, deque
 from multiprocessing import get_context
+from multiprocessing.connection import wait
 
 import pandas as pd
 
@@ -42,7 +43,10 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(slot: int, root: str, cfg: ExtractConfig, device: str, procs: int, parent: int, tasks, results) -> None:
-    """Take partitions from ``tasks`` until None; report progress, sealed segments and errors on ``results``."""
+    """Take partitions from ``tasks`` until None; report progress, sealed segments and errors on ``results``.
+
+    ``results`` is this worker's own pipe to the parent.
+    """
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     from pathlib import Path
@@ -63,19 +67,18 @@ def _worker(slot: int, root: str, cfg: ExtractConfig, device: str, procs: int, p
             # started inside a worker process fed AlexNet 85 img/s where threads fed it 619
             cfg = dataclasses.replace(cfg, workers=0)
         embedder = Embedder(dataclasses.replace(cfg, device=device, procs=1))
-        me = os.getpid()  # every message says who sent it: the parent ignores a replaced worker's last words
-        results.put(("ready", slot, me))
+        results.send(("ready", slot))
         while (task := tasks.get()) is not None:
             number, manifest, taps, inputs, unlisted = task
             segment = SegmentWriter(Path(root), manifest, taps, parent_alive)
             started = time.perf_counter()
             computed, reasons = write_partition(segment, embedder, inputs, unlisted,
-                                                lambda n: results.put(("progress", slot, me, n)))
-            results.put(("sealed", slot, me, number, computed, dict(reasons), time.perf_counter() - started))
+                                                lambda n: results.send(("progress", slot, n)))
+            results.send(("sealed", slot, number, computed, dict(reasons), time.perf_counter() - started))
     except FeatkitError as exc:
-        results.put(("error", slot, os.getpid(), type(exc).__name__, str(exc)))
+        results.send(("error", slot, type(exc).__name__, str(exc)))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which says it in one line
-        results.put(("error", slot, os.getpid(), "", f"{type(exc).__name__}: {exc}"))
+        results.send(("error", slot, "", f"{type(exc).__name__}: {exc}"))
 
 
 def _error(kind: str, message: str, device: str) -> Exception:
@@ -98,11 +101,12 @@ def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Par
     if not parts:  # nothing to compute: no worker to start
         return 0, Counter(), {}
     ctx = get_context("spawn")  # CUDA cannot be forked, and a forked torch can hang in its thread pools
-    results = ctx.Queue()
     taps = {t: (m["dims"], m["dtype"]) for t, m in writer.taps.items()}
     todo = deque(parts)
     by_number = {p.number: p for p in parts}
-    workers: dict[int, tuple] = {}  # slot -> (process, task queue)
+    # slot -> (process, task queue, the pipe it reports on): a pipe of its own, since a worker killed while
+    # writing to a queue shared by all would take the queue's lock with it and block every other worker
+    workers: dict[int, tuple] = {}
     busy: dict[int, int | None] = {}  # slot -> partition number it computes
     restarts: Counter = Counter()
     sealed: set[int] = set()
@@ -115,13 +119,43 @@ def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Par
 
     def start(slot: int) -> None:
         tasks = ctx.Queue()
+        reports, sender = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_worker, args=(slot, str(writer.root), cfg, devices[slot], len(devices),
-                                                 os.getpid(), tasks, results))  # not daemonic: it starts decoders
+                                                 os.getpid(), tasks, sender))  # not daemonic: it starts decoders
         proc.start()
-        workers[slot], busy[slot] = (proc, tasks), None
+        sender.close()  # the worker's end: the pipe reads as closed once the worker is gone
+        workers[slot], busy[slot] = (proc, tasks, reports), None
+
+    def handle(message, alive: bool) -> None:
+        kind, slot = message[0], message[1]
+        if kind == "ready" and alive:
+            hand_out(slot)
+        elif kind == "progress":
+            bar.update(message[2])
+        elif kind == "sealed":
+            _, _, number, rows, why, took = message
+            sealed.add(number)
+            reasons.update(why)
+            images[devices[slot]] += rows
+            seconds[devices[slot]] += took
+            if alive:
+                hand_out(slot)
+        elif kind == "error":
+            raise _error(message[2], message[3], devices[slot])
+
+    def read(slot: int, alive: bool = True) -> None:
+        """Every report waiting in ``slot``'s pipe (a killed worker's last one may be cut off: it is dropped)."""
+        reports = workers[slot][2]
+        while not reports.closed and reports.poll():
+            try:
+                message = reports.recv()
+            except (EOFError, OSError, pickle.UnpicklingError):
+                reports.close()
+                return
+            handle(message, alive)
 
     def hand_out(slot: int) -> None:
-        proc, tasks = workers[slot]
+        proc, tasks, _ = workers[slot]
         while todo and (todo[0].number in sealed or todo[0].number < next_merge):
             todo.popleft()  # sealed by a worker that died just after: only the merge is left
         if not todo:
@@ -140,34 +174,21 @@ def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Par
         start(slot)
     try:
         while next_merge in by_number:
-            try:
-                message = results.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                message = None
-            if message is not None and message[2] == workers[message[1]][0].pid:
-                kind, slot = message[0], message[1]
-                if kind == "ready":
-                    hand_out(slot)
-                elif kind == "progress":
-                    bar.update(message[3])
-                elif kind == "sealed":
-                    _, _, _, number, rows, why, took = message
-                    sealed.add(number)
-                    reasons.update(why)
-                    images[devices[slot]] += rows
-                    seconds[devices[slot]] += took
-                    hand_out(slot)
-                elif kind == "error":
-                    raise _error(message[3], message[4], devices[slot])
+            live = [w[2] for w in workers.values() if not w[2].closed]
+            wait(live, timeout=POLL_SECONDS)
+            for slot in list(workers):
+                read(slot)
             while next_merge in sealed:
                 writer.merge(sg.segment_name(next_merge))
                 computed += sum(writer.log.segments[-1][1]) - held[next_merge]  # a killed worker's rows too
                 next_merge += 1
-            for slot, (proc, _) in list(workers.items()):
+            for slot, (proc, _, reports) in list(workers.items()):
                 if proc.exitcode is None or proc.exitcode == 0:
                     continue
-                # a worker died: its partition goes to the next free worker, which resumes the segment after its
-                # last committed shard
+                # a worker died: what it reported before counts; its partition goes to the next free worker, which
+                # resumes the segment after its last committed shard (or only merges it, if it was sealed)
+                read(slot, alive=False)
+                reports.close()
                 lost = busy.get(slot)
                 if lost is not None and lost not in sealed:
                     todo.appendleft(by_number[lost])
@@ -177,17 +198,18 @@ def run_parallel(writer, cfg: ExtractConfig, devices: list[str], parts: list[Par
                                      f"{proc.exitcode}); the shards it committed are kept: rerun to resume.")
                 start(slot)
     except BaseException:  # Ctrl-C or an error: stop the workers now (each keeps its committed shards)
-        for proc, _ in workers.values():
+        for proc, _, _ in workers.values():
             if proc.is_alive():
                 proc.kill()
         raise
     finally:
-        for proc, tasks in workers.values():
+        for proc, tasks, _ in workers.values():
             if proc.is_alive():
                 with contextlib.suppress(Exception):
                     tasks.put(None)
         deadline = time.monotonic() + 5
-        for proc, _ in workers.values():
+        for proc, _, reports in workers.values():
+            reports.close()
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
