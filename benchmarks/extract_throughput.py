@@ -80,6 +80,10 @@ TARGETS = {
     ("alexnet", "featkit/naive"): 1.2,
     ("resnet50", "layer2/avgpool"): 1.3,     # truncated tap vs full trunk, both featkit fp32
     ("resnet50", "bf16/naive"): 2.5,         # featkit bf16 vs the hand-written fp32 pipeline
+    ("alexnet", "tensor/pil"): 1.25,         # --decoder tensor vs pil, same run, fp32
+    ("alexnet", "tensor/pure_cl"): 0.9,      # --decoder tensor end to end vs the pure forward
+    ("alexnet", "nvjpeg/pure_cl"): 0.8,      # on a GPU: nvJPEG end to end vs the pure forward
+    ("resnet50", "nvjpeg/pure_cl"): 0.8,
 }
 # pure-forward row -> (channels_last, precision)
 PURE = {"pure contiguous": (False, "fp32"), "pure channels_last": (True, "fp32"),
@@ -247,27 +251,32 @@ def naive(model: str, tap: str, folder: Path, device: torch.device, batch: int, 
 
 
 def featkit_e2e(model: str, tap: str, folder: Path, warm_paths: list[Path], work: Path, device: torch.device,
-                batch: int, precision: str, pool: str, repeats: int) -> dict:
+                batch: int, precision: str, pool: str, repeats: int, decoders: list[str]) -> dict[str, dict]:
+    """The fastest of ``repeats`` timed runs for each decoder; the decoders take turns, so drift hits all alike."""
     opts = dict(model=model, layers=[tap], weights="random", precision=precision, batch_size=batch,
                 device=str(device), overwrite=True, pool=pool)
-    featkit.extract([str(p) for p in warm_paths], work / "warm", **opts)
-    best = None
+    best: dict[str, dict] = {}
+    for decoder in decoders:
+        featkit.extract([str(p) for p in warm_paths], work / "warm", decoder=decoder, **opts)
     for k in range(repeats):
-        out = work / f"{model}_{tap}_{precision}_{k}"
-        t = time.perf_counter()
-        res = featkit.extract(folder, out, **opts)
-        wall = time.perf_counter() - t
-        shutil.rmtree(out, ignore_errors=True)
-        run = {"img_s": res.computed / res.seconds, "seconds": res.seconds, "setup_s": wall - res.seconds,
-               "images": res.computed}
-        best = run if best is None or run["img_s"] > best["img_s"] else best
+        for decoder in decoders:
+            out = work / f"{model}_{tap}_{precision}_{decoder}_{k}"
+            t = time.perf_counter()
+            res = featkit.extract(folder, out, decoder=decoder, **opts)
+            wall = time.perf_counter() - t
+            shutil.rmtree(out, ignore_errors=True)
+            run = {"img_s": res.computed / res.seconds, "seconds": res.seconds, "setup_s": wall - res.seconds,
+                   "images": res.computed}
+            if decoder not in best or run["img_s"] > best[decoder]["img_s"]:
+                best[decoder] = run
     shutil.rmtree(work / "warm", ignore_errors=True)
     return best
 
 
 def add_checks(rows: list[dict]) -> list[dict]:
     """Ratios between rows (with the issue's targets where it sets one), attached to the numerator's row."""
-    by = {(r["model"], r["tap"], r["pipeline"], r["precision"]): r for r in rows}
+    by = {(r["model"], r["tap"], r["pipeline"], r["precision"], r.get("decoder", "pil")): r for r in rows}
+    by |= {k[:4]: r for k, r in by.items() if k[4] in ("", "pil", "PIL")}  # older checks compare the pil rows
     checks = []
     for model in dict.fromkeys(r["model"] for r in rows):
         tap = describe(model).default_tap
@@ -280,6 +289,11 @@ def add_checks(rows: list[dict]) -> list[dict]:
                  ("featkit/naive", fk, by.get((model, tap, "naive", "fp32")), "vs naive fp32"),
                  ("layer2/avgpool", by.get((model, "layer2", "featkit", "fp32")), fk, f"vs featkit {tap}"),
                  ("bf16/naive", fk16, by.get((model, tap, "naive", "fp32")), "vs naive fp32")]
+        for decoder in ("tensor", "nvjpeg"):
+            fast = by.get((model, tap, "featkit", "fp32", decoder))
+            pairs += [(f"{decoder}/pil", fast, fk, "vs the pil decoder"),
+                      (f"{decoder}/pure_cl", fast, ceiling,
+                       f"of the best fp32 pure forward ({ceiling['pipeline'] if ceiling else '-'})")]
         for name, num, den, label in pairs:
             if num is None or den is None:
                 continue
@@ -300,11 +314,13 @@ def print_table(info: dict, peak: dict, rows: list[dict], args) -> None:
     print("**Peak** (square matmul): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak.items()))
     print(f"**Setup**: {args.images} JPEGs 500×375 q90, batch {args.batch_size}, random weights"
           f"{', QUICK run (few iterations: noisy)' if args.quick else ''}\n")
-    cols = ["model", "tap", "pipeline", "precision", "img/s", "GFLOP/s", "% peak", "ratio vs target", "notes"]
+    cols = ["model", "tap", "pipeline", "decoder", "precision", "img/s", "GFLOP/s", "% peak", "ratio vs target",
+            "notes"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("---:" if c in ("img/s", "GFLOP/s", "% peak") else "---" for c in cols) + "|")
     for r in rows:
-        cells = [r["model"], r["tap"], r["pipeline"], r["precision"], f"{r['img_s']:.1f}", f"{r['gflop_s']:.0f}",
+        cells = [r["model"], r["tap"], r["pipeline"], r.get("decoder", ""), r["precision"], f"{r['img_s']:.1f}",
+                 f"{r['gflop_s']:.0f}",
                  f"{r['pct_peak']:.0f} %", r.get("vs_target", ""), r.get("notes", "")]
         print("| " + " | ".join(cells) + " |")
 
@@ -354,6 +370,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=1, help="timed end-to-end runs per row; the fastest is kept")
+    p.add_argument("--decoders", help="--decoder values run end to end in fp32 (default pil,tensor; on CUDA also "
+                                      "nvjpeg); bf16 and pooled rows use pil")
     p.add_argument("--quick", action="store_true", help="smoke check: 64 images, few timing iterations")
     p.add_argument("--probe-accuracy", action="store_true", help="also compare fp32 and bf16 on a linear probe")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -363,6 +381,7 @@ def main() -> None:
     args.images = args.images or (64 if args.quick else 512 if device.type == "cpu" else 4096)
     models = (args.models or ("resnet50,alexnet" if args.quick else "resnet50,alexnet,vgg16")).split(",")
     e2e = [m for m in models if m in args.e2e_models.split(",")]
+    args.decoders = (args.decoders or ("pil,tensor,nvjpeg" if device.type == "cuda" else "pil,tensor")).split(",")
     bs, workers = args.batch_size, default_workers(device.type)
     naive_choices = [workers] if device.type == "cuda" else [0, max(1, (os.cpu_count() or 2) // 2)]
     info = machine(device)
@@ -381,7 +400,7 @@ def main() -> None:
     rows: list[dict] = []
     macs: dict[tuple[str, str], int] = {}
 
-    def add(model, tap, pipeline, precision, img_s, notes=""):
+    def add(model, tap, pipeline, precision, img_s, notes="", decoder=""):
         key = (model, tap)
         if key not in macs:
             macs[key] = count_macs(truncated(model, tap))
@@ -389,7 +408,7 @@ def main() -> None:
         ref = "tf32" if precision == "fp32" and "tf32" in peak else precision
         rows.append({"model": model, "tap": tap, "pipeline": pipeline, "precision": precision, "img_s": img_s,
                      "gflop_s": gflop_s, "pct_peak": 100 * gflop_s * 1e9 / peak[ref],
-                     "gmacs_per_image": macs[key] / 1e9, "notes": notes})
+                     "gmacs_per_image": macs[key] / 1e9, "notes": notes, "decoder": decoder})
 
     with tempfile.TemporaryDirectory(prefix="featkit-bench-") as tmp:
         work = Path(tmp)
@@ -417,18 +436,22 @@ def main() -> None:
                 log(f"  {tried[naive_workers]:.1f} img/s")
             best_workers = max(tried, key=tried.get)
             add(model, tap, "naive", "fp32", tried[best_workers],
-                f"num_workers={best_workers} (best of " + ", ".join(f"{w}: {v:.1f}" for w, v in tried.items()) + ")")
+                f"num_workers={best_workers} (best of " + ", ".join(f"{w}: {v:.1f}" for w, v in tried.items()) + ")",
+                decoder="PIL")
             runs = [(tap, "fp32", "none")] + ([(tap, "bf16", "none")] if info["bf16"] else [])
             if model.startswith("resnet"):
                 runs.append(("layer2", "fp32", "avg"))
             for run_tap, precision, pool in runs:
                 log(f"{model}/{run_tap}: featkit end to end, {precision}, pool {pool}")
-                r = featkit_e2e(model, run_tap, folder, paths[:warm], work, device, bs, precision, pool, args.repeats)
-                how = "decode threads between batches" if workers == 0 else f"{workers} decoder processes"
-                notes = f"workers={workers} ({how}); +{r['setup_s']:.1f} s model build outside the timing"
-                notes = ("pool avg; " if pool != "none" else "") + notes
-                add(model, run_tap, "featkit", precision, r["img_s"], notes)
-                log(f"  {r['img_s']:.1f} img/s ({r['images']} images in {r['seconds']:.1f} s)")
+                decoders = args.decoders if (precision, pool) == ("fp32", "none") else ["pil"]
+                best = featkit_e2e(model, run_tap, folder, paths[:warm], work, device, bs, precision, pool,
+                                   args.repeats, decoders)
+                for decoder, r in best.items():
+                    how = "decode threads between batches" if workers == 0 else f"{workers} decoder processes"
+                    notes = f"workers={workers} ({how}); +{r['setup_s']:.1f} s model build outside the timing"
+                    notes = ("pool avg; " if pool != "none" else "") + notes
+                    add(model, run_tap, "featkit", precision, r["img_s"], notes, decoder=decoder)
+                    log(f"  --decoder {decoder}: {r['img_s']:.1f} img/s ({r['images']} images in {r['seconds']:.1f} s)")
         checks = add_checks(rows)
         print_table(info, peak, rows, args)
         probe = probe_accuracy(device, work) if args.probe_accuracy else None

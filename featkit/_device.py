@@ -51,6 +51,52 @@ class Runtime:
         return f"{self.device.type}, {torch.get_num_threads()} threads, {self.precision}"
 
 
+class SideStream:
+    """Work queued on a second CUDA stream, so that it overlaps what the current stream computes (a no-op elsewhere).
+
+    ``run`` queues ``fn`` on the side stream once the current stream's earlier work is done; ``hand_over`` makes the
+    current stream wait for the side stream before it uses a tensor made there, and tells the allocator so.
+    """
+
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def run(self, fn, *args):
+        if self.stream is None:
+            return fn(*args)
+        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
+        with torch.cuda.stream(self.stream):
+            return fn(*args)
+
+    def hand_over(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.stream is not None and tensor.is_cuda:
+            current = torch.cuda.current_stream(tensor.device)
+            current.wait_stream(self.stream)
+            tensor.record_stream(current)
+        return tensor
+
+
+def start_fetch(tensors: dict[str, torch.Tensor]):
+    """Start copying ``tensors`` to the host without waiting; the function returned waits and gives the copies.
+
+    On a GPU the copy is queued behind the computation that makes them, so the caller can queue more work (the next
+    batch's decode) before it waits.
+    """
+    on_gpu = [v for v in tensors.values() if v.is_cuda]
+    if not on_gpu:
+        host = {k: v.cpu() for k, v in tensors.items()}
+        return lambda: host
+    copies = {k: v.to("cpu", non_blocking=True) for k, v in tensors.items()}
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(on_gpu[0].device))
+
+    def wait() -> dict[str, torch.Tensor]:
+        done.synchronize()
+        return copies
+
+    return wait
+
+
 def cpu_has_bf16() -> bool:
     """True where the CPU has native bf16 arithmetic (AVX512-BF16 / AMX): bf16 autocast then pays off."""
     try:

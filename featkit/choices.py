@@ -43,6 +43,21 @@ class Precision(StrEnum):
     fp16 = "fp16"
 
 
+class Decoder(StrEnum):
+    """What turns image files into pixels (see ``featkit extract --decoder``).
+
+    ``pil``: Pillow decodes and resizes. ``tensor``: JPEGs are decoded by libjpeg-turbo (TorchCodec) into uint8
+    tensors and every image is resized and cropped as tensor ops. ``nvjpeg``: JPEGs are decoded in batches on the
+    GPU (nvJPEG) and resized there; other files take the ``tensor`` path. ``auto``: ``nvjpeg`` on CUDA, else
+    ``tensor``. Pixels differ a little between them, so a store records which one made it.
+    """
+
+    pil = "pil"
+    tensor = "tensor"
+    nvjpeg = "nvjpeg"
+    auto = "auto"
+
+
 class Layout(StrEnum):
     """How a folder's subfolders give labels and splits."""
 

@@ -16,6 +16,7 @@ import stat
 import threading
 import warnings
 import zlib
+from dataclasses import dataclass
 from typing import IO, cast
 
 import numpy as np
@@ -89,6 +90,25 @@ def decode_image(
     """
     _check_args(max_pixels, min_side)
     name = _display(path)
+    with _open_image_file(path, name) as fp:
+        return _decode(fp, name, max_pixels, min_side)
+
+
+def read_image_bytes(path: str | bytes | os.PathLike) -> bytes:
+    """An image file's bytes, with the checks :func:`decode_image` makes before decoding.
+
+    Raises:
+        DecodeError: ``not_found``, ``not_a_file``, ``unreadable`` or ``empty``.
+    """
+    name = _display(path)
+    with _open_image_file(path, name) as fp:
+        try:
+            return fp.read()
+        except OSError as e:
+            raise DecodeError("unreadable", f"{name}: read error: {e.strerror or e}") from None
+
+
+def _open_image_file(path: str | bytes | os.PathLike, name: str) -> IO[bytes]:
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
@@ -100,13 +120,17 @@ def decode_image(
         if e.errno == errno.ELOOP:
             raise DecodeError("not_found", f"{name}: symlink loop") from None
         raise DecodeError("unreadable", f"{name}: cannot open: {e.strerror or e}") from None
-    with open(fd, "rb") as fp:
+    fp = open(fd, "rb")  # noqa: SIM115 - the caller closes it
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # replaced between stat and open
             raise DecodeError("not_a_file", f"{name}: is a {_kind(st.st_mode)}, not a regular file")
         if st.st_size == 0:
             raise DecodeError("empty", f"{name}: file is empty (0 bytes)")
-        return _decode(fp, name, max_pixels, min_side)
+    except BaseException:
+        fp.close()
+        raise
+    return fp
 
 
 def decode_bytes(
@@ -185,26 +209,84 @@ def decode_source(source: ImageSource, *, min_side: int | None = None, name: str
 _OPEN_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says: format (PIL's name), mode, (width, height) as stored, and more.
+
+    ``orientation`` is the EXIF orientation (1-8) featkit applies, read from the EXIF block or, where that has
+    none, from XMP; ``orientation_in_exif`` says it came from the EXIF block (which libjpeg-based decoders such
+    as TorchCodec's apply themselves). ``progressive``: a progressive JPEG.
+    """
+
+    format: str
+    mode: str
+    size: tuple[int, int]
+    orientation: int
+    orientation_in_exif: bool = False
+    progressive: bool = False
+
+
+def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>") -> ImageHeader:
+    """Read an image's header from its bytes, with the checks :func:`decode_bytes` makes before any pixel.
+
+    Raises:
+        DecodeError: the bytes are no allowed image, or declare more than ``max_pixels`` pixels.
+    """
+    fp = io.BytesIO(data)
+    probe = _EofProbe(fp)
+    try:
+        im = _open(probe, fp, name, max_pixels)
+        progressive = bool(im.info.get("progressive") or im.info.get("progression"))
+        orientation = _orientation(im)
+        return ImageHeader(str(im.format), im.mode, im.size, orientation,
+                           orientation != 1 and _exif_has_orientation(im), progressive)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DecodeError("too_many_pixels", f"{name}: too many pixels: {e}") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - header parsers raise many kinds of errors on malformed input
+        raise _failure(e, name, ran_out=probe.hit_eof or _riff_cut(fp)) from None
+
+
+def _exif_has_orientation(im: Image.Image) -> bool:
+    exif = im.info.get("exif")
+    if not isinstance(exif, bytes):
+        return False
+    try:
+        block = Image.Exif()
+        block.load(exif)
+        return 0x0112 in block
+    except Exception:  # noqa: BLE001 - malformed EXIF: _orientation read none from it either
+        return False
+
+
+def _open(probe: _EofProbe, fp: IO[bytes], name: str, max_pixels: int) -> Image.Image:
+    with _OPEN_LOCK, warnings.catch_warnings():
+        # Our max_pixels check replaces PIL's global limit, which only warns below twice its value.
+        # catch_warnings is process-global, so opens are serialised (header parsing only: microseconds);
+        # PIL raises the warning in Image.open, never while decoding pixels, which runs unlocked.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(probe, formats=_OPEN_FORMATS)
+        except UnidentifiedImageError:
+            raise _unidentified(fp, name) from None
+    width, height = im.size
+    if width * height > max_pixels:
+        raise DecodeError(
+            "too_many_pixels",
+            f"{name}: {width}x{height} = {width * height} pixels is more than max_pixels={max_pixels}",
+        )
+    return im
+
+
 def _decode(fp: IO[bytes], name: str, max_pixels: int, min_side: int | None) -> Image.Image:
     probe = _EofProbe(fp)
     opened = False
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            # Our max_pixels check replaces PIL's global limit, which only warns below twice its value.
-            # catch_warnings is process-global, so opens are serialised (header parsing only: microseconds);
-            # PIL raises the warning in Image.open, never while decoding pixels, which runs unlocked.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                im = Image.open(probe, formats=_OPEN_FORMATS)
-            except UnidentifiedImageError:
-                raise _unidentified(fp, name) from None
+        im = _open(probe, fp, name, max_pixels)
         opened = True
-        width, height = im.size
-        if width * height > max_pixels:
-            raise DecodeError(
-                "too_many_pixels",
-                f"{name}: {width}x{height} = {width * height} pixels is more than max_pixels={max_pixels}",
-            )
         if min_side is not None and im.format in _JPEG_FORMATS:
             im.draft("RGB", (min_side, min_side))  # PIL picks the largest 1/s keeping both sides >= min_side
         im.load()
@@ -309,7 +391,12 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK (Adobe-inverted too), YCbCr, LAB; ValueError -> corrupt
 
 
+_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
 def _orientation(im: Image.Image) -> int:
+    if not any(key in im.info for key in _ORIENTATION_KEYS) and not hasattr(im, "tag_v2"):
+        return 1  # what getexif() finds without these (it costs ~0.1 ms even then)
     try:
         return int(im.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a malformed EXIF block must not cost the pixels: treat it as upright

@@ -6,15 +6,20 @@ crops together with the positions they came from, so rows stay aligned with path
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featkit.backbones.spec import Preprocess
-from featkit.data.decode import DecodeError, ImageSource
+from featkit.choices import Decoder
+from featkit.data.decode import DecodeError, ImageSource, _display, probe_image, read_image_bytes
+from featkit.data.nvjpeg import EncodedJpeg, gpu_decodes
+from featkit.data.tensor_decode import decode_tensor, load_crop_tensor, resize_crop
 from featkit.data.transforms import load_crop
 
 
@@ -27,9 +32,11 @@ class DecodedChunk:
     sizes: list[tuple[int, int]]  # decoded (width, height) per good image
     failures: list[tuple[int, str, str]]  # (input position, reason code, message)
     last_position: int  # the last input position this chunk covers
+    encoded: list[EncodedJpeg] = field(default_factory=list)  # JPEGs for the GPU decoder (--decoder nvjpeg)
 
     def pin_memory(self) -> DecodedChunk:  # called by DataLoader(pin_memory=True) for fast GPU copies
         self.pixels = self.pixels.pin_memory()
+        self.encoded = [e.pin_memory() for e in self.encoded]
         return self
 
 
@@ -37,33 +44,58 @@ class CropDataset(Dataset):
     """Decoded, resized and cropped images of ``sources`` (paths, bytes, PIL images, arrays), or why not."""
 
     def __init__(self, sources: Sequence[ImageSource], positions: Sequence[int], pre: Preprocess, draft: bool,
-                 names: Sequence[str] | None = None):
+                 names: Sequence[str] | None = None, decoder: str = Decoder.pil):
         self.sources, self.positions, self.pre, self.draft = list(sources), list(positions), pre, draft
         self.names = list(names) if names is not None else None
+        self.decoder = decoder
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, i: int):
+        """(position, crop, size, failure) of input ``i``; the crop is an :class:`EncodedJpeg` for the GPU."""
         try:
             name = self.names[i] if self.names is not None else None
-            crop, size = load_crop(self.sources[i], self.pre, draft=self.draft, name=name)
+            if self.decoder == Decoder.nvjpeg:
+                return (self.positions[i], *self._for_gpu(self.sources[i], name), None)
+            load = load_crop if self.decoder == Decoder.pil else load_crop_tensor
+            crop, size = load(self.sources[i], self.pre, draft=self.draft, name=name)
             return self.positions[i], crop, size, None
         except DecodeError as exc:
             return self.positions[i], None, None, (exc.reason, str(exc))
         except Exception as exc:  # noqa: BLE001 - a decoder bug must not kill an hours-long run
             return self.positions[i], None, None, ("decode_error", f"{type(exc).__name__}: {exc}")
 
+    def _for_gpu(self, source: ImageSource, name: str | None) -> tuple[torch.Tensor | EncodedJpeg, tuple[int, int]]:
+        if isinstance(source, (str, os.PathLike)):
+            label, data = _display(source), read_image_bytes(source)
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            label, data = _display(name or "<bytes>"), bytes(source)
+        else:
+            return load_crop_tensor(source, self.pre, draft=self.draft, name=name)
+        if not data:
+            return load_crop_tensor(data, self.pre, draft=self.draft, name=label)  # says why
+        header = probe_image(data, name=label)
+        if gpu_decodes(header, data):
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return EncodedJpeg(-1, encoded, header, label), header.size
+        pixels = decode_tensor(data, min_side=self.pre.resize if self.draft else None, name=label)
+        return resize_crop(pixels, self.pre), (int(pixels.shape[-1]), int(pixels.shape[-2]))
+
 
 def collate(items, crop: int) -> DecodedChunk:
-    good = [(pos, t, size) for pos, t, size, fail in items if fail is None]
-    pixels = torch.stack([t for _, t, _ in good]) if good else torch.empty((0, 3, crop, crop), dtype=torch.uint8)
+    good = [(pos, t, size) for pos, t, size, fail in items if fail is None and not isinstance(t, EncodedJpeg)]
+    encoded = [dataclasses.replace(t, position=pos) for pos, t, _, fail in items if isinstance(t, EncodedJpeg)]
+    # stacked in channels-last memory, the layout the batch is computed in (crops are HWC in memory)
+    pixels = (torch.stack([t.movedim(0, -1) for _, t, _ in good]).movedim(-1, 1) if good
+              else torch.empty((0, 3, crop, crop), dtype=torch.uint8))
     return DecodedChunk(
         positions=[pos for pos, _, _ in good],
         pixels=pixels,
         sizes=[size for _, _, size in good],
         failures=[(pos, fail[0], fail[1]) for pos, _, _, fail in items if fail is not None],
         last_position=items[-1][0],
+        encoded=encoded,
     )
 
 
@@ -101,15 +133,17 @@ class ThreadedChunks:
 
 
 def make_loader(sources: Sequence[ImageSource], positions: Sequence[int], pre: Preprocess, *, chunk: int,
-                workers: int, pin_memory: bool = False, draft: bool = True, names: Sequence[str] | None = None):
+                workers: int, pin_memory: bool = False, draft: bool = True, names: Sequence[str] | None = None,
+                decoder: str = Decoder.pil):
     """Chunks of ``chunk`` consecutive inputs, in order.
 
     They are decoded by ``workers`` processes running alongside the model, or (``workers=0``) by a thread per core
     in this process before each chunk is computed.
 
-    ``names`` are how in-memory sources are called in failure messages (a path is its own name).
+    ``names`` are how in-memory sources are called in failure messages (a path is its own name). ``decoder`` is
+    ``pil``, ``tensor`` or ``nvjpeg`` (whose JPEGs the chunks carry encoded, for :mod:`featkit.data.nvjpeg`).
     """
-    dataset = CropDataset(sources, positions, pre, draft, names)
+    dataset = CropDataset(sources, positions, pre, draft, names, decoder)
     if workers == 0:
         return ThreadedChunks(dataset, chunk, max(1, torch.get_num_threads()))
     return DataLoader(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featkit.backbones.spec import TapSpec
-from featkit.choices import DType, Layout, Pool, Precision
+from featkit.choices import Decoder, DType, Layout, Pool, Precision
 from featkit.errors import check_bool, check_choice, check_int
 from featkit.store.settings import StoreSettings, TapRecord, WeightsRecord
 
@@ -53,6 +53,8 @@ class ExtractConfig:
         procs: worker processes computing the run's partitions (None: one per device ``device`` lists, e.g.
             ``cuda:0,cuda:1`` or ``all``; 1 for one device). The store is the same bytes for any number.
         draft: JPEG draft decoding (DCT scaling) down to the resize size, for large photos.
+        decoder: ``pil`` (Pillow), ``tensor`` (libjpeg-turbo into tensors, tensor resize), ``nvjpeg`` (batched GPU
+            decode) or ``auto`` (``nvjpeg`` on CUDA, else ``tensor``); see :class:`featkit.choices.Decoder`.
         seed: seed of ``--weights random``.
         overwrite: replace a store made with other settings.
         download: allow downloading ImageNet weights into the torch hub cache.
@@ -76,6 +78,7 @@ class ExtractConfig:
     shard_rows: int = 2048
     procs: int | None = None
     draft: bool = True
+    decoder: str = "pil"
     seed: int = 0
     overwrite: bool = False
     download: bool = True
@@ -85,7 +88,8 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         # choices are kept as plain strings (an enum member is accepted), so they compare and serialise as text
-        for name, choices in (("pool", Pool), ("dtype", DType), ("precision", Precision), ("layout", Layout)):
+        for name, choices in (("pool", Pool), ("dtype", DType), ("precision", Precision), ("layout", Layout),
+                              ("decoder", Decoder)):
             object.__setattr__(self, name, check_choice(name, getattr(self, name), choices, "extract"))
         if self.pool == Pool.mean:  # the same numbers as avg: recorded as avg, so the two stores are one
             object.__setattr__(self, "pool", Pool.avg.value)
@@ -112,8 +116,11 @@ def rows_per_shard(cfg: ExtractConfig, taps: list[TapSpec]) -> int:
     return max(1, min(cfg.shard_rows, SHARD_BYTES // max(1, row_bytes)))
 
 
-def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo) -> StoreSettings:
-    """Everything that determines the stored numbers (a store never mixes two of these)."""
+def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo, decoder: str = "pil") -> StoreSettings:
+    """Everything that determines the stored numbers (a store never mixes two of these).
+
+    ``decoder`` is the one that runs (``cfg.decoder`` with ``auto`` resolved for the device).
+    """
     wid = Path(weights.id).name if weights.kind == "file" else weights.id
     return StoreSettings(
         model=cfg.model,
@@ -124,5 +131,5 @@ def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo) -
         taps=tuple(TapRecord(t.name, t.node, t.aliases,
                              t.layout if cfg.pool != "none" and t.layout in ("tokens", "hwc") else "") for t in taps),
         pool=cfg.pool, l2=cfg.l2, dtype=cfg.dtype, precision=cfg.precision, draft=cfg.draft, fold_bn=True,
-        shard_rows=rows_per_shard(cfg, taps),
+        shard_rows=rows_per_shard(cfg, taps), decoder=decoder,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -19,13 +19,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featkit._device import Runtime, resolve_runtime
+from featkit._device import Runtime, resolve_runtime, start_fetch
 from featkit.backbones.registry import describe
 from featkit.backbones.spec import TapSpec
 from featkit.backbones.weights import load_backbone_weights
+from featkit.choices import Decoder
 from featkit.data.decode import ImageSource
 from featkit.data.loader import make_loader
+from featkit.data.nvjpeg import GpuJpegDecoder, merge_decoded
+from featkit.data.tensor_decode import torchcodec_decoders
 from featkit.data.transforms import normalize_batch
+from featkit.errors import ParameterError
 from featkit.extraction.config import (
     DEFAULT_MODEL,
     ExtractConfig,
@@ -83,10 +87,11 @@ class Embedder:
         self.config = config
         self.taps = resolve_taps(config.model, config.taps)
         self.runtime: Runtime = resolve_runtime(config.device, config.precision)
+        self.decoder = resolve_decoder(config.decoder, self.runtime)
         model, self.weights = load_backbone_weights(config.model, config.weights, seed=config.seed,
                                                     download=config.download)
         self.extractor = TapExtractor(model, self.taps, self.runtime, pool=config.pool, l2=config.l2)
-        self.settings: StoreSettings = settings_of(config, self.taps, self.weights)
+        self.settings: StoreSettings = settings_of(config, self.taps, self.weights, self.decoder)
         self._np_dtype = np.dtype(config.dtype)
 
     @property
@@ -129,55 +134,67 @@ class Embedder:
         n = len(sources)
         names = _names(sources) if names is None else names
         loader = make_loader(sources, range(n), self.preprocess, chunk=cfg.batch_size, workers=self.decoders(n),
-                             pin_memory=self.runtime.is_cuda, draft=cfg.draft, names=names)
+                             pin_memory=self.runtime.is_cuda, draft=cfg.draft, names=names, decoder=self.decoder)
+        gpu = GpuJpegDecoder(self.runtime.device, self.preprocess, draft=cfg.draft) \
+            if self.decoder == Decoder.nvjpeg else None
         pixels: list[torch.Tensor] = []
         positions: list[int] = []
         sizes: list[tuple[int, int]] = []
+        # batches whose features are still being computed and copied (on a GPU), in input order, failures included
+        pending: list[tuple[Callable[[], dict[str, torch.Tensor]], list[int], list[tuple[int, int]], list]] = []
         done = 0  # good images forwarded so far
 
         def room() -> int:
             left = cfg.batch_size if boundary is None else boundary - done % boundary
             return min(cfg.batch_size, left)
 
-        def forward(count: int) -> EmbeddedBatch:
+        def forward(count: int) -> None:
             nonlocal pixels, positions, sizes, done
             batch = torch.cat(pixels) if len(pixels) > 1 else pixels[0]
             x, rest = batch[:count], batch[count:]
             if self.runtime.channels_last:  # convert the uint8 batch: the float ops keep the layout (no float copy)
                 x = x.contiguous(memory_format=torch.channels_last)
             feats = self.extractor(normalize_batch(x, self.preprocess))
-            out = EmbeddedBatch({tap: v.cpu().numpy().astype(self._np_dtype, copy=False) for tap, v in feats.items()},
-                                positions[:count], sizes[:count], [])
+            pending.append((start_fetch(feats), positions[:count], sizes[:count], []))
             pixels = [rest] if len(rest) else []
             positions, sizes = positions[count:], sizes[count:]
             done += count
-            return out
 
+        def ready() -> Iterator[EmbeddedBatch]:
+            for fetch, pos, size, fails in pending:
+                feats = fetch()
+                yield EmbeddedBatch({tap: v.numpy().astype(self._np_dtype, copy=False) for tap, v in feats.items()},
+                                    pos, size, fails)
+            pending.clear()
+
+        nothing: Callable[[], dict[str, torch.Tensor]] = dict
         group = 0  # the group of the inputs being batched: the number of cuts at or before them
         # the bar counts images handed on (computed, or recorded as failures), not images decoded ahead
         with tqdm(total=n, unit="img", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
             for chunk in loader:
+                if gpu is not None and chunk.encoded:
+                    chunk = merge_decoded(chunk, gpu.decode(chunk.encoded), self.runtime.device)
+                # this chunk's decode is queued (on a GPU): now wait for the last chunk's batches
+                for batch in ready():
+                    bar.update(len(batch.positions) + len(batch.failures))
+                    yield batch
                 for piece_group, fails, (lo, hi) in _by_group(chunk, cuts):
                     if piece_group != group:  # a new group: the last one's images go first, in their own batches
                         while positions:
-                            batch = forward(min(room(), len(positions)))
-                            bar.update(len(batch.positions))
-                            yield batch
+                            forward(min(room(), len(positions)))
                         group, done = piece_group, 0
                     if fails:
-                        bar.update(len(fails))
-                        yield EmbeddedBatch({}, [], [], fails)
+                        pending.append((nothing, [], [], fails))
                     if hi > lo:
                         pixels.append(chunk.pixels[lo:hi].to(self.runtime.device, non_blocking=True))
                         positions += chunk.positions[lo:hi]
                         sizes += chunk.sizes[lo:hi]
                     while len(positions) >= room():
-                        batch = forward(room())
-                        bar.update(len(batch.positions))
-                        yield batch
+                        forward(room())
             while positions:
-                batch = forward(min(room(), len(positions)))
-                bar.update(len(batch.positions))
+                forward(min(room(), len(positions)))
+            for batch in ready():
+                bar.update(len(batch.positions) + len(batch.failures))
                 yield batch
 
     def __call__(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
@@ -214,6 +231,23 @@ class Embedder:
             extra = pd.DataFrame([{"position": -1, **row} for row in unlisted], columns=FAILURE_COLUMNS)
             result = dataclasses.replace(result, failures=pd.concat([result.failures, extra], ignore_index=True))
         return result
+
+
+def resolve_decoder(decoder: str, runtime: Runtime) -> str:
+    """The decoder that runs for ``decoder`` on ``runtime``'s device (``auto``: nvjpeg on CUDA, else tensor).
+
+    Raises:
+        ParameterError: ``nvjpeg`` off CUDA.
+        FeatkitError: TorchCodec, which the tensor and nvJPEG decoders use, cannot be loaded.
+    """
+    if decoder == Decoder.auto:
+        decoder = Decoder.nvjpeg if runtime.is_cuda else Decoder.tensor
+    if decoder == Decoder.nvjpeg and not runtime.is_cuda:
+        raise ParameterError(f"--decoder nvjpeg decodes on a CUDA GPU, and this run computes on {runtime.device}; "
+                             f"use --decoder tensor (or auto) there.")
+    if decoder != Decoder.pil:
+        torchcodec_decoders()
+    return str(decoder)
 
 
 def _by_group(chunk, cuts: Sequence[int]) -> Iterator[tuple[int, list, tuple[int, int]]]:
@@ -319,7 +353,8 @@ def config_for(settings: StoreSettings, *, taps: Sequence[str] | None = None,
     weights = {"imagenet": "imagenet", "random": "random"}.get(w.kind, str(weights))
     return ExtractConfig(model=settings.model, taps=tuple(taps) if taps is not None else settings.tap_names,
                          weights=weights, pool=settings.pool, l2=settings.l2, dtype=settings.dtype,
-                         precision=settings.precision, draft=settings.draft, seed=w.seed or 0,
+                         precision=settings.precision, draft=settings.draft, decoder=settings.decoder,
+                         seed=w.seed or 0,
                          batch_size=batch_size, device=device, download=False)
 
 

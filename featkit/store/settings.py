@@ -17,10 +17,11 @@ from typing import Any
 
 from featkit._files import is_sha256
 from featkit.backbones.spec import Preprocess
-from featkit.choices import DType, Pool, Precision, WeightsKind, values
+from featkit.choices import Decoder, DType, Pool, Precision, WeightsKind, values
 from featkit.errors import StoreError
 
 SCHEMA = 1
+RECORDED_DECODERS = tuple(d.value for d in Decoder if d != Decoder.auto)
 _LEGACY_SEED = re.compile(r"random\(seed=(-?\d+)\)")
 
 
@@ -72,6 +73,8 @@ class StoreSettings:
         preprocess: resize, crop, normalisation.
         taps: the taps extracted, in order.
         pool, l2, dtype, precision, draft: how features were computed and stored (see ``featkit extract``).
+        decoder: what decoded and resized the images, ``pil``, ``tensor`` or ``nvjpeg`` (never ``auto``); written
+            to the manifest only when it is not ``pil``, so stores made before it was recorded read the same.
         fold_bn: BatchNorm folded into the preceding convolutions (always, in stores written since it is recorded).
         shard_rows: rows per shard (0: not recorded, as in index manifests written before it was).
     """
@@ -87,6 +90,7 @@ class StoreSettings:
     draft: bool
     fold_bn: bool = True
     shard_rows: int = 0
+    decoder: str = "pil"
 
     @property
     def tap_names(self) -> tuple[str, ...]:
@@ -108,7 +112,10 @@ class StoreSettings:
             taps = [{k: v for k, v in tap.items() if k != "aliases"} for tap in taps]
         return {"schema": SCHEMA, "model": self.model, "weights": weights, "preprocess": self.preprocess.as_dict(),
                 "taps": taps, "pool": self.pool, "l2": self.l2, "dtype": self.dtype, "precision": self.precision,
-                "draft": self.draft, "fold_bn": self.fold_bn, "shard_rows": self.shard_rows}
+                "draft": self.draft,
+                # identity: always, so that a diff names it; on disk: not for pil, the bytes of older stores
+                **({"decoder": self.decoder} if identity_only or self.decoder != Decoder.pil else {}),
+                "fold_bn": self.fold_bn, "shard_rows": self.shard_rows}
 
     def for_tap(self, tap: str) -> StoreSettings:
         """These settings as if only ``tap`` had been extracted: what its vectors depend on.
@@ -233,6 +240,7 @@ def _parse(data: Any) -> StoreSettings:
         l2=_field(data, "l2", bool), dtype=_choice(data, "dtype", values(DType)),
         precision=_choice(data, "precision", values(Precision)), draft=_field(data, "draft", bool),
         fold_bn=_field(data, "fold_bn", bool), shard_rows=shard_rows,
+        decoder=_choice(data, "decoder", RECORDED_DECODERS) if "decoder" in data else Decoder.pil.value,
     )
 
 

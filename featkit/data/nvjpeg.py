@@ -1,0 +1,153 @@
+"""The GPU decoder (``--decoder nvjpeg``): JPEGs decoded in batches by nvJPEG and resized on the GPU.
+
+Decoder workers read each file, parse its header (the pixel-count guard, EXIF orientation) and check that its
+entropy-coded data reaches the end-of-image marker (nvJPEG may decode a cut-off file without a word). Plain,
+whole baseline JPEGs travel to the main process as their bytes (pinned for the copy) and are decoded at full
+size (DCT scaling is a CPU shortcut); everything else (other formats, CMYK, progressive JPEGs) is decoded and
+cropped by the workers with the ``tensor`` decoder. The main process decodes each chunk's JPEGs in one nvJPEG
+call on a side CUDA stream, so the decode overlaps the previous batch's forward pass, then orients, resizes
+(antialiased, as on the CPU) and crops them there. A batch nvJPEG refuses is decoded file by file; a file it
+still refuses goes to the CPU decoder, which decodes it or names the reason, as for any other run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from featkit._device import SideStream
+from featkit.backbones.spec import Preprocess
+from featkit.data.decode import DecodeError, ImageHeader
+from featkit.data.tensor_decode import decode_tensor, libjpeg_decodes, resize_crop, torchcodec_decoders, upright
+
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length: TEM, RST0-7
+_SOS, _EOI = 0xDA, b"\xff\xd9"
+
+
+@dataclass
+class EncodedJpeg:
+    """A JPEG file's bytes on their way to the GPU decoder, with what its header said."""
+
+    position: int
+    data: torch.Tensor  # uint8, the file's bytes
+    header: ImageHeader
+    name: str
+
+    def pin_memory(self) -> EncodedJpeg:
+        self.data = self.data.pin_memory()
+        return self
+
+
+def jpeg_is_whole(data: bytes) -> bool:
+    """True when the JPEG's first scan is followed by an end-of-image marker (a cut-off file has none).
+
+    The segments before the scan are skipped by their lengths, so an embedded EXIF thumbnail's marker does not
+    count; inside entropy-coded data a 0xFF byte is always stuffed, so the first FF D9 after it is the real end.
+    """
+    i, n = 2, len(data)
+    if data[:2] != b"\xff\xd8":
+        return False
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if length < 2:
+            return False
+        if marker == _SOS:
+            return data.find(_EOI, i + 2 + length) != -1
+        i += 2 + length
+    return False
+
+
+def gpu_decodes(header: ImageHeader, data: bytes) -> bool:
+    """True when the GPU decoder takes this file: a plain, whole, baseline JPEG (see the module's docstring).
+
+    At full size whatever its size: the GPU resizes it (DCT scaling is a CPU decoder's shortcut).
+    """
+    return libjpeg_decodes(header, None) and not header.progressive and jpeg_is_whole(data)
+
+
+class GpuJpegDecoder:
+    """Decodes chunks' :class:`EncodedJpeg` on ``device`` into crops, on a side stream."""
+
+    def __init__(self, device: torch.device, pre: Preprocess, *, draft: bool = True):
+        self.device, self.pre, self.draft = device, pre, draft
+        self.side = SideStream(device)
+        self.decoders = torchcodec_decoders()
+
+    def decode(self, items: list[EncodedJpeg]):
+        """(positions, uint8 crops (n, 3, crop, crop) on the device, sizes, failures) for ``items``, in their order.
+
+        The crops are ready for the current stream to use; the work runs on the side stream.
+        """
+        positions, crops, sizes, failures = self.side.run(self._decode, items)
+        return positions, self.side.hand_over(crops), sizes, failures
+
+    def _decode(self, items: list[EncodedJpeg]):
+        images = self._nvjpeg(items)
+        ok: list[tuple[EncodedJpeg, torch.Tensor]] = []
+        failures: list[tuple[int, str, str]] = []
+        for item, pixels in zip(items, images, strict=True):
+            if pixels is None:  # nvJPEG refused it: the CPU decoder decodes it or says why
+                try:
+                    pixels = decode_tensor(item.data.numpy().tobytes(), min_side=self._min_side, name=item.name)
+                except DecodeError as exc:
+                    failures.append((item.position, exc.reason, str(exc)))
+                    continue
+                ok.append((item, pixels.to(self.device)))
+            else:
+                ok.append((item, upright(pixels, item.header)))
+        crop = self.pre.crop
+        out = torch.empty((len(ok), crop, crop, 3), dtype=torch.uint8, device=self.device).permute(0, 3, 1, 2)
+        # images of one shape (most collections have a few) are resized together
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, (_, pixels) in enumerate(ok):
+            by_shape[tuple(pixels.shape)].append(i)
+        for rows in by_shape.values():
+            batch = torch.stack([ok[i][1] for i in rows])
+            out[rows] = resize_crop(batch, self.pre)
+        sizes = [(int(p.shape[-1]), int(p.shape[-2])) for _, p in ok]
+        return [item.position for item, _ in ok], out, sizes, failures
+
+    @property
+    def _min_side(self) -> int | None:
+        return self.pre.resize if self.draft else None
+
+    def _nvjpeg(self, items: list[EncodedJpeg]) -> list[torch.Tensor | None]:
+        if not items:
+            return []
+        try:
+            return list(self.decoders.decode_jpeg([it.data for it in items], mode="RGB", device=self.device))
+        except RuntimeError:
+            pass  # one bad file fails the whole batch: try them one by one
+        out: list[torch.Tensor | None] = []
+        for it in items:
+            try:
+                out.append(self.decoders.decode_jpeg(it.data, mode="RGB", device=self.device))
+            except RuntimeError:
+                out.append(None)
+        return out
+
+
+def merge_decoded(chunk, decoded, device: torch.device):
+    """``chunk`` (a :class:`~featkit.data.loader.DecodedChunk`) with the GPU-decoded crops merged in input order."""
+    g_positions, g_crops, g_sizes, g_failures = decoded
+    positions = chunk.positions + g_positions
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    pixels = torch.cat([chunk.pixels.to(device, non_blocking=True), g_crops])
+    if order != list(range(len(order))):
+        pixels = pixels[torch.tensor(order, device=device)]
+    sizes = chunk.sizes + g_sizes
+    return dataclasses.replace(chunk, positions=[positions[i] for i in order], pixels=pixels,
+                               sizes=[sizes[i] for i in order], failures=sorted(chunk.failures + g_failures),
+                               encoded=[])
