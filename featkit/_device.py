@@ -76,6 +76,42 @@ class SideStream:
         return tensor
 
 
+class HostStaging:
+    """Copies CPU tensors to ``device`` through a few page-locked buffers allocated once and reused.
+
+    Pinning each decoded chunk anew (``DataLoader(pin_memory=True)``) costs a page-locked allocation per chunk: on an
+    H200 machine that thread took 20 ms per 32 crops and capped every end-to-end run near 1,600 images/s whatever
+    decoded them. A slot is reused once the copy out of it has finished (its event); elsewhere a plain ``to``.
+    """
+
+    def __init__(self, device: torch.device, slots: int = 4):
+        self.device = device
+        self.buffers: list[torch.Tensor | None] = [None] * slots
+        self.events: list[torch.cuda.Event | None] = [None] * slots
+        self.turn = 0
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda" or tensor.numel() == 0:
+            return tensor.to(self.device)
+        if not (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)):
+            tensor = tensor.contiguous()  # the staged copy below keeps the strides: they must be dense
+        k, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
+        event = self.events[k]
+        if event is not None:
+            event.synchronize()  # the last copy out of this slot is done
+        nbytes = tensor.numel() * tensor.element_size()
+        buffer = self.buffers[k]
+        if buffer is None or buffer.numel() < nbytes:
+            buffer = self.buffers[k] = torch.empty(max(nbytes, 2 * (0 if buffer is None else buffer.numel())),
+                                                   dtype=torch.uint8, pin_memory=True)
+        staged = buffer[:nbytes].view(tensor.dtype).as_strided(tensor.size(), tensor.stride())
+        staged.copy_(tensor)
+        out = staged.to(self.device, non_blocking=True)
+        self.events[k] = event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return out
+
+
 def start_fetch(tensors: dict[str, torch.Tensor]):
     """Start copying ``tensors`` to the host without waiting; the function returned waits and gives the copies.
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from helpers import write_images
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# $FEATKIT_SHARED: where a GPU machine, which gets the checkout alone, was handed a copy of ../shared
+SHARED = Path(os.environ.get("FEATKIT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 SQUEEZENET_WEIGHTS = SHARED / "weights" / "squeezenet1_1-imagenet.pth"
 HYMENOPTERA = SHARED / "data" / "hymenoptera_160"
 

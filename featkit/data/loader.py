@@ -36,7 +36,6 @@ class DecodedChunk:
 
     def pin_memory(self) -> DecodedChunk:  # called by DataLoader(pin_memory=True) for fast GPU copies
         self.pixels = self.pixels.pin_memory()
-        self.encoded = [e.pin_memory() for e in self.encoded]
         return self
 
 
@@ -77,8 +76,7 @@ class CropDataset(Dataset):
             return load_crop_tensor(data, self.pre, draft=self.draft, name=label)  # says why
         header = probe_image(data, name=label)
         if gpu_decodes(header, data):
-            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            return EncodedJpeg(-1, encoded, header, label), header.size
+            return EncodedJpeg(-1, data, header, label), header.size
         pixels = decode_tensor(data, min_side=self.pre.resize if self.draft else None, name=label)
         return resize_crop(pixels, self.pre), (int(pixels.shape[-1]), int(pixels.shape[-2]))
 

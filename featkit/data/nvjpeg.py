@@ -32,13 +32,9 @@ class EncodedJpeg:
     """A JPEG file's bytes on their way to the GPU decoder, with what its header said."""
 
     position: int
-    data: torch.Tensor  # uint8, the file's bytes
+    data: bytes  # the file's: pickled through the loader's pipe (a tensor each would cost a shared-memory file)
     header: ImageHeader
     name: str
-
-    def pin_memory(self) -> EncodedJpeg:
-        self.data = self.data.pin_memory()
-        return self
 
 
 def jpeg_is_whole(data: bytes) -> bool:
@@ -100,7 +96,7 @@ class GpuJpegDecoder:
         for item, pixels in zip(items, images, strict=True):
             if pixels is None:  # nvJPEG refused it: the CPU decoder decodes it or says why
                 try:
-                    pixels = decode_tensor(item.data.numpy().tobytes(), min_side=self._min_side, name=item.name)
+                    pixels = decode_tensor(item.data, min_side=self._min_side, name=item.name)
                 except DecodeError as exc:
                     failures.append((item.position, exc.reason, str(exc)))
                     continue
@@ -139,14 +135,17 @@ class GpuJpegDecoder:
         return out
 
 
-def merge_decoded(chunk, decoded, device: torch.device):
-    """``chunk`` (a :class:`~featkit.data.loader.DecodedChunk`) with the GPU-decoded crops merged in input order."""
+def merge_decoded(chunk, decoded, to_device):
+    """``chunk`` (a :class:`~featkit.data.loader.DecodedChunk`) with the GPU-decoded crops merged in input order.
+
+    ``to_device`` moves the chunk's CPU-decoded crops to the GPU decoder's device.
+    """
     g_positions, g_crops, g_sizes, g_failures = decoded
     positions = chunk.positions + g_positions
     order = sorted(range(len(positions)), key=positions.__getitem__)
-    pixels = torch.cat([chunk.pixels.to(device, non_blocking=True), g_crops])
+    pixels = torch.cat([to_device(chunk.pixels), g_crops]) if len(chunk.positions) else g_crops
     if order != list(range(len(order))):
-        pixels = pixels[torch.tensor(order, device=device)]
+        pixels = pixels[torch.tensor(order, device=pixels.device)]
     sizes = chunk.sizes + g_sizes
     return dataclasses.replace(chunk, positions=[positions[i] for i in order], pixels=pixels,
                                sizes=[sizes[i] for i in order], failures=sorted(chunk.failures + g_failures),

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featkit._device import Runtime, resolve_runtime, start_fetch
+from featkit._device import HostStaging, Runtime, resolve_runtime, start_fetch
 from featkit.backbones.registry import describe
 from featkit.backbones.spec import TapSpec
 from featkit.backbones.weights import load_backbone_weights
@@ -134,7 +134,8 @@ class Embedder:
         n = len(sources)
         names = _names(sources) if names is None else names
         loader = make_loader(sources, range(n), self.preprocess, chunk=cfg.batch_size, workers=self.decoders(n),
-                             pin_memory=self.runtime.is_cuda, draft=cfg.draft, names=names, decoder=self.decoder)
+                             draft=cfg.draft, names=names, decoder=self.decoder)
+        staging = HostStaging(self.runtime.device)
         gpu = GpuJpegDecoder(self.runtime.device, self.preprocess, draft=cfg.draft) \
             if self.decoder == Decoder.nvjpeg else None
         pixels: list[torch.Tensor] = []
@@ -173,7 +174,7 @@ class Embedder:
         with tqdm(total=n, unit="img", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
             for chunk in loader:
                 if gpu is not None and chunk.encoded:
-                    chunk = merge_decoded(chunk, gpu.decode(chunk.encoded), self.runtime.device)
+                    chunk = merge_decoded(chunk, gpu.decode(chunk.encoded), staging.to_device)
                 # this chunk's decode is queued (on a GPU): now wait for the last chunk's batches
                 for batch in ready():
                     bar.update(len(batch.positions) + len(batch.failures))
@@ -186,7 +187,7 @@ class Embedder:
                     if fails:
                         pending.append((nothing, [], [], fails))
                     if hi > lo:
-                        pixels.append(chunk.pixels[lo:hi].to(self.runtime.device, non_blocking=True))
+                        pixels.append(staging.to_device(chunk.pixels[lo:hi]))
                         positions += chunk.positions[lo:hi]
                         sizes += chunk.sizes[lo:hi]
                     while len(positions) >= room():

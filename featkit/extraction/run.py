@@ -30,7 +30,7 @@ from featkit.errors import InputError, Interrupted, StoreError
 from featkit.extraction import plan, ranks
 from featkit.extraction.config import SHARD_BYTES, ExtractConfig
 from featkit.extraction.embed import Embedder, resolve_taps
-from featkit.extraction.fingerprint import fingerprint
+from featkit.extraction.fingerprint import fingerprints
 from featkit.store import format as fmt
 from featkit.store.writer import open_writer
 
@@ -224,7 +224,7 @@ def _plan(writer, listing) -> tuple[pd.DataFrame, pd.DataFrame, int, int, int]:
     recorded = merged["fingerprint"]
     read = (~same_stat | recorded.notna()).to_numpy()
     prints = pd.Series(None, index=merged.index, dtype=object)
-    prints[read] = [fingerprint(path) for path in merged.loc[read, "path"]]
+    prints[read] = fingerprints(merged.loc[read, "path"])
     same = same_stat & (recorded.isna() | (recorded == prints))
     changed = known & ~same
     gone = done[~done["path"].isin(table["path"])]
