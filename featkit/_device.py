@@ -54,8 +54,9 @@ class Runtime:
 class SideStream:
     """Work queued on a second CUDA stream, so that it overlaps what the current stream computes (a no-op elsewhere).
 
-    ``run`` queues ``fn`` on the side stream once the current stream's earlier work is done; ``hand_over`` makes the
-    current stream wait for the side stream before it uses a tensor made there, and tells the allocator so.
+    ``run`` queues ``fn`` on the side stream (its inputs must come from the host, as it does not wait for the current
+    stream); ``hand_over`` makes the current stream wait for the side stream before it uses a tensor made there, and
+    tells the allocator so.
     """
 
     def __init__(self, device: torch.device):
@@ -64,7 +65,6 @@ class SideStream:
     def run(self, fn, *args):
         if self.stream is None:
             return fn(*args)
-        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
         with torch.cuda.stream(self.stream):
             return fn(*args)
 
@@ -91,8 +91,8 @@ class HostStaging:
         self.turn = 0
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda" or tensor.numel() == 0:
-            return tensor.to(self.device)
+        if self.device.type != "cuda" or tensor.numel() == 0 or tensor.device == self.device:
+            return tensor.to(self.device)  # (already there: the GPU decoder's crops)
         if not (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)):
             tensor = tensor.contiguous()  # the staged copy below keeps the strides: they must be dense
         k, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
@@ -122,15 +122,21 @@ def start_fetch(tensors: dict[str, torch.Tensor]):
     if not on_gpu:
         host = {k: v.cpu() for k, v in tensors.items()}
         return lambda: host
-    copies = {k: v.to("cpu", non_blocking=True) for k, v in tensors.items()}
+    copies = {k: v.to("cpu", non_blocking=True) for k, v in tensors.items()}  # page-locked, from torch's cache
     done = torch.cuda.Event()
     done.record(torch.cuda.current_stream(on_gpu[0].device))
 
     def wait() -> dict[str, torch.Tensor]:
         done.synchronize()
-        return copies
+        # into ordinary memory: callers keep these arrays (featkit.embed all of them), page-locked memory goes back
+        return {k: torch.empty(v.shape, dtype=v.dtype).copy_(v) for k, v in copies.items()}
 
     return wait
+
+
+def is_gpu_memory_error(exc: BaseException) -> bool:
+    """True for a CUDA out-of-memory error (which must stop a run, not be taken for a bad file)."""
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 def cpu_has_bf16() -> bool:

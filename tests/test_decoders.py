@@ -24,9 +24,10 @@ from PIL import Image
 import featkit
 from featkit.backbones.spec import Preprocess
 from featkit.data.decode import DecodeError, decode_bytes, decode_image, probe_image, read_image_bytes
+from featkit.data.jpeg import is_whole as jpeg_is_whole
 from featkit.data.loader import CropDataset, collate
-from featkit.data.nvjpeg import EncodedJpeg, GpuJpegDecoder, gpu_decodes, jpeg_is_whole, merge_decoded
-from featkit.data.tensor_decode import decode_tensor, load_crop_tensor
+from featkit.data.nvjpeg import EncodedJpeg, GpuJpegDecoder, gpu_decodes, merge_decoded
+from featkit.data.tensor_decode import decode_tensor, decode_tensor_file, load_crop_tensor
 from featkit.data.transforms import load_crop
 from featkit.errors import ParameterError, StoreError
 
@@ -95,6 +96,45 @@ def test_xmp_orientation_is_applied_where_libjpeg_reads_only_exif():
     got = decode_tensor(data).permute(1, 2, 0).numpy()
     assert got.shape == want.shape == (20, 30, 3)
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_an_xmp_segment_before_the_exif_one_does_not_change_the_orientation(orientation):
+    """libjpeg-based decoders read the orientation from the first APP1 segment; Pillow from the first EXIF one."""
+    upright = np.zeros((20, 30, 3), np.uint8)
+    upright[:10, :15] = (255, 0, 0)
+    undo = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_90",
+            7: "TRANSVERSE", 8: "ROTATE_270"}
+    stored = Image.fromarray(upright).transpose(getattr(Image.Transpose, undo[orientation]))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    stored.save(out, "JPEG", quality=95, subsampling=0, exif=exif.tobytes())
+    plain = out.getvalue()
+    xmp = b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta xmlns:x='adobe:ns:meta/'/>"
+    data = plain[:2] + b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp + plain[2:]
+    for jpeg in (plain, data):
+        want = np.asarray(decode_bytes(jpeg))
+        assert want.shape == (20, 30, 3)
+        assert np.array_equal(decode_tensor(jpeg).permute(1, 2, 0).numpy(), want)
+
+
+def test_only_the_header_of_a_file_the_tensor_decoder_refuses_is_read():
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, size=-1):
+            data = super().read(size)
+            Counting.read_bytes += len(data)
+            return data
+
+    header = bytearray(photo(width=64, height=48))
+    sof = header.index(b"\xff\xc0")
+    header[sof + 5:sof + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")
+    big = Counting(bytes(header) + bytes(30 * 2**20))  # 30 MB behind a header declaring 3.6 G pixels
+    with pytest.raises(DecodeError) as info:
+        decode_tensor_file(big, name="big.jpg")
+    assert info.value.reason == "too_many_pixels" and Counting.read_bytes < 2**20
 
 
 def test_crops_are_within_rounding_of_the_pil_decoders(tmp_path):
@@ -234,7 +274,9 @@ def test_a_store_records_its_decoder_and_never_mixes_two(tmp_path):
     pil = tmp_path / "pil"
     featkit.extract(images, pil, **common)
     settings = json.loads((pil / "manifest.json").read_text())["settings"]
-    assert "decoder" not in settings  # stores made before the decoder was recorded keep their bytes and digests
+    assert "decoder" not in settings and settings["schema"] == 1  # older stores keep their bytes and digests
+    # a featkit that knows no decoders refuses a store that has one, rather than adding pil pixels to it
+    assert json.loads((out / "manifest.json").read_text())["settings"]["schema"] == 2
     assert featkit.open_features(pil).settings.decoder == "pil"
     a, b = (np.asarray(featkit.open_features(p)["fc7"]) for p in (out, pil))
     assert np.allclose(a, b, rtol=0.05, atol=0.05)
@@ -249,6 +291,28 @@ def test_auto_picks_the_tensor_decoder_on_a_cpu_and_nvjpeg_needs_a_gpu(tmp_path)
     assert not (tmp_path / "nv").exists()
     with pytest.raises(ParameterError, match="decoder"):
         featkit.extract(images, tmp_path / "bad", model="alexnet", weights="random", decoder="turbo")
+
+
+def test_one_decoder_for_all_the_devices_of_a_run():
+    from featkit.extraction.embed import resolve_decoder
+
+    assert resolve_decoder("auto", ["cuda", "cuda"]) == "nvjpeg"
+    assert resolve_decoder("auto", ["cuda", "cpu"]) == resolve_decoder("auto", ["cpu"]) == "tensor"
+    assert resolve_decoder("pil", ["cuda"]) == "pil"
+    with pytest.raises(ParameterError, match="computes on cpu, cuda"):
+        resolve_decoder("nvjpeg", ["cuda", "cpu"])
+
+
+@pytest.mark.slow
+def test_worker_processes_record_and_use_the_decoder_the_run_resolved(tmp_path):
+    images = write_images(tmp_path / "imgs", per_class=4)
+    opts = dict(model="alexnet", weights="random", layers=["fc7"], device="cpu", shard_rows=2, decoder="auto")
+    featkit.extract(images, tmp_path / "procs", procs=2, **opts)
+    featkit.extract(images, tmp_path / "one", **opts)
+    procs, one = featkit.open_features(tmp_path / "procs"), featkit.open_features(tmp_path / "one")
+    assert procs.settings.decoder == one.settings.decoder == "tensor"
+    assert featkit.extract(images, tmp_path / "procs", **opts).computed == 0  # the same settings: nothing to redo
+    assert np.allclose(np.asarray(procs["fc7"]), np.asarray(one["fc7"]), atol=1e-5)
 
 
 def test_a_manifest_naming_auto_or_an_unknown_decoder_is_damaged(tmp_path):
@@ -311,3 +375,31 @@ def test_features_agree_with_the_pil_decoder_on_real_photos(shared_weights, hyme
     acc = {d: run_linear_probe(x[train], y[train], x[val], y[val], seed=0).top1 for d, x in (("pil", a), ("tensor", b))}
     assert abs(acc["pil"] - acc["tensor"]) <= 0.01 + 1e-9
     assert acc["pil"] > 0.8  # real features: the comparison is between two good probes
+
+
+def test_an_index_of_an_nvjpeg_store_is_searched_by_image_on_a_cpu_with_the_tensor_decoder(tmp_path, monkeypatch):
+    """Its CPU twin: nvJPEG needs a GPU, and query images must still be embedded (here: the store is made with the
+    GPU decoder's code running on TorchCodec's CPU decode, as a GPU machine would, then searched on a CPU)."""
+    import featkit.extraction.embed as embed
+    import featkit.extraction.run as run
+    from featkit.index import Index
+
+    images = write_images(tmp_path / "imgs", per_class=4, size=(96, 80), fmt="jpg")
+    real = embed.resolve_decoder
+    monkeypatch.setattr(run, "resolve_decoder", lambda decoder, devices: "nvjpeg")
+    monkeypatch.setattr(embed, "resolve_decoder", lambda decoder, devices: "nvjpeg")
+    featkit.extract(images, tmp_path / "s", model="alexnet", weights="random", layers=["pool5"], pool="avg",
+                    device="cpu", batch_size=4)
+    monkeypatch.setattr(embed, "resolve_decoder", real)
+    assert featkit.open_features(tmp_path / "s").settings.decoder == "nvjpeg"
+    from typer.testing import CliRunner
+
+    from featkit.cli.app import app
+
+    built = CliRunner().invoke(app, ["index", "build", str(tmp_path / "s"), "-o", str(tmp_path / "i"), "-q"])
+    assert built.exit_code == 0, built.output
+    index = Index.open(tmp_path / "i")
+    query = sorted(images.rglob("*.jpg"))[0]
+    hits = index.search([str(query)], k=1, device="cpu")
+    assert index.embedder(device="cpu").decoder == "tensor"
+    assert Path(hits["path"].iloc[0]).name == query.name  # the image finds itself

@@ -59,10 +59,12 @@ def test_host_staging_copies_through_reused_pinned_buffers():
     for c, o in zip(chunks, out, strict=True):
         assert o.is_cuda and torch.equal(o.cpu(), c) and o.is_contiguous(memory_format=torch.channels_last)
     assert sum(b is not None for b in staging.buffers) == 2 and all(b.is_pinned() for b in staging.buffers)
+    on_gpu = out[0]
+    assert staging.to_device(on_gpu) is on_gpu  # the GPU decoder's crops are not sent through the host
 
 
 def test_auto_is_nvjpeg_on_cuda():
-    assert resolve_decoder("auto", resolve_runtime("cuda")) == "nvjpeg"
+    assert resolve_decoder("auto", [resolve_runtime("cuda").device.type]) == "nvjpeg"
 
 
 def test_nvjpeg_store_has_the_rows_and_failures_of_the_tensor_decoder_and_agreeing_features(mixed, tmp_path):
@@ -77,9 +79,7 @@ def test_nvjpeg_store_has_the_rows_and_failures_of_the_tensor_decoder_and_agreei
     assert g.rows["path"].tolist() == t.rows["path"].tolist()
     fails = {d: dict(zip(s.failures["path"].map(os.path.basename), s.failures["reason"], strict=True))
              for d, s in stores.items()}
-    assert fails["nvjpeg"] == fails["tensor"]
-    assert {k: v for k, v in fails["nvjpeg"].items() if k in bad} == {k: v for k, v in bad.items()
-                                                                     if k in fails["nvjpeg"]}
+    assert fails["nvjpeg"] == fails["tensor"]  # and test_decoders.py holds the tensor decoder to the corpus
     a, b = (np.asarray(s["avgpool"], dtype=np.float64) for s in (t, g))
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert np.median(cosine) >= 0.99 and cosine.min() > 0.9

@@ -94,6 +94,15 @@ def decode_image(
         return _decode(fp, name, max_pixels, min_side)
 
 
+def open_image_file(path: str | bytes | os.PathLike) -> IO[bytes]:
+    """The image file open for reading, after the checks :func:`decode_image` makes (the caller closes it).
+
+    Raises:
+        DecodeError: ``not_found``, ``not_a_file``, ``unreadable`` or ``empty``.
+    """
+    return _open_image_file(path, _display(path))
+
+
 def read_image_bytes(path: str | bytes | os.PathLike) -> bytes:
     """An image file's bytes, with the checks :func:`decode_image` makes before decoding.
 
@@ -211,35 +220,44 @@ _OPEN_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What an image's header says: format (PIL's name), mode, (width, height) as stored, and more.
+    """What an image's header says: format (PIL's name), mode, (width, height) as stored, and for JPEGs more.
 
-    ``orientation`` is the EXIF orientation (1-8) featkit applies, read from the EXIF block or, where that has
-    none, from XMP; ``orientation_in_exif`` says it came from the EXIF block (which libjpeg-based decoders such
-    as TorchCodec's apply themselves). ``progressive``: a progressive JPEG.
+    For JPEG and MPO files: ``orientation`` is the EXIF orientation (1-8) featkit applies, read from the EXIF block
+    or, where that has none, from XMP; ``orientation_in_exif`` says it came from the EXIF block; ``exif_readable``
+    that the EXIF block, if any, parsed; ``progressive``: a progressive JPEG. Other formats leave these at their
+    defaults: featkit's own decoder reads their orientation while decoding.
     """
 
     format: str
     mode: str
     size: tuple[int, int]
-    orientation: int
+    orientation: int = 1
     orientation_in_exif: bool = False
+    exif_readable: bool = True
     progressive: bool = False
 
 
-def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>") -> ImageHeader:
-    """Read an image's header from its bytes, with the checks :func:`decode_bytes` makes before any pixel.
+def probe_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                name: str = "<bytes>") -> ImageHeader:
+    """Read an image's header from its bytes or an open file, with the checks :func:`decode_bytes` makes first.
+
+    A file is read from its start, and only as far as its header goes.
 
     Raises:
         DecodeError: the bytes are no allowed image, or declare more than ``max_pixels`` pixels.
     """
-    fp = io.BytesIO(data)
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    fp.seek(0)
     probe = _EofProbe(fp)
     try:
         im = _open(probe, fp, name, max_pixels)
+        if im.format not in _JPEG_FORMATS:
+            return ImageHeader(str(im.format), im.mode, im.size)
         progressive = bool(im.info.get("progressive") or im.info.get("progression"))
         orientation = _orientation(im)
-        return ImageHeader(str(im.format), im.mode, im.size, orientation,
-                           orientation != 1 and _exif_has_orientation(im), progressive)
+        readable, tagged = _exif_block(im)
+        return ImageHeader(str(im.format), im.mode, im.size, orientation, orientation != 1 and tagged, readable,
+                           progressive)
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
@@ -250,16 +268,17 @@ def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str 
         raise _failure(e, name, ran_out=probe.hit_eof or _riff_cut(fp)) from None
 
 
-def _exif_has_orientation(im: Image.Image) -> bool:
+def _exif_block(im: Image.Image) -> tuple[bool, bool]:
+    """Whether the image's EXIF block (if any) parses, and whether it holds an orientation tag."""
     exif = im.info.get("exif")
     if not isinstance(exif, bytes):
-        return False
+        return True, False
     try:
         block = Image.Exif()
         block.load(exif)
-        return 0x0112 in block
+        return True, 0x0112 in block
     except Exception:  # noqa: BLE001 - malformed EXIF: _orientation read none from it either
-        return False
+        return False, False
 
 
 def _open(probe: _EofProbe, fp: IO[bytes], name: str, max_pixels: int) -> Image.Image:
@@ -395,7 +414,8 @@ _ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"
 
 
 def _orientation(im: Image.Image) -> int:
-    if not any(key in im.info for key in _ORIENTATION_KEYS) and not hasattr(im, "tag_v2"):
+    no_metadata = not any(key in im.info for key in _ORIENTATION_KEYS) and not hasattr(im, "tag_v2")
+    if no_metadata and getattr(im, "_exif", None) is None:  # (a caller's image may carry an Exif it set)
         return 1  # what getexif() finds without these (it costs ~0.1 ms even then)
     try:
         return int(im.getexif().get(0x0112, 1))

@@ -7,6 +7,7 @@ crops together with the positions they came from, so rows stay aligned with path
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from featkit.backbones.spec import Preprocess
 from featkit.choices import Decoder
-from featkit.data.decode import DecodeError, ImageSource, _display, probe_image, read_image_bytes
+from featkit.data.decode import DecodeError, ImageSource, _display, open_image_file, probe_image
 from featkit.data.nvjpeg import EncodedJpeg, gpu_decodes
-from featkit.data.tensor_decode import decode_tensor, load_crop_tensor, resize_crop
+from featkit.data.tensor_decode import decode_tensor_file, libjpeg_decodes, load_crop_tensor, read_all, resize_crop
 from featkit.data.transforms import load_crop
 
 
@@ -33,10 +34,6 @@ class DecodedChunk:
     failures: list[tuple[int, str, str]]  # (input position, reason code, message)
     last_position: int  # the last input position this chunk covers
     encoded: list[EncodedJpeg] = field(default_factory=list)  # JPEGs for the GPU decoder (--decoder nvjpeg)
-
-    def pin_memory(self) -> DecodedChunk:  # called by DataLoader(pin_memory=True) for fast GPU copies
-        self.pixels = self.pixels.pin_memory()
-        return self
 
 
 class CropDataset(Dataset):
@@ -67,17 +64,22 @@ class CropDataset(Dataset):
 
     def _for_gpu(self, source: ImageSource, name: str | None) -> tuple[torch.Tensor | EncodedJpeg, tuple[int, int]]:
         if isinstance(source, (str, os.PathLike)):
-            label, data = _display(source), read_image_bytes(source)
-        elif isinstance(source, (bytes, bytearray, memoryview)):
-            label, data = _display(name or "<bytes>"), bytes(source)
-        else:
-            return load_crop_tensor(source, self.pre, draft=self.draft, name=name)
-        if not data:
-            return load_crop_tensor(data, self.pre, draft=self.draft, name=label)  # says why
-        header = probe_image(data, name=label)
-        if gpu_decodes(header, data):
-            return EncodedJpeg(-1, data, header, label), header.size
-        pixels = decode_tensor(data, min_side=self.pre.resize if self.draft else None, name=label)
+            with open_image_file(source) as fp:
+                return self._file_for_gpu(fp, _display(source))
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if not len(source):
+                return load_crop_tensor(source, self.pre, draft=self.draft, name=name)  # says why
+            return self._file_for_gpu(io.BytesIO(bytes(source)), _display(name or "<bytes>"))
+        return load_crop_tensor(source, self.pre, draft=self.draft, name=name)
+
+    def _file_for_gpu(self, fp, label: str) -> tuple[torch.Tensor | EncodedJpeg, tuple[int, int]]:
+        header = probe_image(fp, name=label)
+        if libjpeg_decodes(header, None) and not header.progressive:  # only these are read whole here
+            data = read_all(fp, label)
+            if gpu_decodes(header, data):
+                return EncodedJpeg(-1, data, header, label), header.size
+        fp.seek(0)
+        pixels = decode_tensor_file(fp, min_side=self.pre.resize if self.draft else None, name=label)
         return resize_crop(pixels, self.pre), (int(pixels.shape[-1]), int(pixels.shape[-2]))
 
 
@@ -152,5 +154,6 @@ def make_loader(sources: Sequence[ImageSource], positions: Sequence[int], pre: P
         collate_fn=_Collate(pre.crop),
         pin_memory=pin_memory,
         persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        # JPEG bytes for the GPU are bigger than crops: fewer chunks wait in the pipes
+        prefetch_factor=(2 if decoder == Decoder.nvjpeg else 4) if workers > 0 else None,
     )

@@ -13,18 +13,28 @@ still refuses goes to the CPU decoder, which decodes it or names the reason, as 
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
-from featkit._device import SideStream
+from featkit._device import SideStream, is_gpu_memory_error
 from featkit.backbones.spec import Preprocess
+from featkit.data import jpeg
 from featkit.data.decode import DecodeError, ImageHeader
-from featkit.data.tensor_decode import decode_tensor, libjpeg_decodes, resize_crop, torchcodec_decoders, upright
+from featkit.data.tensor_decode import (
+    decode_tensor,
+    libjpeg_decodes,
+    orients_like_pillow,
+    resize_crop,
+    torchcodec_decoders,
+    upright,
+)
+from featkit.errors import FeatkitError
 
-_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length: TEM, RST0-7
-_SOS, _EOI = 0xDA, b"\xff\xd9"
+MAX_PIXELS = 64 * 2**20  # per resize on the GPU: 32 twelve-megapixel photos at once would take ~6 GB in float
 
 
 @dataclass
@@ -37,40 +47,13 @@ class EncodedJpeg:
     name: str
 
 
-def jpeg_is_whole(data: bytes) -> bool:
-    """True when the JPEG's first scan is followed by an end-of-image marker (a cut-off file has none).
-
-    The segments before the scan are skipped by their lengths, so an embedded EXIF thumbnail's marker does not
-    count; inside entropy-coded data a 0xFF byte is always stuffed, so the first FF D9 after it is the real end.
-    """
-    i, n = 2, len(data)
-    if data[:2] != b"\xff\xd8":
-        return False
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return False
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in _STANDALONE:
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if length < 2:
-            return False
-        if marker == _SOS:
-            return data.find(_EOI, i + 2 + length) != -1
-        i += 2 + length
-    return False
-
-
 def gpu_decodes(header: ImageHeader, data: bytes) -> bool:
     """True when the GPU decoder takes this file: a plain, whole, baseline JPEG (see the module's docstring).
 
     At full size whatever its size: the GPU resizes it (DCT scaling is a CPU decoder's shortcut).
     """
-    return libjpeg_decodes(header, None) and not header.progressive and jpeg_is_whole(data)
+    return (libjpeg_decodes(header, None) and not header.progressive and jpeg.is_whole(data)
+            and orients_like_pillow(data, header))
 
 
 class GpuJpegDecoder:
@@ -80,6 +63,20 @@ class GpuJpegDecoder:
         self.device, self.pre, self.draft = device, pre, draft
         self.side = SideStream(device)
         self.decoders = torchcodec_decoders()
+        self._check_works()
+
+    def _check_works(self) -> None:
+        # a GPU decoder that cannot work here stops the run in one line, rather than each file falling back to the
+        # CPU, slowly, in a store that says nvjpeg
+        sample = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(sample, "JPEG")
+        try:
+            self.decoders.decode_jpeg([sample.getvalue()], mode="RGB", device=self.device)
+        except RuntimeError as exc:
+            if is_gpu_memory_error(exc):
+                raise
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FeatkitError(f"nvJPEG cannot decode on {self.device} here ({why}); use --decoder tensor.") from None
 
     def decode(self, items: list[EncodedJpeg]):
         """(positions, uint8 crops (n, 3, crop, crop) on the device, sizes, failures) for ``items``, in their order.
@@ -104,14 +101,18 @@ class GpuJpegDecoder:
             else:
                 ok.append((item, upright(pixels, item.header)))
         crop = self.pre.crop
-        out = torch.empty((len(ok), crop, crop, 3), dtype=torch.uint8, device=self.device).permute(0, 3, 1, 2)
-        # images of one shape (most collections have a few) are resized together
+        # images of one shape (most collections have a few) are resized together, MAX_PIXELS at a time
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, (_, pixels) in enumerate(ok):
             by_shape[tuple(pixels.shape)].append(i)
-        for rows in by_shape.values():
-            batch = torch.stack([ok[i][1] for i in rows])
-            out[rows] = resize_crop(batch, self.pre)
+        groups = [rows[j:j + max(1, MAX_PIXELS // (shape[-1] * shape[-2]))] for shape, rows in by_shape.items()
+                  for j in range(0, len(rows), max(1, MAX_PIXELS // (shape[-1] * shape[-2])))]
+        if len(groups) == 1:  # the common case: no scatter (an index from the host would wait for the stream)
+            out = resize_crop(torch.stack([pixels for _, pixels in ok]), self.pre)
+        else:
+            out = torch.empty((len(ok), crop, crop, 3), dtype=torch.uint8, device=self.device).permute(0, 3, 1, 2)
+            for rows in groups:
+                out[rows] = resize_crop(torch.stack([ok[i][1] for i in rows]), self.pre)
         sizes = [(int(p.shape[-1]), int(p.shape[-2])) for _, p in ok]
         return [item.position for item, _ in ok], out, sizes, failures
 
@@ -124,13 +125,17 @@ class GpuJpegDecoder:
             return []
         try:
             return list(self.decoders.decode_jpeg([it.data for it in items], mode="RGB", device=self.device))
-        except RuntimeError:
-            pass  # one bad file fails the whole batch: try them one by one
+        except RuntimeError as exc:
+            if is_gpu_memory_error(exc):
+                raise
+            # one bad file fails the whole batch: try them one by one
         out: list[torch.Tensor | None] = []
         for it in items:
             try:
                 out.append(self.decoders.decode_jpeg(it.data, mode="RGB", device=self.device))
-            except RuntimeError:
+            except RuntimeError as exc:
+                if is_gpu_memory_error(exc):
+                    raise
                 out.append(None)
         return out
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from featkit.backbones.spec import Preprocess
+from featkit.data import jpeg
 from featkit.data.decode import (
     DEFAULT_MAX_PIXELS,
     DecodeError,
@@ -34,8 +35,8 @@ from featkit.data.decode import (
     _decode,
     _display,
     decode_source,
+    open_image_file,
     probe_image,
-    read_image_bytes,
 )
 from featkit.errors import FeatkitError
 
@@ -108,15 +109,48 @@ def decode_tensor(data: bytes, *, min_side: int | None = None, max_pixels: int =
     """
     if len(data) == 0:
         raise DecodeError("empty", f"{name}: no bytes (0 bytes)")
-    header = probe_image(data, max_pixels=max_pixels, name=name)
+    return decode_tensor_file(io.BytesIO(data), min_side=min_side, max_pixels=max_pixels, name=name)
+
+
+def decode_tensor_file(fp: IO[bytes], *, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       name: str = "<file>") -> torch.Tensor:
+    """:func:`decode_tensor` of an open file, whose header alone is read before the checks.
+
+    Only a JPEG that TorchCodec decodes is then read whole; Pillow reads the others as it decodes them, as the
+    ``pil`` decoder does.
+    """
+    header = probe_image(fp, max_pixels=max_pixels, name=name)
     if libjpeg_decodes(header, min_side):
-        try:
-            pixels = torchcodec_decoders().decode_jpeg(data, mode="RGB")  # applies the EXIF orientation itself
-        except RuntimeError:
-            pass  # damaged: featkit's decoder says why (or manages where libjpeg's strictness differs)
-        else:
-            return upright(pixels, header)
-    return pil_to_chw(_decode(io.BytesIO(data), name, max_pixels, min_side))
+        data = read_all(fp, name)
+        pixels = decode_jpeg_cpu(data, header)
+        if pixels is not None:
+            return pixels
+    fp.seek(0)
+    return pil_to_chw(_decode(fp, name, max_pixels, min_side))
+
+
+def decode_jpeg_cpu(data: bytes, header: ImageHeader) -> torch.Tensor | None:
+    """TorchCodec's upright pixels of a JPEG, or None where featkit's decoder must decode it.
+
+    None when the file is damaged (featkit's decoder then says why, or manages where libjpeg's strictness differs)
+    and when TorchCodec would orient it otherwise than Pillow: TorchCodec reads the orientation from the first
+    APP1 segment whatever it holds, Pillow from the first EXIF one and then from XMP.
+    """
+    if not orients_like_pillow(data, header):
+        return None
+    try:
+        pixels = torchcodec_decoders().decode_jpeg(data, mode="RGB")  # applies the EXIF orientation itself
+    except RuntimeError:
+        return None
+    return upright(pixels, header)
+
+
+def orients_like_pillow(data: bytes, header: ImageHeader) -> bool:
+    """True when a libjpeg-based decoder's EXIF orientation (TorchCodec's, on a CPU or a GPU) is Pillow's, or none."""
+    app1 = jpeg.first_app1(data)
+    if app1 is None:
+        return True  # no EXIF and no XMP: upright for both
+    return app1.startswith(b"Exif\0\0") and header.exif_readable
 
 
 def upright(pixels: torch.Tensor, header: ImageHeader) -> torch.Tensor:
@@ -124,13 +158,21 @@ def upright(pixels: torch.Tensor, header: ImageHeader) -> torch.Tensor:
     return pixels if header.orientation_in_exif else orient(pixels, header.orientation)
 
 
+def read_all(fp: IO[bytes], name: str) -> bytes:
+    fp.seek(0)
+    try:
+        return fp.read()
+    except OSError as e:
+        raise DecodeError("unreadable", f"{name}: read error: {e.strerror or e}") from None
+
+
 def load_crop_tensor(source: ImageSource, pre: Preprocess, *, draft: bool = True,
                      name: str | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """:func:`featkit.data.transforms.load_crop` with the tensor decoder: the crop and the decoded (width, height)."""
     min_side = pre.resize if draft else None
     if isinstance(source, (str, os.PathLike)):
-        label = _display(source)
-        pixels = decode_tensor(read_image_bytes(source), min_side=min_side, name=label)
+        with open_image_file(source) as fp:
+            pixels = decode_tensor_file(fp, min_side=min_side, name=_display(source))
     elif isinstance(source, (bytes, bytearray, memoryview)):
         pixels = decode_tensor(bytes(source), min_side=min_side, name=_display(name or "<bytes>"))
     else:  # a PIL image or an array: already pixels, brought to RGB by featkit's decoder

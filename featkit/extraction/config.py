@@ -116,7 +116,7 @@ def rows_per_shard(cfg: ExtractConfig, taps: list[TapSpec]) -> int:
     return max(1, min(cfg.shard_rows, SHARD_BYTES // max(1, row_bytes)))
 
 
-def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo, decoder: str = "pil") -> StoreSettings:
+def settings_of(cfg: ExtractConfig, taps: list[TapSpec], weights: WeightsInfo, decoder: str) -> StoreSettings:
     """Everything that determines the stored numbers (a store never mixes two of these).
 
     ``decoder`` is the one that runs (``cfg.decoder`` with ``auto`` resolved for the device).

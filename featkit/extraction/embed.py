@@ -60,8 +60,9 @@ def resolve_taps(model: str, names: Sequence[str]) -> list[TapSpec]:
 class EmbeddedBatch:
     """What :meth:`Embedder.batches` yields: one forward pass's features, or files that failed to decode.
 
-    A batch may carry only failures (no features): those are yielded as soon as their chunk is decoded, before
-    any later image's features, so a consumer sees every input in order.
+    A batch may carry only failures (no features): those are yielded in input order, before any later image's
+    features, so a consumer sees every input in order (one chunk after it was decoded: on a GPU the next chunk's
+    decode is queued before the last batch's features are waited for).
 
     Attributes:
         features: tap → (n, dims) array in the configured dtype; empty when the batch is only failures.
@@ -87,7 +88,9 @@ class Embedder:
         self.config = config
         self.taps = resolve_taps(config.model, config.taps)
         self.runtime: Runtime = resolve_runtime(config.device, config.precision)
-        self.decoder = resolve_decoder(config.decoder, self.runtime)
+        # auto is resolved here for this device; featkit extract resolves it once for all of a run's devices
+        self.decoder = resolve_decoder(config.decoder, [self.runtime.device.type]) if config.decoder == Decoder.auto \
+            else str(config.decoder)
         model, self.weights = load_backbone_weights(config.model, config.weights, seed=config.seed,
                                                     download=config.download)
         self.extractor = TapExtractor(model, self.taps, self.runtime, pool=config.pool, l2=config.l2)
@@ -131,6 +134,10 @@ class Embedder:
             desc: what the bar says it is doing.
         """
         cfg = self.config
+        if self.decoder == Decoder.nvjpeg:
+            resolve_decoder(self.decoder, [self.runtime.device.type])  # a GPU is needed from here on
+        elif self.decoder != Decoder.pil:
+            torchcodec_decoders()
         n = len(sources)
         names = _names(sources) if names is None else names
         loader = make_loader(sources, range(n), self.preprocess, chunk=cfg.batch_size, workers=self.decoders(n),
@@ -153,8 +160,9 @@ class Embedder:
             nonlocal pixels, positions, sizes, done
             batch = torch.cat(pixels) if len(pixels) > 1 else pixels[0]
             x, rest = batch[:count], batch[count:]
-            if self.runtime.channels_last:  # convert the uint8 batch: the float ops keep the layout (no float copy)
-                x = x.contiguous(memory_format=torch.channels_last)
+            # convert the uint8 batch: the float ops keep the layout (no float copy); MPS wants it contiguous
+            layout = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
+            x = x.contiguous(memory_format=layout)
             feats = self.extractor(normalize_batch(x, self.preprocess))
             pending.append((start_fetch(feats), positions[:count], sizes[:count], []))
             pixels = [rest] if len(rest) else []
@@ -234,17 +242,19 @@ class Embedder:
         return result
 
 
-def resolve_decoder(decoder: str, runtime: Runtime) -> str:
-    """The decoder that runs for ``decoder`` on ``runtime``'s device (``auto``: nvjpeg on CUDA, else tensor).
+def resolve_decoder(decoder: str, device_types: Sequence[str]) -> str:
+    """The one decoder all of a run's processes use on ``device_types`` (auto: nvjpeg if all are CUDA, else tensor).
 
     Raises:
-        ParameterError: ``nvjpeg`` off CUDA.
+        ParameterError: ``nvjpeg`` where a device is not CUDA.
         FeatkitError: TorchCodec, which the tensor and nvJPEG decoders use, cannot be loaded.
     """
+    on_gpus = set(device_types) == {"cuda"}
     if decoder == Decoder.auto:
-        decoder = Decoder.nvjpeg if runtime.is_cuda else Decoder.tensor
-    if decoder == Decoder.nvjpeg and not runtime.is_cuda:
-        raise ParameterError(f"--decoder nvjpeg decodes on a CUDA GPU, and this run computes on {runtime.device}; "
+        decoder = Decoder.nvjpeg if on_gpus else Decoder.tensor
+    if decoder == Decoder.nvjpeg and not on_gpus:
+        where = ", ".join(sorted(set(device_types)))
+        raise ParameterError(f"--decoder nvjpeg decodes on a CUDA GPU, and this run computes on {where}; "
                              f"use --decoder tensor (or auto) there.")
     if decoder != Decoder.pil:
         torchcodec_decoders()

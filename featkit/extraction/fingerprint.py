@@ -51,5 +51,9 @@ def fingerprints(paths: Iterable[str | os.PathLike]) -> list[str]:
     paths = list(paths)
     if len(paths) < 64:
         return [fingerprint(p) for p in paths]
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="featkit-fingerprint") as pool:
-        return list(pool.map(fingerprint, paths))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    out: list[str] = []
+    with ThreadPoolExecutor(min(4, cores), thread_name_prefix="featkit-fingerprint") as pool:
+        for start in range(0, len(paths), 8192):  # a slice at a time: a future per path of millions is gigabytes
+            out += pool.map(fingerprint, paths[start:start + 8192])
+    return out

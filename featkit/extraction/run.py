@@ -29,7 +29,7 @@ from featkit.data.sources import list_inputs
 from featkit.errors import InputError, Interrupted, StoreError
 from featkit.extraction import plan, ranks
 from featkit.extraction.config import SHARD_BYTES, ExtractConfig
-from featkit.extraction.embed import Embedder, resolve_taps
+from featkit.extraction.embed import Embedder, resolve_decoder, resolve_taps
 from featkit.extraction.fingerprint import fingerprints
 from featkit.store import format as fmt
 from featkit.store.writer import open_writer
@@ -255,6 +255,8 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
     devices = device_list(cfg.device, cfg.procs)
     if len(devices) == 1 and cfg.device == "all":  # every GPU, and there is one (or none: the CPU)
         cfg = dataclasses.replace(cfg, device=devices[0])
+    # one decoder for every process (auto resolved for all the devices), checked before anything is written
+    cfg = dataclasses.replace(cfg, decoder=resolve_decoder(cfg.decoder, [d.split(":")[0] for d in devices]))
     listing = list_inputs(items, layout=cfg.layout, limit=cfg.limit, per_class=cfg.per_class)
     cfg = _with_store_taps(cfg, Path(output))
     # several processes: this one only plans and merges, and needs the model's settings, not a device of its own

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -13,7 +14,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from featkit._device import resolve_device
 from featkit._faiss import faiss
+from featkit.choices import Decoder
 from featkit.errors import SearchIndexError, StoreError, check_float, check_int
 from featkit.extraction.embed import FAILURE_COLUMNS, Embedder, Embedding, config_for
 from featkit.index import gpu
@@ -247,8 +250,13 @@ class Index:
         weights_file = weights or self._recorded_weights()
         key = (str(weights_file) if weights_file else None, device)
         if key not in self._embedders:
-            embedder = Embedder(config_for(self.settings, taps=[self.tap], weights=weights_file, device=device))
-            changes = self.settings.for_tap(self.tap).diff(embedder.settings, vectors_only=True, limit=4)
+            config = config_for(self.settings, taps=[self.tap], weights=weights_file, device=device)
+            substitute = config.decoder == Decoder.nvjpeg and resolve_device(device).type != "cuda"
+            if substitute:  # nvJPEG needs a GPU: the tensor decoder is its CPU twin (same libjpeg rules, median
+                config = dataclasses.replace(config, decoder=Decoder.tensor)  # cosine 0.996 to pil, as nvjpeg's)
+            embedder = Embedder(config)
+            changes = self.settings.for_tap(self.tap).diff(embedder.settings, vectors_only=True)
+            changes = [c for c in changes if not (substitute and c.startswith("decoder:"))][:4]
             if changes:
                 raise SearchIndexError(f"Query images would be embedded differently from the indexed ones "
                                        f"({'; '.join(changes)}); use the weights and featkit version the store was "

@@ -4,8 +4,10 @@ A store never mixes two settings; an index records the settings of the store it 
 images are embedded the same way. Everything that reads a manifest goes through :meth:`StoreSettings.from_json`,
 which refuses a malformed one with a single :class:`~featkit.errors.StoreError` naming the file and the field.
 
-JSON schema versions: 1 adds ``schema`` and ``weights.seed``; 0 (no ``schema`` key, stores written before it)
-is read as well, the seed of random weights then coming from their id, ``random(seed=N)``.
+JSON schema versions: 2 adds ``decoder`` (written only when it is not ``pil``, and only then is the schema 2, so
+that a featkit that knows no decoders refuses such a store instead of mixing pixels into it); 1 adds ``schema`` and
+``weights.seed``; 0 (no ``schema`` key, stores written before it) is read as well, the seed of random weights then
+coming from their id, ``random(seed=N)``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from featkit.backbones.spec import Preprocess
 from featkit.choices import Decoder, DType, Pool, Precision, WeightsKind, values
 from featkit.errors import StoreError
 
-SCHEMA = 1
+SCHEMA = 2  # 2: the decoder is recorded (only stores not made with pil say 2, so older featkits refuse them)
 RECORDED_DECODERS = tuple(d.value for d in Decoder if d != Decoder.auto)
 _LEGACY_SEED = re.compile(r"random\(seed=(-?\d+)\)")
 
@@ -110,7 +112,8 @@ class StoreSettings:
         if identity_only:  # what equality compares: no file locations, no alternative names
             weights.pop("path", None)
             taps = [{k: v for k, v in tap.items() if k != "aliases"} for tap in taps]
-        return {"schema": SCHEMA, "model": self.model, "weights": weights, "preprocess": self.preprocess.as_dict(),
+        schema = 1 if self.decoder == Decoder.pil else SCHEMA  # pil stores keep the bytes (and digests) they had
+        return {"schema": schema, "model": self.model, "weights": weights, "preprocess": self.preprocess.as_dict(),
                 "taps": taps, "pool": self.pool, "l2": self.l2, "dtype": self.dtype, "precision": self.precision,
                 "draft": self.draft,
                 # identity: always, so that a diff names it; on disk: not for pil, the bytes of older stores
@@ -192,7 +195,7 @@ def _parse(data: Any) -> StoreSettings:
     if not isinstance(data, dict):
         raise _Bad("", f"must be an object, got {type(data).__name__}")
     schema = _field(data, "schema", int, default=0)
-    if schema not in (0, SCHEMA):
+    if schema not in (0, 1, SCHEMA):
         raise _Bad("schema", f"is {schema}; this featkit reads {SCHEMA} and earlier")
     w = _field(data, "weights", dict)
     kind = _choice(w, "kind", values(WeightsKind), "weights.")
