@@ -91,8 +91,8 @@ class HostStaging:
         self.turn = 0
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda" or tensor.numel() == 0 or tensor.device == self.device:
-            return tensor.to(self.device)  # (already there: the GPU decoder's crops)
+        if self.device.type != "cuda" or tensor.numel() == 0 or tensor.is_cuda:
+            return tensor.to(self.device)  # (on a GPU already: the GPU decoder's crops; "cuda" is not "cuda:0")
         if not (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)):
             tensor = tensor.contiguous()  # the staged copy below keeps the strides: they must be dense
         k, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
