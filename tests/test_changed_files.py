@@ -13,7 +13,7 @@ import pytest
 from helpers import write_images
 
 import featkit
-from featkit.extraction import run as extraction_run
+from featkit.extraction import fingerprint as fingerprint_module
 from featkit.extraction.fingerprint import SPAN, fingerprint
 from featkit.store import format as fmt
 
@@ -82,7 +82,7 @@ def test_a_store_written_before_fingerprints_resumes_without_reading_its_files(b
     assert list(pd.read_parquet(next((tmp_path / "s").rglob("metadata/part-00000.parquet"))).columns) == OLD_META
     read: list[str] = []
     counting = lambda path: read.append(path) or fingerprint(path)  # noqa: E731
-    monkeypatch.setattr(extraction_run, "fingerprint", counting)
+    monkeypatch.setattr(fingerprint_module, "fingerprint", counting)  # what fingerprints() reads each file with
     again = featkit.extract(bmps, tmp_path / "s", **FAST)
     assert (again.computed, again.unchanged) == (0, 8) and read == []  # nothing recomputed, no file read
     # a new file gets a fingerprint; an old row's same-size edit goes unseen (it has none): its size and mtime rule
