@@ -138,3 +138,26 @@ def as_v1_store(v2: Path, v1: Path) -> Path:
         "rows": rows, "failures": int(table.failures.sum()), "shards": shards, "stale_rows": sorted(log.retired),
         "runs": log.runs, "settings": manifest["settings"]}, indent=1))
     return v1
+
+
+def decoder_agreement(photos: Path, weights: Path, decoder: str, out: Path, device: str = "cpu"):
+    """SqueezeNet ``fire9`` (avg-pooled, real weights) of ``photos`` with ``decoder`` and with ``pil``.
+
+    Returns each photo's cosine between the two, and the linear probe's val top-1 for each: ``{pil, decoder}``.
+    """
+    import featkit
+    from featkit.probes.protocol import run_linear_probe
+
+    stores = {}
+    for name in ("pil", decoder):
+        featkit.extract(photos, out / name, model="squeezenet1_1", weights=str(weights), layers=["fire9"],
+                        pool="avg", decoder=name, device=device)
+        stores[name] = featkit.open_features(out / name)
+    rows = stores["pil"].rows
+    assert rows["path"].tolist() == stores[decoder].rows["path"].tolist()
+    a, b = (np.asarray(stores[d]["fire9"], dtype=np.float64) for d in ("pil", decoder))
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    train, val = (rows["split"] == "train").to_numpy(), (rows["split"] == "val").to_numpy()
+    y = rows["label"].to_numpy()
+    top1 = {d: run_linear_probe(x[train], y[train], x[val], y[val], seed=0).top1 for d, x in (("pil", a), (decoder, b))}
+    return cosine, top1

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from corpus import write_bad_corpus, write_odd_but_good_corpus
-from helpers import write_images
+from helpers import decoder_agreement, write_images
 from PIL import Image
 
 import featkit
@@ -357,24 +357,10 @@ def test_cli_decoder_option_and_its_one_line_error(tmp_path):
 
 def test_features_agree_with_the_pil_decoder_on_real_photos(shared_weights, hymenoptera, tmp_path):
     """The issue's bar: median cosine ≥ 0.99 and the linear probe within one point, real weights and photos."""
-    from featkit.probes.protocol import run_linear_probe
-
-    stores = {}
-    for decoder in ("pil", "tensor"):
-        out = tmp_path / decoder
-        featkit.extract(hymenoptera, out, model="squeezenet1_1", weights=str(shared_weights), layers=["fire9"],
-                        pool="avg", decoder=decoder, device="cpu")
-        stores[decoder] = featkit.open_features(out)
-    rows = stores["pil"].rows
-    assert rows["path"].tolist() == stores["tensor"].rows["path"].tolist()
-    a, b = (np.asarray(stores[d]["fire9"], dtype=np.float64) for d in ("pil", "tensor"))
-    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    cosine, top1 = decoder_agreement(hymenoptera, shared_weights, "tensor", tmp_path)
     assert np.median(cosine) >= 0.99 and cosine.min() > 0.95
-    train, val = (rows["split"] == "train").to_numpy(), (rows["split"] == "val").to_numpy()
-    y = rows["label"].to_numpy()
-    acc = {d: run_linear_probe(x[train], y[train], x[val], y[val], seed=0).top1 for d, x in (("pil", a), ("tensor", b))}
-    assert abs(acc["pil"] - acc["tensor"]) <= 0.01 + 1e-9
-    assert acc["pil"] > 0.8  # real features: the comparison is between two good probes
+    assert abs(top1["pil"] - top1["tensor"]) <= 0.01 + 1e-9
+    assert top1["pil"] > 0.8  # real features: the comparison is between two good probes
 
 
 def test_an_index_of_an_nvjpeg_store_is_searched_by_image_on_a_cpu_with_the_tensor_decoder(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from corpus import UPRIGHT_QUADRANTS, write_bad_corpus, write_odd_but_good_corpus
+from helpers import decoder_agreement
 from PIL import Image
 
 import featkit
@@ -139,22 +140,7 @@ def test_gpu_memory_stays_flat_over_many_batches():
 
 
 def test_nvjpeg_agrees_with_pil_on_real_photos(shared_weights, hymenoptera, tmp_path):
-    from featkit.probes.protocol import run_linear_probe
-
-    stores = {}
-    for decoder in ("pil", "nvjpeg"):
-        out = tmp_path / decoder
-        featkit.extract(hymenoptera, out, model="squeezenet1_1", weights=str(shared_weights), layers=["fire9"],
-                        pool="avg", decoder=decoder, device="cuda")
-        stores[decoder] = featkit.open_features(out)
-    rows = stores["pil"].rows
-    assert rows["path"].tolist() == stores["nvjpeg"].rows["path"].tolist()
-    a, b = (np.asarray(stores[d]["fire9"], dtype=np.float64) for d in ("pil", "nvjpeg"))
-    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    print(f"nvjpeg vs pil: median cosine {np.median(cosine):.5f}, min {cosine.min():.5f}")
+    cosine, top1 = decoder_agreement(hymenoptera, shared_weights, "nvjpeg", tmp_path, device="cuda")
+    print(f"nvjpeg vs pil: median cosine {np.median(cosine):.5f}, min {cosine.min():.5f}; probe top-1 {top1}")
     assert np.median(cosine) >= 0.99
-    train, val = (rows["split"] == "train").to_numpy(), (rows["split"] == "val").to_numpy()
-    y = rows["label"].to_numpy()
-    acc = {d: run_linear_probe(x[train], y[train], x[val], y[val], seed=0).top1 for d, x in (("pil", a), ("nvjpeg", b))}
-    print(f"probe accuracy: {acc}")
-    assert abs(acc["pil"] - acc["nvjpeg"]) <= 0.01 + 1e-9
+    assert abs(top1["pil"] - top1["nvjpeg"]) <= 0.01 + 1e-9
