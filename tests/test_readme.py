@@ -9,6 +9,7 @@ path (only the download is replaced), so every command exercises the code a user
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
@@ -90,8 +91,12 @@ def fake_imagenet(tmp_path_factory):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                torch.save(build_module(name, num_classes=classes).state_dict(), tmp)
-                os.replace(tmp, path)  # another test process may be writing the same one
+                # saved through memory: torch.save names the archive inside after the file, and a pid in it would
+                # give each test process's copy another sha256 (a store made with one, searched with the other)
+                data = io.BytesIO()
+                torch.save(build_module(name, num_classes=classes).state_dict(), data)
+                tmp.write_bytes(data.getvalue())
+                os.replace(tmp, path)  # another test process may be writing the same bytes
         return path
 
     return fetch
