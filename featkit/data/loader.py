@@ -78,8 +78,7 @@ class CropDataset(Dataset):
             data = read_all(fp, label)
             if gpu_decodes(header, data):
                 return EncodedJpeg(-1, data, header, label), header.size
-        fp.seek(0)
-        pixels = decode_tensor_file(fp, min_side=self.pre.resize if self.draft else None, name=label)
+        pixels = decode_tensor_file(fp, min_side=self.pre.resize if self.draft else None, name=label, header=header)
         return resize_crop(pixels, self.pre), (int(pixels.shape[-1]), int(pixels.shape[-2]))
 
 
@@ -133,7 +132,7 @@ class ThreadedChunks:
 
 
 def make_loader(sources: Sequence[ImageSource], positions: Sequence[int], pre: Preprocess, *, chunk: int,
-                workers: int, pin_memory: bool = False, draft: bool = True, names: Sequence[str] | None = None,
+                workers: int, draft: bool = True, names: Sequence[str] | None = None,
                 decoder: str = Decoder.pil):
     """Chunks of ``chunk`` consecutive inputs, in order.
 
@@ -152,7 +151,6 @@ def make_loader(sources: Sequence[ImageSource], positions: Sequence[int], pre: P
         shuffle=False,
         num_workers=workers,
         collate_fn=_Collate(pre.crop),
-        pin_memory=pin_memory,
         persistent_workers=False,
         # JPEG bytes for the GPU are bigger than crops: fewer chunks wait in the pipes
         prefetch_factor=(2 if decoder == Decoder.nvjpeg else 4) if workers > 0 else None,

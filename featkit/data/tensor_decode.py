@@ -113,13 +113,14 @@ def decode_tensor(data: bytes, *, min_side: int | None = None, max_pixels: int =
 
 
 def decode_tensor_file(fp: IO[bytes], *, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                       name: str = "<file>") -> torch.Tensor:
+                       name: str = "<file>", header: ImageHeader | None = None) -> torch.Tensor:
     """:func:`decode_tensor` of an open file, whose header alone is read before the checks.
 
     Only a JPEG that TorchCodec decodes is then read whole; Pillow reads the others as it decodes them, as the
-    ``pil`` decoder does.
+    ``pil`` decoder does. ``header``: what :func:`probe_image` already read of this file, if it was called.
     """
-    header = probe_image(fp, max_pixels=max_pixels, name=name)
+    if header is None:
+        header = probe_image(fp, max_pixels=max_pixels, name=name)
     if libjpeg_decodes(header, min_side):
         data = read_all(fp, name)
         pixels = decode_jpeg_cpu(data, header)
