@@ -19,6 +19,7 @@ from featkit.cli import inspect as inspect_cmd
 from featkit.cli import models as models_cmd
 from featkit.cli import predict as predict_cmd
 from featkit.cli import probe as probe_cmd
+from featkit.cli import serve as serve_cmd
 from featkit.cli import store as store_cmd
 from featkit.cli import verify as verify_cmd
 from featkit.errors import FeatkitError, Interrupted
@@ -86,6 +87,7 @@ app.add_typer(index_cmd.app, name="index")
 app.add_typer(store_cmd.app, name="store")
 app.command("search")(index_cmd.search)
 app.command("dedup")(index_cmd.dedup)
+app.command("serve")(serve_cmd.serve)
 
 
 def command() -> _click.Command:
