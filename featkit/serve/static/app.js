@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const PAGE = 60;
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
   "#bcbd22", "#17becf"];
-const state = {info: null, last: null, queryLabel: "", browseOffset: 0, map: null, metric: "cosine"};
+const state = {info: null, last: null, queryLabel: "", browseOffset: 0, map: null, metric: "cosine", asked: 0};
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -48,7 +48,7 @@ function showInfo(info) {
   const dims = info.pca ? `${info.dims} → ${info.pca} (PCA)` : `${info.dims}`;
   const fields = [["model", info.model], ["weights", info.weights], ["tap", `${info.tap} (${info.pool} pool)`],
     ["size", `${info.vectors.toLocaleString()} images × ${dims} dims`],
-    ["index", `${info.kind}, ${info.metric}, recall@10 ${info.recall_at_10}`], ["device", info.device]];
+    ["index", `${info.kind}, ${info.metric}, recall@10 ${Number(info.recall_at_10).toFixed(3)}`], ["device", info.device]];
   const list = $("info");
   list.replaceChildren(...fields.map(([name, value]) =>
     el("div", {"data-field": name}, el("dt", {text: name}), el("dd", {text: String(value)}))));
@@ -127,10 +127,12 @@ async function searchUpload(file) {
   status("status", "Searching…");
   const form = new FormData();
   form.append("image", file, file.name);
+  const asked = ++state.asked;  // only the latest search may fill the grid, whichever answer comes last
   try {
     const answer = await api(`/api/search?${searchParams()}`, {method: "POST", body: form});
-    showResults(answer.results);
+    if (asked === state.asked) showResults(answer.results);
   } catch (error) {
+    if (asked !== state.asked) return;
     $("results").replaceChildren();
     status("status", error.message, true);
   }
@@ -142,8 +144,10 @@ async function searchFrom(id) {
   status("status", "Searching…");
   const params = searchParams();
   params.set("id", String(id));
+  const asked = ++state.asked;
   try {
     const answer = await api(`/api/search?${params}`);
+    if (asked !== state.asked) return;
     const query = answer.query;
     state.queryLabel = query.label || "";
     $("query-label").value = state.queryLabel;
@@ -152,7 +156,7 @@ async function searchFrom(id) {
       el("a", {href: `/api/image/${query.id}`, target: "_blank", rel: "noopener", text: "full image"})]);
     showResults(answer.results);
   } catch (error) {
-    status("status", error.message, true);
+    if (asked === state.asked) status("status", error.message, true);
   }
 }
 
