@@ -57,11 +57,11 @@ def main() -> None:
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+    from serving import running_server
 
     from featkit.index import Index
     from featkit.serve.app import ServeConfig
     from featkit.serve.library import Library
-    from serving import running_server
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import HYMENOPTERA, SQUEEZENET_WEIGHTS
 
 pytest.importorskip("fastapi", reason="featkit serve needs the serve extra: pip install 'featkit[serve]'")

@@ -59,6 +59,9 @@ class Library:
         self._labels = [_label(v) for v in table["label"].tolist()]
         self.dedup_threshold = dedup_threshold
         self._stores: dict[str, FeatureStore] = {}
+        self._store_roots = table["store"].astype(str).to_numpy()
+        self._rows = table["row"].to_numpy(np.int64)
+        self._row_numbers: dict[str, np.ndarray] = {}  # each store's stored row numbers, in order
         self._lock = threading.Lock()  # guards the lazily computed groups and map
         self._groups: list[dict] | None = None
         self._map: dict | None = None
@@ -122,19 +125,22 @@ class Library:
         """The stored vectors of ``item_ids``, read from the feature stores the index was built from."""
         ats = np.array([self._at(i) for i in item_ids], dtype=np.int64)
         out = np.empty((len(ats), self.index.manifest["dim"]), dtype=np.float32)
-        rows = self.table.iloc[ats]
-        for root, group in rows.groupby("store", sort=False):
+        for root in dict.fromkeys(self._store_roots[ats].tolist()):
+            where = np.flatnonzero(self._store_roots[ats] == root)
             store = self._store(str(root))
-            stored = store.rows["row"].to_numpy(np.int64)
-            wanted = group["row"].to_numpy(np.int64)
-            positions = np.searchsorted(stored, wanted)
-            positions = np.minimum(positions, max(len(stored) - 1, 0))
+            stored = self._stored_rows(str(root), store)
+            wanted = self._rows[ats[where]]
+            positions = np.minimum(np.searchsorted(stored, wanted), max(len(stored) - 1, 0))
             if not len(stored) or not np.array_equal(stored[positions], wanted):
                 raise SearchIndexError(f"{root} no longer holds the rows of these items (it was changed since the "
                                        "index was built); search by uploading an image instead.")
-            where = np.flatnonzero(rows["store"].to_numpy() == root)
             out[where] = np.asarray(store[self.index.tap][positions], dtype=np.float32)
         return out
+
+    def _stored_rows(self, root: str, store: FeatureStore) -> np.ndarray:
+        if root not in self._row_numbers:
+            self._row_numbers[root] = store.rows["row"].to_numpy(np.int64)
+        return self._row_numbers[root]
 
     def neighbours(self, vector: np.ndarray, k: int, *, label: str | None = None,
                    exclude: int | None = None) -> list[dict]:
