@@ -58,3 +58,7 @@ def test_a_wheel_installed_in_a_fresh_venv_lists_recipes_and_data_cards_outside_
     for name in ("digits", "hymenoptera", "cifar10", "flowers102"):
         assert name in cards
     assert "digits" in run("data", "show", "digits")
+    page = subprocess.run([str(python), "-c", "from importlib import resources; "
+                           "print(resources.files('featkit.serve').joinpath('static', 'index.html').read_text())"],
+                          cwd=outside, env=env, check=True, capture_output=True, text=True).stdout
+    assert "/static/app.js" in page  # featkit serve's page ships in the wheel
