@@ -389,3 +389,17 @@ def test_an_index_of_an_nvjpeg_store_is_searched_by_image_on_a_cpu_with_the_tens
     hits = index.search([str(query)], k=1, device="cpu")
     assert index.embedder(device="cpu").decoder == "tensor"
     assert Path(hits["path"].iloc[0]).name == query.name  # the image finds itself
+
+
+@pytest.mark.parametrize("decoder", ["pil", "tensor"])
+def test_an_image_too_long_for_its_resize_is_recorded_not_resized(tmp_path, decoder):
+    # 1 x 40000 passes the stored-pixel guard; resized to 256 on its short side it would be 2.6 Gpixels (7.8 GB)
+    Image.new("RGB", (1, 40_000)).save(tmp_path / "long.png")
+    Image.new("RGB", (40_000, 2)).save(tmp_path / "wide.jpg")
+    Image.new("RGB", (1200, 60), (200, 10, 10)).save(tmp_path / "banner.jpg")  # 20:1 is fine
+    files = [str(tmp_path / n) for n in ("long.png", "wide.jpg", "banner.jpg")]
+    embedded = featkit.embed(files + [(tmp_path / "long.png").read_bytes()], model="squeezenet1_1", weights="random",
+                             layers="fire9", pool="avg", decoder=decoder, device="cpu")
+    assert embedded.names == [files[2]]
+    assert embedded.failures["reason"].tolist() == ["too_many_pixels"] * 3
+    assert "1x40000 resized to 256 on its shorter side" in embedded.failures["message"].iloc[0]

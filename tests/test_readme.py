@@ -37,6 +37,8 @@ SKIP = {  # a command's first words -> why it does not run here
     "featkit data prepare cifar10": "downloads CIFAR-10",
     "featkit finetune --recipe resnet-2015 --data cifar10": "needs CIFAR-10, downloaded by featkit data prepare",
     "featkit bench --models alexnet,vgg16,resnet50": "downloads the hymenoptera photos (and is a full benchmark)",
+    "featkit serve photos.index --port 9000 --host 0.0.0.0": "listens on every network interface; tests listen on "
+                                                            "loopback only (tests/test_serve.py checks the token)",
 }
 FAST = {"device": "cpu", "workers": 0}
 
@@ -156,6 +158,39 @@ def outputs(argv: list[str]) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-o", "--output")]
 
 
+def serve_once(monkeypatch) -> None:
+    """``featkit serve`` on a free loopback port, answering one request for its info, then stopping."""
+    import dataclasses
+    import http.client
+    import threading
+
+    import uvicorn
+
+    from featkit.serve import server
+    from featkit.serve.app import create_app
+
+    bind = server.bind
+    monkeypatch.setattr(server, "bind", lambda config: bind(dataclasses.replace(config, port=0)))
+
+    def serve(library, config, sock) -> None:
+        config = dataclasses.replace(config, port=sock.getsockname()[1])
+        running = uvicorn.Server(uvicorn.Config(create_app(library, config), log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not running.started and thread.is_alive():
+            threading.Event().wait(0.02)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", config.port, timeout=30)
+            conn.request("GET", "/api/info", headers={"Host": f"127.0.0.1:{config.port}"})
+            answer = conn.getresponse()
+            assert answer.status == 200 and b'"model"' in answer.read()
+        finally:
+            running.should_exit = True
+            thread.join(timeout=30)
+
+    monkeypatch.setattr(server, "serve", serve)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", commands())
 def test_readme_command_runs_as_written(command, work, fake_imagenet, monkeypatch):
@@ -176,6 +211,8 @@ def test_readme_command_runs_as_written(command, work, fake_imagenet, monkeypatc
     if argv[:1] in (["extract"], ["finetune"]) or argv[:2] == ["index", "build"]:
         for out in outputs(argv):
             shutil.rmtree(out, ignore_errors=True)
+    if argv[0] == "serve":
+        serve_once(monkeypatch)
     result = CliRunner().invoke(app, argv, catch_exceptions=False)
     assert result.exit_code == 0, f"{command}\n{result.output}"
     if redirect:

@@ -189,6 +189,28 @@ def test_bad_uploads_get_422_with_the_reason_and_the_server_stays_up(client):
     assert upload(client, jpeg_bytes()).status_code == 200
 
 
+def test_an_upload_of_extreme_shape_is_refused_before_it_is_resized(client):
+    # 1 × 60000 pixels pass the decoder's pixel guard, but resized to 256 on the short side they would make 3.9
+    # Gpixels (11 GB): refused from the size, in a moment
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 60000), (0, 0, 0)).save(buf, format="PNG")
+    answer = upload(client, buf.getvalue())
+    assert answer.status_code == 422 and answer.json()["reason"] == "too_many_pixels", answer.text
+    assert "shorter side" in answer.json()["detail"]
+    assert upload(client, jpeg_bytes((2000, 40))).status_code == 200  # a 50:1 banner is fine
+
+
+def test_multipart_abuse_is_a_4xx_answered_off_the_event_loop(client):
+    boundary = "B" * 70_000
+    answer = client.post("/api/search", content=b"--" + boundary.encode() + b"--\r\n",
+                         headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert answer.status_code == 400, answer.text
+    many = b"--B\r\n\r\n\r\n" * 50_000 + b"--B--\r\n"
+    answer = client.post("/api/search", content=many, headers={"content-type": "multipart/form-data; boundary=B"})
+    assert answer.status_code == 400 and "parts" in answer.json()["detail"]
+    assert client.get("/api/info").status_code == 200
+
+
 def test_an_upload_over_the_limit_is_refused_with_413(built):
     config = ServeConfig(max_upload=100_000)
     with TestClient(create_app(built["library"], config), base_url=BASE) as client:
@@ -237,7 +259,9 @@ def test_every_answer_has_nosniff_and_the_policy_and_none_allows_other_origins(c
 
 @pytest.mark.parametrize("host", ["evil.example:8765", "evil.example", "127.0.0.1:8766", "localhost:80",
                                   "127.0.0.1.evil.example:8765", "attacker.localhost.example:8765", "", "[::2]:8765",
-                                  "10.0.0.5:8765", "127.0.0.1:8765@evil.example", "localhost:8765:1"])
+                                  "10.0.0.5:8765", "127.0.0.1:8765@evil.example", "localhost:8765:1",
+                                  "evil.example@127.0.0.1:8765", "127.0.0.1:8765/evil", "127.0.0.1:8765#x",
+                                  "user:pw@localhost:8765", "127.0.0.1:08765", " 127.0.0.1:8765", "127.0.0.1:8765?x"])
 def test_a_foreign_host_header_is_refused(client, host):
     answer = client.get("/api/info", headers={"host": host})
     assert answer.status_code == 403, host
@@ -249,7 +273,7 @@ def test_loopback_names_at_the_servers_port_are_let_in(client, host):
     assert client.get("/api/info", headers={"host": host}).status_code == 200
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:9999", "https://127.0.0.1:8765",
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:9999", "https://evil.example",
                                     "http://localhost:8765.evil.example"])
 def test_requests_from_other_origins_are_refused(client, origin):
     assert client.get("/api/info", headers={"origin": origin}).status_code == 403
@@ -258,6 +282,8 @@ def test_requests_from_other_origins_are_refused(client, origin):
 
 def test_the_servers_own_origin_may_upload(client):
     assert upload(client, jpeg_bytes(), headers={"origin": BASE}).status_code == 200
+    # behind a TLS proxy the page's origin is https:// and the same host
+    assert upload(client, jpeg_bytes(), headers={"origin": BASE.replace("http:", "https:")}).status_code == 200
 
 
 def test_only_a_loopback_bind_may_go_without_a_token():
@@ -285,7 +311,13 @@ def test_with_a_token_every_request_needs_it(built):
         assert opened.status_code == 303 and opened.headers["location"] == "/"  # the token leaves the address bar
         cookie = opened.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-        client.cookies.set("featkit_token", token)
+        name = cookie.split("=", 1)[0]
+        assert name == "featkit_token_8765"  # one cookie per port: two servers on one machine keep theirs
+        # other apps on 127.0.0.1 set cookies too, some that Python's cookie parser stops at
+        messy = f'prefs={{"theme":"dark"}}; a=b c; featkit_token_9000=other; {name}=wrong; {name}={token}'
+        assert client.get("/api/info", headers={"cookie": messy}).status_code == 200
+        assert client.get("/api/info", headers={"cookie": f"{name}=wrong"}).status_code == 401
+        client.cookies.set(name, token)
         assert client.get("/").status_code == 200 and client.get("/api/info").status_code == 200
         # on a wildcard bind any IP address may be the server's; a DNS name only with --allow-host
         assert client.get("/api/info", headers={"host": "10.1.2.3:8765"}).status_code == 200
@@ -390,6 +422,23 @@ def test_serve_says_in_one_line_when_the_port_is_taken_or_the_index_missing(buil
     assert "--port" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     missing = featkit_cli("serve", str(tmp_path / "nothing.index"), "--port", "0")
     assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+
+
+def test_a_store_gone_since_is_a_clear_409_that_names_no_server_folder(built, tmp_path):
+    root = tmp_path / "moved"
+    library = Library(Index.open(tiny_index(root, classes=1, per_class=3)), device="cpu")
+    (root / "feats").rename(root / "feats-elsewhere")
+    with TestClient(create_app(library, ServeConfig()), base_url=BASE) as client:
+        for url in ("/api/search?id=0", "/api/map"):
+            answer = client.get(url)
+            text = answer.text
+            assert str(tmp_path) not in text, text
+        assert client.get("/api/search?id=0").status_code == 409
+        assert client.get("/api/map").json()["points"] == []
+        (root / "feats-elsewhere").rename(root / "feats")  # back: the map is made now, not stuck empty
+        assert len(client.get("/api/map").json()["points"]) == 3
+        assert client.get("/api/search?id=0").status_code == 200
+        assert "/" not in client.get("/api/info").json()["index"]  # the index's name, not where it lives
 
 
 def test_json_answers_are_json(client):

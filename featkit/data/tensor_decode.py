@@ -34,9 +34,11 @@ from featkit.data.decode import (
     ImageSource,
     _decode,
     _display,
+    check_resize,
     decode_source,
     open_image_file,
     probe_image,
+    source_name,
 )
 from featkit.errors import FeatkitError
 
@@ -90,6 +92,7 @@ def resize_crop(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 
     The result is in channels-last memory, the layout a batch is computed in.
     """
+    check_resize((int(pixels.shape[-1]), int(pixels.shape[-2])), pre.resize, "the image")
     out = F.resize(pixels, [pre.resize], interpolation=InterpolationMode(pre.interpolation), antialias=True)
     out = F.center_crop(out, [pre.crop, pre.crop])
     return out.movedim(-3, -1).contiguous().movedim(-1, -3)
@@ -178,4 +181,5 @@ def load_crop_tensor(source: ImageSource, pre: Preprocess, *, draft: bool = True
         pixels = decode_tensor(bytes(source), min_side=min_side, name=_display(name or "<bytes>"))
     else:  # a PIL image or an array: already pixels, brought to RGB by featkit's decoder
         pixels = pil_to_chw(decode_source(source, name=name))
+    check_resize((int(pixels.shape[-1]), int(pixels.shape[-2])), pre.resize, source_name(source, name))
     return resize_crop(pixels, pre), (int(pixels.shape[-1]), int(pixels.shape[-2]))

@@ -13,11 +13,12 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from featkit.backbones.spec import Preprocess
-from featkit.data.decode import ImageSource, decode_source
+from featkit.data.decode import ImageSource, check_resize, decode_source, source_name
 
 
 def crop_image(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     """Resize the shorter side, centre-crop, and return a uint8 (3, crop, crop) tensor."""
+    check_resize(image.size, pre.resize, "the image")
     image = TF.resize(image, pre.resize, interpolation=InterpolationMode(pre.interpolation), antialias=True)
     image = TF.center_crop(image, pre.crop)
     return TF.pil_to_tensor(image)
@@ -40,6 +41,7 @@ def load_crop(source: ImageSource, pre: Preprocess, *, draft: bool = True,
         featkit.data.decode.DecodeError: the source is not a usable image.
     """
     image = decode_source(source, min_side=pre.resize if draft else None, name=name)
+    check_resize(image.size, pre.resize, source_name(source, name))
     return crop_image(image, pre), image.size
 
 

@@ -13,8 +13,9 @@ from importlib import resources
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from featkit.data.decode import DecodeError
 from featkit.errors import FeatkitError, ParameterError, check_int
@@ -23,6 +24,8 @@ from featkit.serve.library import FULL, THUMB, Library, UnknownItem
 from featkit.serve.queries import QueryEmbedder, RejectedImage
 
 MAX_K = 200
+MAX_PARTS = 16  # multipart parts an upload may have
+BODY_TIMEOUT = 30  # seconds an upload may go without sending anything
 TOKEN = re.compile(r"[A-Za-z0-9._~-]+")
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -81,13 +84,38 @@ async def _upload(request: Request, limit: int) -> bytes:
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise BadRequest(415, "Send the image as multipart/form-data, in a field named 'image'.")
     body = bytearray()
-    async for chunk in request.stream():  # a body without Content-Length is counted as it comes
+    stream = request.stream().__aiter__()  # a body without Content-Length is counted as it comes
+    while True:
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):  # a client that stops sending frees its request
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise BadRequest(408, f"The upload stalled (nothing for {BODY_TIMEOUT} s).") from None
+        except ClientDisconnect:
+            raise BadRequest(400, "The client went away during the upload.") from None
         body += chunk
         if len(body) > limit:
             raise BadRequest(413, f"The upload is larger than this server's limit of {limit / 2**20:g} MB.")
-    parts: list[tuple[bytes, bytearray]] = []
-    header: list[bytes] = [b"", b""]
+    # parsing is pure Python: off the event loop, so a large body of many parts does not hold other requests
+    return await asyncio.to_thread(_image_field, bytes(body), params[b"boundary"])
+
+
+def _image_field(body: bytes, boundary: bytes) -> bytes:
+    """The first part named ``image`` of a multipart body (only its data is kept; at most MAX_PARTS parts)."""
+    parts = 0
+    header = [b"", b""]
     disposition = [b""]
+    image: list[bytearray] = []
+    current: list[bytearray | None] = [None]
+
+    def on_part_begin() -> None:
+        nonlocal parts
+        parts += 1
+        if parts > MAX_PARTS:
+            raise BadRequest(400, f"The upload has more than {MAX_PARTS} parts; send one field named 'image'.")
+        disposition[0] = b""
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header[0] += data[start:end]
@@ -100,27 +128,28 @@ async def _upload(request: Request, limit: int) -> bytes:
             disposition[0] = header[1]
         header[0], header[1] = b"", b""
 
-    def on_part_begin() -> None:
-        disposition[0] = b""
-
     def on_headers_finished() -> None:
-        parts.append((parse_options_header(disposition[0])[1].get(b"name", b""), bytearray()))
+        wanted = not image and parse_options_header(disposition[0])[1].get(b"name") == b"image"
+        current[0] = bytearray() if wanted else None
+        if wanted:
+            image.append(current[0])  # type: ignore[arg-type]
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1][1].extend(data[start:end])
+        if current[0] is not None:
+            current[0].extend(data[start:end])
 
-    parser = MultipartParser(params[b"boundary"], {
-        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_part_begin": on_part_begin, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data})
     try:
-        parser.write(bytes(body))
+        parser = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data})
+        parser.write(body)
         parser.finalize()
-    except MultipartParseError:
+    except (MultipartParseError, FormParserError, ValueError):
         raise BadRequest(400, "The multipart body cannot be parsed.") from None
-    images = [bytes(data) for name, data in parts if name == b"image"]
-    if not images:
+    if not image:
         raise BadRequest(422, "No 'image' field in the upload.", "no_image")
-    return images[0]
+    return bytes(image[0])
 
 
 def create_app(library: Library, config: ServeConfig = ServeConfig()) -> DoorMiddleware:  # noqa: B008 - frozen

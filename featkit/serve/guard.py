@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-COOKIE = "featkit_token"
+COOKIE = "featkit_token"  # + "_PORT": browsers keep one cookie jar for every port of a host
+# a Host header as browsers send it: a name or an IPv4 address, or an IPv6 address in brackets, then the port
+_HOST = re.compile(r"(?P<name>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[1-9][0-9]{0,4}))?")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Pages, scripts and styles come from this server only; pictures also as blob: (the upload preview); no plugins,
 # frames, inline scripts or form posts elsewhere.
@@ -81,39 +83,49 @@ class Door:
     allowed_hosts: tuple[str, ...] = ()
     max_body: int = 20 * 2**20
 
+    @property
+    def cookie(self) -> str:
+        return f"{COOKIE}_{self.port}"
+
     def host_allowed(self, header: str) -> bool:
         """Whether a ``Host`` header names this server (at its port)."""
-        try:
-            parts = urlsplit(f"//{header}")
-            name, port = (parts.hostname or ""), parts.port
-        except ValueError:
+        match = _HOST.fullmatch(header)
+        if match is None or int(match["port"] or 80) != self.port:
             return False
-        if (port or 80) != self.port or not name:
-            return False
-        name = name.lower()
+        name = match["name"].strip("[]").lower()
         bound = self.host.strip("[]").lower()
         if name in LOOPBACK_NAMES or name == bound or name in (h.lower() for h in self.allowed_hosts):
             return True
         return is_wildcard(self.host) and _ip_literal(name)
 
     def origin_allowed(self, origin: str, host: str) -> bool:
-        """Whether a request's ``Origin`` is this server's own page (``http://`` + the Host it was sent to)."""
-        return origin.lower() == f"http://{host}".lower()
+        """Whether a request's ``Origin`` is this server's own page: the Host it was sent to, over http or https.
 
-    def token_of(self, headers: dict[bytes, bytes], query: str) -> tuple[str | None, bool]:
-        """The token a request carries, and whether it came in the query string."""
+        (https: the page behind a TLS proxy. The Host itself has passed :meth:`host_allowed`.)
+        """
+        return origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower())
+
+    def token_given(self, headers: dict[bytes, bytes], query: str) -> tuple[bool, bool]:
+        """Whether a request carries the token, and whether it came in the query string.
+
+        The cookie header is split by hand: other apps on this host (any port) set cookies too, some of which
+        Python's cookie parser stops at, and any of several values of ours may be the right one.
+        """
+        assert self.token is not None
+        token = self.token.encode()
+
+        def right(value: str) -> bool:
+            return hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), token)
+
         auth = headers.get(b"authorization", b"").decode("latin-1")
         if auth.lower().startswith("bearer "):
-            return auth[7:].strip(), False
-        cookie = SimpleCookie()
-        try:
-            cookie.load(headers.get(b"cookie", b"").decode("latin-1"))
-        except Exception:  # noqa: BLE001 - a malformed cookie header carries no token
-            cookie = SimpleCookie()
-        if COOKIE in cookie:
-            return cookie[COOKIE].value, False
-        given = parse_qs(query).get("token")
-        return (given[0], True) if given else (None, False)
+            return right(auth[7:]), False
+        for pair in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+            name, _, value = pair.partition("=")
+            if name.strip() == self.cookie and right(value):
+                return True, False
+        given = parse_qs(query).get("token") or []
+        return bool(given) and right(given[0]), bool(given)
 
 
 class DoorMiddleware:
@@ -137,13 +149,13 @@ class DoorMiddleware:
             return
         if self.door.token is not None:
             query = scope.get("query_string", b"").decode("latin-1")
-            given, in_query = self.door.token_of(headers, query)
-            if given is None or not hmac.compare_digest(given.encode(), self.door.token.encode()):
+            good, in_query = self.door.token_given(headers, query)
+            if not good:
                 await _plain(send, 401, "This server needs its token: open the address it printed "
                                         "(…/?token=…), or send Authorization: Bearer TOKEN.")
                 return
             if in_query and scope["method"] == "GET" and scope["path"] == "/":
-                await _redirect_setting_cookie(send, self.door.token)
+                await _redirect_setting_cookie(send, self.door.cookie, self.door.token)
                 return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.door.max_body):
@@ -179,8 +191,8 @@ async def _plain(send: Send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _redirect_setting_cookie(send: Send, token: str) -> None:
-    cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict".encode()
+async def _redirect_setting_cookie(send: Send, name: str, token: str) -> None:
+    cookie = f"{name}={token}; Path=/; HttpOnly; SameSite=Strict".encode()
     await send({"type": "http.response.start", "status": 303,
                 "headers": [(b"location", b"/"), (b"set-cookie", cookie), (b"content-length", b"0"),
                             *SECURITY_HEADERS]})

@@ -57,12 +57,14 @@ class Library:
         self._position = pd.Index(table["id"].to_numpy(np.int64))
         self._paths = table["path"].astype(str).to_numpy()
         self._labels = [_label(v) for v in table["label"].tolist()]
+        self._label_set = set(self._labels)
         self.dedup_threshold = dedup_threshold
         self._stores: dict[str, FeatureStore] = {}
         self._store_roots = table["store"].astype(str).to_numpy()
         self._rows = table["row"].to_numpy(np.int64)
         self._row_numbers: dict[str, np.ndarray] = {}  # each store's stored row numbers, in order
         self._lock = threading.Lock()  # guards the lazily computed groups and map
+        self._read_lock = threading.Lock()
         self._groups: list[dict] | None = None
         self._map: dict | None = None
 
@@ -102,7 +104,7 @@ class Library:
     def info(self) -> dict:
         """The index's settings for the page's header (and ``GET /api/info``)."""
         m, s = self.index.manifest, self.index.settings
-        return {"index": str(self.index.path) if self.index.path else None, "model": s.model,
+        return {"index": self.index.path.name if self.index.path else None, "model": s.model,
                 "weights": s.weights.id, "weights_sha256": s.weights.sha256, "tap": self.index.tap,
                 "pool": s.pool, "dims": m["dim"], "pca": m.get("pca"), "vectors": len(self.index),
                 "kind": self.index.kind, "factory": m["factory"], "metric": self.index.metric,
@@ -116,14 +118,19 @@ class Library:
         if root not in self._stores:
             try:
                 self._stores[root] = open_features(root)
-            except StoreError as exc:
-                raise SearchIndexError(f"The feature store behind these items cannot be read ({exc}); search by "
-                                       "uploading an image instead.") from None
+            except StoreError:  # its message names where it was: the server's folders are not the page's business
+                raise SearchIndexError(f"The feature store '{Path(root).name}' behind these items cannot be read (it "
+                                       "moved or changed since the index was built); search by uploading an image "
+                                       "instead.") from None
         return self._stores[root]
 
     def vectors(self, item_ids: Sequence[int]) -> np.ndarray:
         """The stored vectors of ``item_ids``, read from the feature stores the index was built from."""
         ats = np.array([self._at(i) for i in item_ids], dtype=np.int64)
+        with self._read_lock:  # a store's map cache (an OrderedDict) is not for several threads at once
+            return self._read_vectors(ats)
+
+    def _read_vectors(self, ats: np.ndarray) -> np.ndarray:
         out = np.empty((len(ats), self.index.manifest["dim"]), dtype=np.float32)
         for root in dict.fromkeys(self._store_roots[ats].tolist()):
             where = np.flatnonzero(self._store_roots[ats] == root)
@@ -132,8 +139,8 @@ class Library:
             wanted = self._rows[ats[where]]
             positions = np.minimum(np.searchsorted(stored, wanted), max(len(stored) - 1, 0))
             if not len(stored) or not np.array_equal(stored[positions], wanted):
-                raise SearchIndexError(f"{root} no longer holds the rows of these items (it was changed since the "
-                                       "index was built); search by uploading an image instead.")
+                raise SearchIndexError(f"The feature store '{Path(str(root)).name}' no longer holds these items' rows "
+                                       "(it changed since the index was built); search by uploading an image instead.")
             out[where] = np.asarray(store[self.index.tap][positions], dtype=np.float32)
         return out
 
@@ -146,6 +153,8 @@ class Library:
                    exclude: int | None = None) -> list[dict]:
         """The ``k`` nearest items to ``vector`` (with ``label`` only, if given; ``exclude`` left out)."""
         n = len(self.index)
+        if label is not None and label not in self._label_set:
+            return []
         want = k + (exclude is not None)
         ask = min(n, want if label is None else max(4 * want, 64))
         while True:
@@ -188,18 +197,23 @@ class Library:
         """Near-duplicate groups among the items (``featkit dedup`` on each source store), largest first."""
         with self._lock:
             if self._groups is None:
-                self._groups = self._find_groups()
+                groups, complete = self._find_groups()
+                if not complete:  # a store is unreadable now: try again next time instead of keeping a gap
+                    return groups
+                self._groups = groups
             return self._groups
 
-    def _find_groups(self) -> list[dict]:
+    def _find_groups(self) -> tuple[list[dict], bool]:
         by_path = pd.Series(self.table["id"].to_numpy(np.int64), index=self._paths)
         by_path = by_path[~by_path.index.duplicated()]
         groups: list[dict] = []
+        complete = True
         for root in self.index.manifest["source"]["stores"]:
             try:
                 found = find_duplicates(self._store(root), tap=self.index.tap, threshold=self.dedup_threshold)
-            except SearchIndexError:
-                continue  # a store gone since: its items are still searchable, only not grouped
+            except (SearchIndexError, StoreError):
+                complete = False  # a store gone since: its items are still searchable, only not grouped
+                continue
             found = found[found["path"].astype(str).isin(by_path.index)]
             for _, members in found.groupby("group", sort=True):
                 if len(members) < 2:
@@ -211,13 +225,16 @@ class Library:
                                                         members["score"].tolist(), members["representative"].tolist(),
                                                         strict=True)]})
         groups.sort(key=lambda g: -g["size"])
-        return groups
+        return groups, complete
 
     def embedding_map(self) -> dict:
         """A 2-D PCA map of (a seeded sample of) the items, for the page to draw coloured by label."""
         with self._lock:
             if self._map is None:
-                self._map = self._make_map()
+                made = self._make_map()
+                if "note" in made:  # not drawable now (a store is unreadable): try again next time
+                    return made
+                self._map = made
             return self._map
 
     def _make_map(self) -> dict:

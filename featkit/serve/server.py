@@ -55,5 +55,6 @@ def serve(library: Library, config: ServeConfig, sock: socket.socket) -> None:
     faiss.omp_set_num_threads(1)
     app = create_app(library, config)
     server = uvicorn.Server(uvicorn.Config(app, log_level=logging.WARNING, access_log=False, server_header=False,
-                                           proxy_headers=False, lifespan="on", timeout_keep_alive=5))
+                                           proxy_headers=False, lifespan="on", timeout_keep_alive=5,
+                                           limit_concurrency=1000))
     server.run(sockets=[sock])
