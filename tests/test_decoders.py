@@ -392,14 +392,32 @@ def test_an_index_of_an_nvjpeg_store_is_searched_by_image_on_a_cpu_with_the_tens
 
 
 @pytest.mark.parametrize("decoder", ["pil", "tensor"])
-def test_an_image_too_long_for_its_resize_is_recorded_not_resized(tmp_path, decoder):
-    # 1 x 40000 passes the stored-pixel guard; resized to 256 on its short side it would be 2.6 Gpixels (7.8 GB)
-    Image.new("RGB", (1, 40_000)).save(tmp_path / "long.png")
-    Image.new("RGB", (40_000, 2)).save(tmp_path / "wide.jpg")
-    Image.new("RGB", (1200, 60), (200, 10, 10)).save(tmp_path / "banner.jpg")  # 20:1 is fine
-    files = [str(tmp_path / n) for n in ("long.png", "wide.jpg", "banner.jpg")]
-    embedded = featkit.embed(files + [(tmp_path / "long.png").read_bytes()], model="squeezenet1_1", weights="random",
-                             layers="fire9", pool="avg", decoder=decoder, device="cpu")
-    assert embedded.names == [files[2]]
-    assert embedded.failures["reason"].tolist() == ["too_many_pixels"] * 3
-    assert "1x40000 resized to 256 on its shorter side" in embedded.failures["message"].iloc[0]
+def test_an_image_too_long_for_its_resize_becomes_a_row_without_the_huge_resize(tmp_path, decoder):
+    # 1 x 40000 passes the stored-pixel guard; resized to 256 on its short side first it would be 2.6 Gpixels (7.8 GB)
+    Image.new("RGB", (1, 40_000), (10, 200, 30)).save(tmp_path / "long.png")
+    Image.new("RGB", (40_000, 2), (200, 100, 50)).save(tmp_path / "wide.jpg", quality=95)
+    files = [str(tmp_path / n) for n in ("long.png", "wide.jpg")]
+    opts = dict(model="squeezenet1_1", weights="random", layers="fire9", pool="avg", decoder=decoder, device="cpu")
+    embedded = featkit.embed(files + [(tmp_path / "long.png").read_bytes()], **opts)
+    assert embedded.names == [*files, "<image 2>"] and embedded.failures.empty
+    same = featkit.embed([Image.new("RGB", (224, 224), (10, 200, 30))], **opts)["fire9"][0]
+    np.testing.assert_allclose(embedded["fire9"][0], same, rtol=1e-4, atol=1e-4)  # one colour in, that colour out
+
+
+def test_crop_first_matches_resize_then_crop_where_both_can_run():
+    from featkit.backbones.spec import Preprocess
+    from featkit.data.tensor_decode import _crop_first, pil_to_chw, resize_crop
+    from featkit.data.transforms import crop_first, crop_image
+
+    rng = np.random.default_rng(0)
+    pre = Preprocess(resize=256, crop=224)
+    for size in ((40, 3000), (3000, 37), (500, 375)):
+        smooth = np.cumsum(rng.integers(-3, 4, (size[1], size[0], 3)), axis=0) % 256
+        image = Image.fromarray(smooth.astype(np.uint8))
+        standard = crop_image(image, pre).numpy().astype(int)  # affordable at these sizes
+        first = np.asarray(crop_first(image, pre)).transpose(2, 0, 1).astype(int)
+        assert first.shape == standard.shape == (3, 224, 224)
+        assert np.abs(first - standard).mean() < 1.0 and np.abs(first - standard).max() <= 12, size
+        tensor_first = _crop_first(pil_to_chw(image), pre).numpy().astype(int)
+        assert np.array_equal(tensor_first, first)
+        assert np.abs(resize_crop(pil_to_chw(image), pre).numpy().astype(int) - standard).mean() < 1.0

@@ -94,22 +94,11 @@ def decode_image(
         return _decode(fp, name, max_pixels, min_side)
 
 
-def check_resize(size: tuple[int, int], resize: int, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Refuse an image whose resize to ``resize`` on its shorter side would hold more than ``max_pixels`` pixels.
-
-    The pixel guard reads the stored size; a 1 × 60000 image passes it, but resized to 256 on its shorter side it
-    would become 256 × 15,360,000 pixels (11 GB), made before the centre crop is taken. The resized size depends only
-    on the aspect ratio, so this refuses shapes no photo has (more than ~1,365:1 at 256) and nothing else.
-
-    Raises:
-        DecodeError: ``too_many_pixels``.
-    """
+def resized_pixels(size: tuple[int, int], resize: int) -> int:
+    """Pixels of an image of ``size`` resized to ``resize`` on its shorter side (as torchvision sizes it)."""
     width, height = size
     short, long = min(width, height), max(width, height)
-    resized = resize * int(resize * long / max(short, 1))
-    if resized > max_pixels:
-        raise DecodeError("too_many_pixels", f"{name}: {width}x{height} resized to {resize} on its shorter side would "
-                                             f"be {resized} pixels, more than max_pixels={max_pixels}")
+    return resize * int(resize * long / max(short, 1))
 
 
 def open_image_file(path: str | bytes | os.PathLike) -> IO[bytes]:
@@ -494,11 +483,6 @@ def _check_args(max_pixels: int, min_side: int | None) -> None:
 def _kind(mode: int) -> str:
     kinds = {stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "device"}
     return kinds.get(stat.S_IFMT(mode), "special file")
-
-
-def source_name(source: ImageSource, name: str | None = None) -> str:
-    """How messages call ``source``: its path, else ``name``, else ``<image>``."""
-    return _display(source) if isinstance(source, (str, os.PathLike)) else (name or "<image>")
 
 
 def _display(path: str | bytes | os.PathLike) -> str:

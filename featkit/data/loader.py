@@ -18,7 +18,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from featkit.backbones.spec import Preprocess
 from featkit.choices import Decoder
-from featkit.data.decode import DecodeError, ImageSource, _display, check_resize, open_image_file, probe_image
+from featkit.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    ImageSource,
+    _display,
+    open_image_file,
+    probe_image,
+    resized_pixels,
+)
 from featkit.data.nvjpeg import EncodedJpeg, gpu_decodes
 from featkit.data.tensor_decode import decode_tensor_file, libjpeg_decodes, load_crop_tensor, read_all, resize_crop
 from featkit.data.transforms import load_crop
@@ -74,8 +82,8 @@ class CropDataset(Dataset):
 
     def _file_for_gpu(self, fp, label: str) -> tuple[torch.Tensor | EncodedJpeg, tuple[int, int]]:
         header = probe_image(fp, name=label)
-        check_resize(header.size, self.pre.resize, label)  # before the GPU, which resizes a batch at a time
-        if libjpeg_decodes(header, None) and not header.progressive:  # only these are read whole here
+        on_gpu = resized_pixels(header.size, self.pre.resize) <= DEFAULT_MAX_PIXELS  # else crop first, on the CPU
+        if on_gpu and libjpeg_decodes(header, None) and not header.progressive:  # only these are read whole here
             data = read_all(fp, label)
             if gpu_decodes(header, data):
                 return EncodedJpeg(-1, data, header, label), header.size

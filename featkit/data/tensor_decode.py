@@ -34,11 +34,10 @@ from featkit.data.decode import (
     ImageSource,
     _decode,
     _display,
-    check_resize,
     decode_source,
     open_image_file,
     probe_image,
-    source_name,
+    resized_pixels,
 )
 from featkit.errors import FeatkitError
 
@@ -92,10 +91,21 @@ def resize_crop(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 
     The result is in channels-last memory, the layout a batch is computed in.
     """
-    check_resize((int(pixels.shape[-1]), int(pixels.shape[-2])), pre.resize, "the image")
+    if resized_pixels((int(pixels.shape[-1]), int(pixels.shape[-2])), pre.resize) > DEFAULT_MAX_PIXELS:
+        return _crop_first(pixels, pre)
     out = F.resize(pixels, [pre.resize], interpolation=InterpolationMode(pre.interpolation), antialias=True)
     out = F.center_crop(out, [pre.crop, pre.crop])
     return out.movedim(-3, -1).contiguous().movedim(-1, -3)
+
+
+def _crop_first(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """:func:`featkit.data.transforms.crop_first` for uint8 ([N,] 3, H, W) pixels (shapes no photo has; rare)."""
+    from featkit.data.transforms import crop_first
+
+    batch = pixels if pixels.dim() == 4 else pixels[None]
+    crops = [pil_to_chw(crop_first(Image.fromarray(p.permute(1, 2, 0).cpu().numpy()), pre)) for p in batch]
+    out = torch.stack([c.movedim(0, -1) for c in crops]).movedim(-1, 1).to(pixels.device)
+    return out if pixels.dim() == 4 else out[0]
 
 
 def pil_to_chw(image: Image.Image) -> torch.Tensor:
@@ -181,5 +191,4 @@ def load_crop_tensor(source: ImageSource, pre: Preprocess, *, draft: bool = True
         pixels = decode_tensor(bytes(source), min_side=min_side, name=_display(name or "<bytes>"))
     else:  # a PIL image or an array: already pixels, brought to RGB by featkit's decoder
         pixels = pil_to_chw(decode_source(source, name=name))
-    check_resize((int(pixels.shape[-1]), int(pixels.shape[-2])), pre.resize, source_name(source, name))
     return resize_crop(pixels, pre), (int(pixels.shape[-1]), int(pixels.shape[-2]))

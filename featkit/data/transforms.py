@@ -13,12 +13,17 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from featkit.backbones.spec import Preprocess
-from featkit.data.decode import ImageSource, check_resize, decode_source, source_name
+from featkit.data.decode import DEFAULT_MAX_PIXELS, ImageSource, decode_source, resized_pixels
+
+_R = Image.Resampling
+_RESAMPLE = {"nearest": _R.NEAREST, "nearest-exact": _R.NEAREST, "bilinear": _R.BILINEAR, "bicubic": _R.BICUBIC,
+             "box": _R.BOX, "hamming": _R.HAMMING, "lanczos": _R.LANCZOS}
 
 
 def crop_image(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     """Resize the shorter side, centre-crop, and return a uint8 (3, crop, crop) tensor."""
-    check_resize(image.size, pre.resize, "the image")
+    if resized_pixels(image.size, pre.resize) > DEFAULT_MAX_PIXELS:
+        return TF.pil_to_tensor(crop_first(image, pre))
     image = TF.resize(image, pre.resize, interpolation=InterpolationMode(pre.interpolation), antialias=True)
     image = TF.center_crop(image, pre.crop)
     return TF.pil_to_tensor(image)
@@ -41,8 +46,23 @@ def load_crop(source: ImageSource, pre: Preprocess, *, draft: bool = True,
         featkit.data.decode.DecodeError: the source is not a usable image.
     """
     image = decode_source(source, min_side=pre.resize if draft else None, name=name)
-    check_resize(image.size, pre.resize, source_name(source, name))
     return crop_image(image, pre), image.size
+
+
+def crop_first(image: Image.Image, pre: Preprocess) -> Image.Image:
+    """The centre crop of ``image`` resized, computed from the source region it covers (``crop``² pixels made).
+
+    For shapes no photo has: resizing a 1 × 10000 image to 256 on its short side first would make 655 Mpixels
+    (2 GB) only to keep 224². Same geometry as resize-then-crop, and the same filter over the source region.
+    """
+    width, height = image.size
+    resized = (pre.resize, int(pre.resize * height / width)) if width <= height else \
+        (int(pre.resize * width / height), pre.resize)
+    left = int(round((resized[0] - pre.crop) / 2.0))
+    top = int(round((resized[1] - pre.crop) / 2.0))
+    sx, sy = width / resized[0], height / resized[1]
+    box = (left * sx, top * sy, (left + pre.crop) * sx, (top + pre.crop) * sy)
+    return image.resize((pre.crop, pre.crop), resample=_RESAMPLE[pre.interpolation], box=box)
 
 
 def normalize_batch(batch: torch.Tensor, pre: Preprocess) -> torch.Tensor:
