@@ -22,7 +22,7 @@ from featkit.errors import SearchIndexError, StoreError
 from featkit.index import Index
 from featkit.index.dedup import THRESHOLD, find_duplicates
 from featkit.index.exact import prepare
-from featkit.store.reader import FeatureStore, open_features
+from featkit.index.stored import StoredVectors
 
 THUMB = 192  # px, the longer side of a thumbnail
 FULL = 2048  # px, the longer side of the "full" image (a re-encoded copy, not the file)
@@ -59,12 +59,8 @@ class Library:
         self._labels = [_label(v) for v in table["label"].tolist()]
         self._label_set = set(self._labels)
         self.dedup_threshold = dedup_threshold
-        self._stores: dict[str, FeatureStore] = {}
-        self._store_roots = table["store"].astype(str).to_numpy()
-        self._rows = table["row"].to_numpy(np.int64)
-        self._row_numbers: dict[str, np.ndarray] = {}  # each store's stored row numbers, in order
+        self._stored = StoredVectors(table, index.tap, index.manifest["dim"])
         self._lock = threading.Lock()  # guards the lazily computed groups and map
-        self._read_lock = threading.Lock()
         self._groups: list[dict] | None = None
         self._map: dict | None = None
 
@@ -114,40 +110,11 @@ class Library:
 
     # ---- vectors and neighbours --------------------------------------------------------------------------
 
-    def _store(self, root: str) -> FeatureStore:
-        if root not in self._stores:
-            try:
-                self._stores[root] = open_features(root)
-            except StoreError:  # its message names where it was: the server's folders are not the page's business
-                raise SearchIndexError(f"The feature store '{Path(root).name}' behind these items cannot be read (it "
-                                       "moved or changed since the index was built); search by uploading an image "
-                                       "instead.") from None
-        return self._stores[root]
-
     def vectors(self, item_ids: Sequence[int]) -> np.ndarray:
         """The stored vectors of ``item_ids``, read from the feature stores the index was built from."""
-        ats = np.array([self._at(i) for i in item_ids], dtype=np.int64)
-        with self._read_lock:  # a store's map cache (an OrderedDict) is not for several threads at once
-            return self._read_vectors(ats)
-
-    def _read_vectors(self, ats: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ats), self.index.manifest["dim"]), dtype=np.float32)
-        for root in dict.fromkeys(self._store_roots[ats].tolist()):
-            where = np.flatnonzero(self._store_roots[ats] == root)
-            store = self._store(str(root))
-            stored = self._stored_rows(str(root), store)
-            wanted = self._rows[ats[where]]
-            positions = np.minimum(np.searchsorted(stored, wanted), max(len(stored) - 1, 0))
-            if not len(stored) or not np.array_equal(stored[positions], wanted):
-                raise SearchIndexError(f"The feature store '{Path(str(root)).name}' no longer holds these items' rows "
-                                       "(it changed since the index was built); search by uploading an image instead.")
-            out[where] = np.asarray(store[self.index.tap][positions], dtype=np.float32)
-        return out
-
-    def _stored_rows(self, root: str, store: FeatureStore) -> np.ndarray:
-        if root not in self._row_numbers:
-            self._row_numbers[root] = store.rows["row"].to_numpy(np.int64)
-        return self._row_numbers[root]
+        for i in item_ids:
+            self._at(i)  # an unknown id is a 404, not a damaged index
+        return self._stored.take(np.asarray(item_ids, dtype=np.int64))
 
     def neighbours(self, vector: np.ndarray, k: int, *, label: str | None = None,
                    exclude: int | None = None) -> list[dict]:
@@ -210,7 +177,7 @@ class Library:
         complete = True
         for root in self.index.manifest["source"]["stores"]:
             try:
-                found = find_duplicates(self._store(root), tap=self.index.tap, threshold=self.dedup_threshold)
+                found = find_duplicates(root, tap=self.index.tap, threshold=self.dedup_threshold)
             except (SearchIndexError, StoreError):
                 complete = False  # a store gone since: its items are still searchable, only not grouped
                 continue
