@@ -8,8 +8,10 @@ every approximate index and would measure nothing), and Q held-out queries drawn
 * **sklearn**: ``NearestNeighbors(algorithm="brute", metric="cosine")``, ``kneighbors`` on all queries at once.
   Its neighbours are the ground truth for recall@10.
 * each featkit kind (``flat``, ``hnsw``, ``ivf``, ``ivfpq``, ``auto``): ``featkit.Index.build`` on a feature store
-  holding the vectors (build time includes training and tuning nprobe/efSearch to recall@10 ≥ 0.95 on a held-out
-  sample), then ``Index.search_vectors`` on all queries at once (best of ``--repeats``).
+  holding the vectors (build time includes training and tuning nprobe/efSearch, and IVF-PQ's re-rank factor, to
+  recall@10 ≥ 0.95 on a held-out sample; for ``auto`` also measuring the kinds on a sample), then
+  ``Index.search_vectors`` on all queries at once (best of ``--repeats``). IVF-PQ re-ranks its candidates against
+  the exact vectors read from the store. Memory: the serialised FAISS index, against flat (floats and ids).
 
 Queries/s = Q / seconds of one batched search call. Contention only slows a run down, so the fastest repeat
 is kept. FAISS uses every core (OpenMP), scikit-learn's brute force uses BLAS on every core too.
@@ -119,7 +121,11 @@ def main() -> None:
             index.search_vectors(queries[:10], K)  # warm-up (first-touch of memory, GPU copy)
             seconds, (_, ids) = best_of(args.repeats, lambda index=index: index.search_vectors(queries, K))
             m = index.manifest
+            index_bytes = int(__import__("faiss").serialize_index(index._cpu).nbytes)
             rows.append({"method": f"featkit {kind}" + (f" → {m['kind']}" if kind == "auto" else ""),
+                         "index_mb": round(index_bytes / 2**20, 1),
+                         "of_flat": round(index_bytes / (n * (dim * 4 + 8)), 4),
+                         "reason": m["reason"],
                          "factory": m["factory"], "build_s": round(build_s, 2), "queries_per_s": round(nq / seconds, 1),
                          "vs_sklearn": round(nq / seconds / base_qps, 2), "recall_at_10": round(recall(ids, truth), 4),
                          "recorded_recall": m["recall_at_10"], "params": m["search_params"]})
@@ -128,12 +134,16 @@ def main() -> None:
               f"k = {K}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, faiss GPUs: "
               f"{__import__('faiss').get_num_gpus()}")
     print(f"\n{header}\n")
-    print("| method | index | build s | queries/s | × sklearn | recall@10 | tuned |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| method | index | build s | memory MiB (× flat) | queries/s | × sklearn | recall@10 | tuned |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         params = ", ".join(f"{k} {v}" for k, v in r["params"].items()) or "-"
-        print(f"| {r['method']} | `{r['factory']}` | {r['build_s']:.1f} | {r['queries_per_s']:,.0f} | "
+        memory = f"{r['index_mb']:,.1f} ({r['of_flat']:.3f})" if "index_mb" in r else "-"
+        print(f"| {r['method']} | `{r['factory']}` | {r['build_s']:.1f} | {memory} | {r['queries_per_s']:,.0f} | "
               f"{r['vs_sklearn']:.1f} | {r['recall_at_10']:.3f} | {params} |")
+    for r in rows:
+        if r.get("reason", "").startswith("auto: measured"):
+            print(f"\n{r['method']}: {r['reason']}")
     if args.json:
         args.json.write_text(json.dumps({"setup": header, "rows": rows}, indent=1))
 

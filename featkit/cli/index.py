@@ -153,6 +153,10 @@ def search(
     nprobe: Annotated[int | None, typer.Option(help="Override the tuned nprobe (IVF kinds).", min=1)] = None,
     ef_search: Annotated[int | None, typer.Option(
         "--ef-search", help="Override the tuned efSearch (HNSW).", min=1)] = None,
+    k_factor: Annotated[int | None, typer.Option(
+        "--k-factor", min=1, help="Override the tuned re-rank factor (IVF-PQ: k × this many candidates re-ranked "
+                                  "against the exact vectors in the store; 1: the codes alone, no store needed).")
+    ] = None,
 ) -> None:
     """Find the indexed images most similar to each query (embedded exactly like the indexed images).
 
@@ -169,7 +173,8 @@ def search(
     if vectors_file and (what := not_a_file(queries[0])) is not None:  # np.load would wait forever on a FIFO
         raise SearchIndexError(f"Query vectors {queries[0]} is {what}, not a file; pass the .npy file itself.")
     index = Index.open(index_path)
-    params = {**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef_search} if ef_search else {})}
+    params = {**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef_search} if ef_search else {}),
+              **({"k_factor": k_factor} if k_factor else {})}
     if vectors_file:
         try:
             vectors = np.load(queries[0], allow_pickle=False)

@@ -21,6 +21,34 @@ def prepare(x: np.ndarray, metric: str) -> np.ndarray:
     return x
 
 
+def rerank(queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int,
+           metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each query's ``candidates`` by exact score, best first.
+
+    Scores are in FAISS's convention (inner product for cosine, squared distance for l2); ids are -1 where a query
+    has fewer than ``k`` candidates.
+
+    Args:
+        queries: (n, d) prepared queries (L2-normalised for cosine).
+        candidates: (n, c) ids, -1 for none.
+        vectors: (n, c, d) prepared vectors of the candidates (any values where a candidate is -1).
+        k: results per query.
+        metric: ``cosine`` or ``l2``.
+    """
+    dots = np.einsum("qcd,qd->qc", vectors, queries)
+    if metric == "cosine":
+        scores = np.where(candidates >= 0, dots, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    else:
+        norms = np.einsum("qd,qd->q", queries, queries)[:, None]
+        scores = np.einsum("qcd,qcd->qc", vectors, vectors) - 2 * dots + norms
+        scores = np.where(candidates >= 0, np.maximum(scores, 0), np.inf)
+        order = np.argsort(scores, axis=1, kind="stable")[:, :k]
+    best = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    ids = np.where(np.isfinite(best), np.take_along_axis(candidates, order, axis=1), -1)
+    return best, ids
+
+
 def faiss_metric(metric: str) -> int:
     return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
 

@@ -21,14 +21,16 @@ from featkit.errors import SearchIndexError, StoreError, check_float, check_int
 from featkit.extraction.embed import FAILURE_COLUMNS, Embedder, Embedding, config_for
 from featkit.index import gpu
 from featkit.index import manifest as files
-from featkit.index.exact import exact_knn, faiss_metric, prepare
-from featkit.index.kinds import IndexPlan, plan_index, recall_at_k, search_knob
+from featkit.index.exact import exact_knn, faiss_metric, prepare, rerank
+from featkit.index.kinds import K_FACTORS, IndexPlan, auto_candidates, plan_index, recall_at_k, search_knob
+from featkit.index.stored import StoredVectors
 from featkit.store.reader import FeatureStore, open_features
 from featkit.store.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
 CHUNK = 16_384  # vectors read, prepared and added at a time
+RERANK_BATCH = 64  # queries whose candidates are re-ranked at a time (64 × candidates × dim floats in memory)
 TUNE_QUERIES = 1_000
 TUNE_K = 10
 
@@ -106,14 +108,32 @@ class Index:
         n, dim = vectors.shape
         if n == 0:
             raise SearchIndexError(f"{store.root} has no rows to index; extract some images first.")
-        plan = plan_index(n, dim, kind, metric=metric, pca=pca, max_memory=max_memory)
         if weights is not None:
             _check_weights_file(Path(weights), store)
+        source = {"tap": tap, "settings": store.settings.to_json(),
+                  "weights_path": str(Path(weights).resolve()) if weights else None,
+                  "stores": [str(store.root.resolve())]}
+        plan = plan_index(n, dim, kind, metric=metric, pca=pca, max_memory=max_memory)
+        candidates = auto_candidates(n, dim, metric=metric, pca=pca, max_memory=max_memory) if kind == "auto" else []
+        if len(candidates) > 1:  # measure which answers fastest at the recall target, on a sample
+            from featkit.index.auto import choose_kind
+
+            chosen, why = choose_kind(cls._from_vectors, vectors, candidates, metric=metric, pca=pca,
+                                      max_memory=max_memory, target=recall_target, source=source, progress=progress)
+            plan = dataclasses.replace(plan_index(n, dim, chosen, metric=metric, pca=pca, max_memory=max_memory),
+                                       reason=why)
+        return cls._from_vectors(vectors, _id_rows(store, 0), plan, metric=metric, pca=pca,
+                                 recall_target=recall_target, source=source, progress=progress)
+
+    @classmethod
+    def _from_vectors(cls, vectors, ids: pd.DataFrame, plan: IndexPlan, *, metric: str, pca: int | None,
+                      recall_target: float, source: dict, progress: bool) -> Index:
+        """Train, add and tune the index ``plan`` describes over ``vectors`` (a store's tap, or rows in memory)."""
+        n, dim = vectors.shape
         log.info("building %s (%s): %s", plan.kind, plan.factory, plan.reason)
         start = time.perf_counter()
         index = faiss.index_factory(dim, plan.factory, faiss_metric(metric))
         index = _train(index, vectors, plan, metric, progress)
-        ids = _id_rows(store, 0)
         _add_chunks(index, vectors, ids["id"].to_numpy(), metric, progress)
         index = gpu.to_cpu(index)
         build_seconds = time.perf_counter() - start
@@ -122,9 +142,7 @@ class Index:
             "reason": plan.reason, "metric": metric, "normalised": metric == "cosine", "pca": pca, "dim": dim,
             "training_size": plan.train_size, "build_seconds": round(build_seconds, 3), "next_id": n,
             "search_params": {}, "recall_at_10": 1.0, "recall_target": recall_target, "tuning_queries": 0,
-            "source": {"tap": tap, "settings": store.settings.to_json(),
-                       "weights_path": str(Path(weights).resolve()) if weights else None,
-                       "stores": [str(store.root.resolve())]},
+            "source": source,
         }
         built = cls(index, ids, manifest)
         if plan.approximate:
@@ -140,12 +158,20 @@ class Index:
         _, exact = exact_knn(queries, (prepare(c, metric) for c in vectors.chunks(CHUNK)), k, metric)
         knob = search_knob(plan.kind, _nlist(self._cpu))
         steps = knob[1] if knob else (None,)
+        factors = K_FACTORS if plan.kind == "ivfpq" else (1,)
         recall, chosen = 0.0, {}
         for value in tqdm(steps, desc="tune", disable=not progress, leave=False):
             params = {knob[0]: int(value)} if knob and value is not None else {}  # value is None only without a knob
             self._apply(self._cpu, params)
-            _, found = self._cpu.search(queries, k)
-            recall, chosen = recall_at_k(found, exact, own, k - 1), params
+            # one search for the most candidates; fewer are its first columns (FAISS ranks them the same way)
+            _, candidates = self._cpu.search(queries, k * factors[-1])
+            for factor in factors:
+                first = candidates[:, : k * factor]
+                found = first if factor == 1 else refine(queries, first, k, metric, vectors_of(vectors))[1]
+                recall, chosen = recall_at_k(found, exact, own, k - 1), {**params, **(
+                    {"k_factor": factor} if factor > 1 else {})}
+                if recall >= target:
+                    break
             if recall >= target:
                 break
         if recall < target:
@@ -164,6 +190,7 @@ class Index:
         self._ids = table
         # ids, the order that sorts them, paths and labels as arrays: made on the first search after a change
         self._id_lookup: tuple[np.ndarray, ...] | None = None
+        self._stored: StoredVectors | None = None  # where each id's exact vector is: likewise
 
     # ---- reading and writing -----------------------------------------------------------------------------
 
@@ -205,7 +232,8 @@ class Index:
     def _apply(self, index: faiss.Index, params: dict) -> None:
         space = gpu.parameter_space()
         for name, value in params.items():
-            space.set_index_parameter(index, name, value)
+            if name != "k_factor":  # featkit's own: candidates re-ranked per result
+                space.set_index_parameter(index, name, value)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, *,
                        params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -222,8 +250,17 @@ class Index:
         check_int("k", k, "search", minimum=1, error=SearchIndexError)
         if self._searcher is None:
             self._searcher = gpu.to_gpu(self._cpu, self.kind)
-        self._apply(self._searcher, {**self.manifest.get("search_params", {}), **(params or {})})
-        scores, ids = self._searcher.search(prepare(x, self.metric), k)
+        params = {**self.manifest.get("search_params", {}), **(params or {})}
+        factor = check_int("k_factor", params.get("k_factor", 1), "search", minimum=1, error=SearchIndexError)
+        self._apply(self._searcher, params)
+        queries = prepare(x, self.metric)
+        if factor > 1:  # IVF-PQ: the codes' k × factor best, re-ranked against the exact vectors in the stores
+            if self._stored is None:
+                self._stored = StoredVectors(self.ids, self.tap, self.manifest["dim"])
+            _, candidates = self._searcher.search(queries, k * factor)
+            scores, ids = refine(queries, candidates, k, self.metric, self._stored.take)
+        else:
+            scores, ids = self._searcher.search(queries, k)
         if self.metric == "l2":
             scores = np.sqrt(np.maximum(scores, 0))
         return scores, ids
@@ -433,6 +470,31 @@ def _check_weights_file(path: Path, store: FeatureStore) -> None:
                                    f"('{recorded.id}', sha256 {recorded.sha256[:12]}…).")
     elif not path.exists():
         raise SearchIndexError(f"The weights file {path} does not exist.")
+
+
+def refine(queries: np.ndarray, candidates: np.ndarray, k: int, metric: str,
+           take) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank each query's candidate ids by exact score against the vectors ``take(ids)`` returns, in batches."""
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), RERANK_BATCH):
+        part = candidates[start: start + RERANK_BATCH]
+        valid = part >= 0
+        unique, inverse = np.unique(part[valid], return_inverse=True)
+        vectors = np.zeros((*part.shape, queries.shape[1]), dtype=np.float32)
+        if len(unique):
+            vectors[valid] = prepare(take(unique), metric)[inverse.reshape(-1)]
+        width = min(k, part.shape[1])
+        s, i = rerank(queries[start: start + RERANK_BATCH], part, vectors, width, metric)
+        scores[start: start + len(part), :width], ids[start: start + len(part), :width] = s, i
+        if width < k:
+            scores[start: start + len(part), width:], ids[start: start + len(part), width:] = np.nan, -1
+    return scores, ids
+
+
+def vectors_of(vectors):
+    """``take`` for :func:`refine` over a store's tap while an index is built (its ids are the rows)."""
+    return lambda ids: np.asarray(vectors[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
 
 
 def _nlist(index: faiss.Index) -> int | None:

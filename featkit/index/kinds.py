@@ -9,10 +9,15 @@ The guidelines (github.com/facebookresearch/faiss/wiki/Guidelines-to-choose-an-i
   K = 65,536 and from 10 M on 262,144, with an HNSW coarse quantizer, as the guidelines say);
 * otherwise compress: ``IVF{K},PQ{M}x4fs``: 4-bit product-quantizer codes scanned with SIMD (M/2 bytes per
   vector), the largest M the budget allows. (The guidelines' OPQ rotation is left out: training it on 20,000
-  256-d vectors took over 5 minutes on a 2-core machine, against 2 s for the fast-scan PQ.)
+  256-d vectors took over 5 minutes on a 2-core machine, against 2 s for the fast-scan PQ.) Its candidates are
+  re-ranked against the exact vectors in the feature store (``k_factor`` per result), which keeps the recall.
 
-Approximate kinds have their search knob (``efSearch`` for HNSW, ``nprobe`` for IVF) raised step by step on a
-held-out sample until recall@10 against exact search reaches the target; the recall reached is recorded.
+That is :func:`plan_index`'s order. ``auto`` above FLAT_MAX vectors measures instead (:mod:`featkit.index.auto`):
+:func:`auto_candidates` lists the kinds that fit, and the fastest at the recall target on a sample is built.
+
+Approximate kinds have their search knob (``efSearch`` for HNSW, ``nprobe`` for IVF, then IVF-PQ's ``k_factor``)
+raised step by step on a held-out sample until recall@10 against exact search reaches the target; the recall
+reached is recorded.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ HNSW_M = 32
 HNSW_LINK_BYTES = HNSW_M * 2 * 4 + 16  # level-0 links (2M int32) plus the upper levels and bookkeeping, ≈ per vector
 ID_BYTES = 8  # an int64 id per vector (IVF lists, IDMap)
 PQ_SUBQUANTIZERS = (128, 96, 64, 48, 32, 16, 8, 4, 2)  # 4 bits each; tried largest first
+K_FACTORS = (1, 2, 4, 8, 16, 32)  # IVF-PQ: candidates per result re-ranked against the exact vectors, tried in order
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 TRAIN_PER_LIST = 64  # training vectors per IVF list (the guidelines ask for 30 to 256)
 TRAIN_MAX = 1_000_000
@@ -142,6 +148,26 @@ def plan_index(n: int, dim: int, kind: str = "auto", *, metric: str = "cosine", 
                                f"reduce with --pca.")
     return IndexPlan("ivfpq", f"{prefix}IVF{nlist}{quantizer},PQ{m}x4fs", dim, pca, ivf_train,
                      f"{reason}; {nlist:,} lists, {m // 2} bytes of code per vector")
+
+
+def auto_candidates(n: int, dim: int, *, metric: str = "cosine", pca: int | None = None,
+                    max_memory: int | None = None) -> list[str]:
+    """The kinds ``auto`` measures for ``n`` vectors: exact below FLAT_MAX; else those that fit the memory budget.
+
+    HNSW (up to HNSW_MAX vectors) and IVF-Flat when their vectors fit, IVF-PQ (re-ranked from the store) always.
+    """
+    if n <= FLAT_MAX:
+        return ["flat"]
+    d = pca or dim
+    budget = max_memory or default_memory_budget()
+    kinds = []
+    if n <= HNSW_MAX and n * (d * 4 + HNSW_LINK_BYTES + ID_BYTES) <= budget:
+        kinds.append("hnsw")
+    if n * (d * 4 + ID_BYTES) <= budget:
+        kinds.append("ivf")
+    if _pq_subquantizers(d, budget / n) is not None:
+        kinds.append("ivfpq")
+    return kinds or [plan_index(n, dim, "auto", metric=metric, pca=pca, max_memory=max_memory).kind]
 
 
 def search_knob(kind: str, nlist: int | None = None) -> tuple[str, tuple[int, ...]] | None:

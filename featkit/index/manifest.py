@@ -33,7 +33,8 @@ FORMAT = "featkit-index"
 VERSION = 1
 MANIFEST = "manifest.json"
 ID_COLUMNS = ["id", "path", "label", "store", "row"]
-SEARCH_PARAMS = ("nprobe", "efSearch")  # the search knobs featkit tunes and records (featkit.index.kinds)
+# the search knobs featkit tunes and records (featkit.index.kinds); k_factor: IVF-PQ candidates re-ranked per result
+SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor")
 
 
 def _write_faiss(index: faiss.Index, path: Path) -> tuple[str, int]:
