@@ -43,6 +43,17 @@ class Precision(StrEnum):
     fp16 = "fp16"
 
 
+class Engine(StrEnum):
+    """What runs an extraction's partitions.
+
+    ``local``: this process, or ``--procs`` processes on this machine. ``ray``: an actor pool on a Ray cluster (see
+    :mod:`featkit.extraction.ray_engine`).
+    """
+
+    local = "local"
+    ray = "ray"
+
+
 class Decoder(StrEnum):
     """What turns image files into pixels (see ``featkit extract --decoder``).
 

@@ -37,6 +37,8 @@ SKIP = {  # a command's first words -> why it does not run here
     "featkit data prepare cifar10": "downloads CIFAR-10",
     "featkit finetune --recipe resnet-2015 --data cifar10": "needs CIFAR-10, downloaded by featkit data prepare",
     "featkit bench --models alexnet,vgg16,resnet50": "downloads the hymenoptera photos (and is a full benchmark)",
+    "featkit extract PHOTOS/ -o feats/ --engine ray": "starts Ray, which listens on every interface and probes "
+                                                      "outside addresses: tests/test_ray.py runs it with loopback only",
     "featkit serve photos.index --port 9000 --host 0.0.0.0": "listens on every network interface; tests listen on "
                                                             "loopback only (tests/test_serve.py checks the token)",
 }

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from featkit.backbones.spec import LAYOUTS
-from featkit.choices import Decoder, DType, Layout, Pool, Precision
+from featkit.choices import Decoder, DType, Engine, Layout, Pool, Precision
 from featkit.cli._console import console as make_console
 from featkit.cli._options import (
     BatchSizeOpt,
@@ -87,6 +87,19 @@ def extract(
              "classes (ROOT/CLASS) or flat (no labels).")] = Layout.auto,
     limit: LimitOpt = None,
     per_class: PerClassOpt = None,
+    engine: Annotated[Engine, typer.Option(
+        help="local (this machine: --procs, --device) or ray (an actor pool on a Ray cluster, extra featkit[ray]). "
+             "The store is the same bytes either way.")] = Engine.local,
+    address: Annotated[str | None, typer.Option(
+        help="--engine ray: the cluster to join (auto, ray://HOST:PORT); default: a local Ray for this run.")] = None,
+    actors: Annotated[int | None, typer.Option(
+        help="--engine ray: actors, each holding one model (default: as many as the CPUs or GPUs allow).", min=1)
+    ] = None,
+    cpus_per_actor: Annotated[float, typer.Option(
+        "--cpus-per-actor", help="--engine ray: CPUs per actor (Ray sets its torch threads from it).", min=0.01)
+    ] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(
+        "--gpus-per-actor", help="--engine ray: GPUs per actor (0: compute on CPUs).", min=0.0)] = 0.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made with other settings.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights.")] = False,
     quiet: QuietOpt = False,
@@ -102,7 +115,9 @@ def extract(
                         dtype=dtype, precision=precision, batch_size=batch_size, device=device,
                         workers=workers, shard_rows=shard_rows, procs=procs, draft=draft, decoder=decoder,
                         seed=seed,
-                        overwrite=overwrite, download=not offline, layout=layout, limit=limit, per_class=per_class)
+                        overwrite=overwrite, download=not offline, layout=layout, limit=limit, per_class=per_class,
+                        engine=engine, ray_address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                        gpus_per_actor=gpus_per_actor)
     console = make_console(stderr=True)
     result = run_extraction(inputs, output, cfg, progress=not quiet)
     if result.rank != 0:  # under torchrun, rank 0 reports for all

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from featkit.choices import IndexKind, SearchMetric
+from featkit.choices import Engine, IndexKind, SearchMetric
 from featkit.cli._console import console as make_console
 from featkit.cli._options import DeviceOpt, JsonOpt, QuietOpt, StoreArg, TapOpt
 
@@ -47,7 +47,8 @@ def build(
     output: Annotated[Path, typer.Option("--output", "-o", help="Index directory to write (e.g. photos.index).")],
     tap: TapOpt = None,
     kind: Annotated[IndexKind, typer.Option(
-        help="auto picks by size and --max-memory: flat ≤ 10k, hnsw, ivf, then ivfpq.")] = IndexKind.auto,
+        help="auto: flat ≤ 10k vectors; above, the fastest at --recall of hnsw, ivf and ivfpq (re-ranked) that fit "
+             "--max-memory, measured on a sample.")] = IndexKind.auto,
     metric: Annotated[SearchMetric, typer.Option(
         help="cosine (normalised, inner product) or l2.")] = SearchMetric.cosine,
     pca: Annotated[int | None, typer.Option(
@@ -58,6 +59,12 @@ def build(
         "--recall", min=0.0, max=1.0, help="recall@10 vs exact search that approximate kinds are tuned to.")] = 0.95,
     weights: StoreWeightsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index at --output.")] = False,
+    engine: Annotated[Engine, typer.Option(
+        help="local, or ray: IVF kinds add their vectors in parallel Ray tasks (extra featkit[ray]); the same "
+             "search results.")] = Engine.local,
+    address: Annotated[str | None, typer.Option(
+        help="--engine ray: the cluster to join (auto, ray://HOST:PORT); default: a local Ray for the build.")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Build a similar-image index over one tap of a feature store.
@@ -71,7 +78,7 @@ def build(
     check_target(output, overwrite)  # refuse before minutes of building
     index = Index.build(store, tap=tap, kind=kind, metric=metric, pca=pca,
                         max_memory=parse_bytes(max_memory) if max_memory else None, recall_target=recall,
-                        weights=weights, progress=not quiet)
+                        weights=weights, progress=not quiet, engine=engine, ray_address=address)
     index.save(output, overwrite=overwrite)
     console = make_console()
     console.print(f"[bold green]wrote[/] {output}: {_describe(index)}")

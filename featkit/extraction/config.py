@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featkit.backbones.spec import TapSpec
-from featkit.choices import Decoder, DType, Layout, Pool, Precision
-from featkit.errors import check_bool, check_choice, check_int
+from featkit.choices import Decoder, DType, Engine, Layout, Pool, Precision
+from featkit.errors import check_bool, check_choice, check_float, check_int
 from featkit.store.settings import StoreSettings, TapRecord, WeightsRecord
 
 if TYPE_CHECKING:
@@ -63,6 +63,11 @@ class ExtractConfig:
             it.
         limit, per_class: read only the first ``limit`` inputs, or the first ``per_class`` of each class in each
             split (smoke runs: they decide the rows, not the numbers, so stores don't record them either).
+        engine: ``local`` or ``ray`` (the store is the same bytes either way, so stores don't record it).
+        ray_address: the Ray cluster to join (``auto``, ``ray://HOST:PORT``); None starts a local one for the run.
+        actors: Ray actors, each holding one model (None: as many as the cluster's CPUs or GPUs allow).
+        cpus_per_actor: CPUs each actor reserves; Ray sets its ``OMP_NUM_THREADS`` (torch's threads) from it.
+        gpus_per_actor: GPUs each actor reserves (0: actors compute on their CPUs).
     """
 
     model: str = DEFAULT_MODEL
@@ -85,11 +90,16 @@ class ExtractConfig:
     layout: str = "auto"
     limit: int | None = None
     per_class: int | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
 
     def __post_init__(self) -> None:
         # choices are kept as plain strings (an enum member is accepted), so they compare and serialise as text
         for name, choices in (("pool", Pool), ("dtype", DType), ("precision", Precision), ("layout", Layout),
-                              ("decoder", Decoder)):
+                              ("decoder", Decoder), ("engine", Engine)):
             object.__setattr__(self, name, check_choice(name, getattr(self, name), choices, "extract"))
         if self.pool == Pool.mean:  # the same numbers as avg: recorded as avg, so the two stores are one
             object.__setattr__(self, "pool", Pool.avg.value)
@@ -101,6 +111,11 @@ class ExtractConfig:
             object.__setattr__(self, "procs", check_int("procs", self.procs, "extract", minimum=1))
         if self.workers is not None:
             object.__setattr__(self, "workers", check_int("workers", self.workers, "extract", minimum=0))
+        if self.actors is not None:
+            object.__setattr__(self, "actors", check_int("actors", self.actors, "extract", minimum=1))
+        for name, low in (("cpus_per_actor", 0.01), ("gpus_per_actor", 0.0)):
+            object.__setattr__(self, name, check_float(name, getattr(self, name), "extract", low=low, high=1e6,
+                                                        closed="both"))
         for name in ("l2", "draft", "overwrite", "download"):
             object.__setattr__(self, name, check_bool(name, getattr(self, name), "extract"))
         if isinstance(self.taps, str):  # a single tap name, not its letters

@@ -249,7 +249,8 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)  # a generator is read once
     _check_output(items, Path(output))
-    world = ranks.torchrun_world() if (cfg.procs or 1) == 1 else None
+    on_ray = cfg.engine == "ray"
+    world = ranks.torchrun_world() if (cfg.procs or 1) == 1 and not on_ray else None
     if world is not None:  # under torchrun: this process is one rank, on its own device
         cfg = ranks.join(world[2], cfg)
     devices = device_list(cfg.device, cfg.procs)
@@ -260,7 +261,7 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
     listing = list_inputs(items, layout=cfg.layout, limit=cfg.limit, per_class=cfg.per_class)
     cfg = _with_store_taps(cfg, Path(output))
     # several processes: this one only plans and merges, and needs the model's settings, not a device of its own
-    embedder = Embedder(cfg if len(devices) == 1 else dataclasses.replace(cfg, device="cpu", workers=0))
+    embedder = Embedder(cfg if len(devices) == 1 and not on_ray else dataclasses.replace(cfg, device="cpu", workers=0))
     start = time.perf_counter()
     if world is not None and world[0] != 0:
         return _other_rank(Path(output), embedder, world, start)
@@ -269,7 +270,7 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
         shard_rows = embedder.settings.shard_rows
         rows_before = writer.next_row
         per_device: dict[str, float] = {}
-        if (len(devices) > 1 or world is not None) and writer.version == 1:  # before anything is written
+        if (len(devices) > 1 or world is not None or on_ray) and writer.version == 1:  # before anything is written
             raise StoreError(f"{output} is a store of format v1, which one process writes; upgrade it to write "
                              f"it with several: featkit store upgrade {output}")
         try:
@@ -282,6 +283,9 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
                      + ", ".join(f"{d} ×{n}" if n > 1 else d for d, n in Counter(devices).items()))
             if world is not None:
                 where = f"{world[1]} torchrun ranks ({runtime.describe()} on rank 0)"
+            if on_ray:
+                where = (f"Ray ({cfg.ray_address or 'local'}), {cfg.cpus_per_actor:g} CPU + {cfg.gpus_per_actor:g} "
+                         "GPU per actor")
             writer.begin_run({"inputs": [str(i) for i in items], "device": where,
                               "batch_size": cfg.batch_size, "workers": embedder.decoders(len(pending)),
                               "procs": len(devices), "versions": library_versions(), "to_compute": len(pending),
@@ -296,6 +300,11 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
                     mine = ranks.compute_share(writer.root, embedder, shared, 0, world[1], bar)
                     ranks.merge_all(writer, parts)
                     computed, why = ranks.totals(*mine)
+                    reasons.update(why)
+                elif on_ray:
+                    from featkit.extraction.ray_engine import run_ray
+
+                    computed, why, per_device = run_ray(writer, cfg, parts, pending, bad_names, bar)
                     reasons.update(why)
                 elif len(devices) == 1:
                     computed, why = write_partitions(writer, embedder, parts, pending, bad_names, bar.update)

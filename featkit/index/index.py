@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from featkit._device import resolve_device
 from featkit._faiss import faiss
 from featkit.choices import Decoder
-from featkit.errors import SearchIndexError, StoreError, check_float, check_int
+from featkit.errors import SearchIndexError, StoreError, check_float, check_int, unknown
 from featkit.extraction.embed import FAILURE_COLUMNS, Embedder, Embedding, config_for
 from featkit.index import gpu
 from featkit.index import manifest as files
@@ -85,7 +85,7 @@ class Index:
     def build(cls, store: FeatureStore | str | os.PathLike, *, tap: str | None = None, kind: str = "auto",
               metric: str = "cosine", pca: int | None = None, max_memory: int | None = None,
               recall_target: float = 0.95, weights: str | os.PathLike | None = None,
-              progress: bool = False) -> Index:
+              progress: bool = False, engine: str = "local", ray_address: str | None = None) -> Index:
         """Index every row of ``store``'s ``tap``.
 
         Args:
@@ -99,7 +99,15 @@ class Index:
             weights: where the store's weights file is now, recorded so searches by image can find it (the store
                 records where it was at extraction; this is for a file that moved since).
             progress: show progress bars.
+            engine: ``local``, or ``ray`` for IVF kinds: vectors added in parallel Ray tasks and merged in row order
+                (the same search results as a local build; see :mod:`featkit.index.ray_build`).
+            ray_address: the Ray cluster to join (``auto``, ``ray://HOST:PORT``); None starts a local one.
         """
+        if engine not in ("local", "ray"):
+            raise unknown("engine", engine, ["local", "ray"], see="featkit index build --help")
+        if engine == "ray" and kind not in ("ivf", "ivfpq"):
+            raise SearchIndexError(f"--engine ray builds the IVF kinds (their lists merge); give --kind ivf or ivfpq, "
+                                   f"not {kind}.")
         check_float("recall_target", recall_target, "Index.build", low=0, high=1, closed="right",
                     error=SearchIndexError)
         store = _store(store)
@@ -123,18 +131,27 @@ class Index:
             plan = dataclasses.replace(plan_index(n, dim, chosen, metric=metric, pca=pca, max_memory=max_memory),
                                        reason=why)
         return cls._from_vectors(vectors, _id_rows(store, 0), plan, metric=metric, pca=pca,
-                                 recall_target=recall_target, source=source, progress=progress)
+                                 recall_target=recall_target, source=source, progress=progress,
+                                 ray=(ray_address,) if engine == "ray" else None)
 
     @classmethod
     def _from_vectors(cls, vectors, ids: pd.DataFrame, plan: IndexPlan, *, metric: str, pca: int | None,
-                      recall_target: float, source: dict, progress: bool) -> Index:
-        """Train, add and tune the index ``plan`` describes over ``vectors`` (a store's tap, or rows in memory)."""
+                      recall_target: float, source: dict, progress: bool, ray: tuple | None = None) -> Index:
+        """Train, add and tune the index ``plan`` describes over ``vectors`` (a store's tap, or rows in memory).
+
+        ``ray``: (cluster address,) to add the vectors in Ray tasks instead of here.
+        """
         n, dim = vectors.shape
         log.info("building %s (%s): %s", plan.kind, plan.factory, plan.reason)
         start = time.perf_counter()
         index = faiss.index_factory(dim, plan.factory, faiss_metric(metric))
         index = _train(index, vectors, plan, metric, progress)
-        _add_chunks(index, vectors, ids["id"].to_numpy(), metric, progress)
+        if ray is not None:
+            from featkit.index.ray_build import add_on_ray
+
+            index = add_on_ray(gpu.to_cpu(index), source["stores"][0], source["tap"], n, metric, address=ray[0])
+        else:
+            _add_chunks(index, vectors, ids["id"].to_numpy(), metric, progress)
         index = gpu.to_cpu(index)
         build_seconds = time.perf_counter() - start
         manifest = {
