@@ -136,6 +136,16 @@ def test_ivfpq_keeps_its_recall_in_an_eighth_of_flat_memory_by_reranking_from_th
     np.testing.assert_array_equal(reopened.search_vectors(data["queries"][:20], K)[1], ids)
 
 
+def test_ivfpq_reranks_at_most_every_vector_for_a_large_k(data, built):
+    index = built["ivfpq"]
+    scores, ids = index.search_vectors(data["queries"][:3], len(index))  # k × k_factor capped at the index's size
+    assert ids.shape == (3, len(index))
+    for row, score in zip(ids, scores, strict=True):
+        found = row[row >= 0]  # as many as the probed lists hold, best first, then -1
+        assert len(found) == len(set(found.tolist())) > 10 and (row[len(found):] == -1).all()
+        assert (np.diff(score[: len(found)]) <= 1e-6).all()
+
+
 def test_ivfpq_reranking_needs_its_store_and_says_so(data, tmp_path):
     store = write_store(tmp_path / "store", data["base"][:3000])
     Index.build(store, kind="ivfpq").save(tmp_path / "pq.index")

@@ -66,10 +66,17 @@ def test_ray_extraction_is_bitwise_a_local_run_records_bad_files_and_a_rerun_com
         opts = {OPTS!r}
         first = featkit.extract({str(images)!r}, {str(tmp_path / "ray")!r}, engine="ray", actors=2, **opts)
         again = featkit.extract({str(images)!r}, {str(tmp_path / "ray")!r}, engine="ray", actors=2, **opts)
+        try:  # an actor size no node has: one line at once, not a wait forever
+            featkit.extract({str(images)!r}, {str(tmp_path / "gpu")!r}, engine="ray", gpus_per_actor=1, **opts)
+            unplaceable = ""
+        except featkit.FeatkitError as exc:
+            unplaceable = str(exc)
         print(json.dumps({{"computed": first.computed, "failed": first.failed, "device": first.device,
-                          "by_device": first.images_per_s_by_device, "again": again.computed}}))
+                          "by_device": first.images_per_s_by_device, "again": again.computed,
+                          "unplaceable": unplaceable}}))
     """)
     assert seen["computed"] == 18 and seen["failed"] == 2 and seen["again"] == 0
+    assert seen["unplaceable"].startswith("No Ray node has 1 CPU and 1 GPU for an actor"), seen["unplaceable"]
     assert seen["device"].startswith("Ray (local)") and len(seen["by_device"]) >= 1
     local, ray = store_bytes(tmp_path / "local"), store_bytes(tmp_path / "ray")
     assert local.keys() == ray.keys() and local == ray  # features, metadata and failures, shard by shard

@@ -6,8 +6,9 @@ batch-inference guides do. A partition is one task, which writes one v2 segment 
 node must see that folder (a shared file system). The driver merges sealed segments in partition order. Row
 numbers and bytes are therefore those of a local run.
 
-When an actor dies, Ray restarts it and retries its task, which resumes the segment after its last committed
-shard. When the driver is killed, the next run merges sealed segments and resumes the others. Sizing: Ray sets an
+When an actor dies, Ray restarts it and retries its task, which computes that partition again (the rows come
+out the same). When the driver is killed, the next run merges the sealed segments and resumes the others after
+their last committed shard. Sizing: Ray sets an
 actor's ``OMP_NUM_THREADS`` from its ``num_cpus``, so ``--cpus-per-actor`` is the torch threads each model gets.
 """
 
@@ -27,6 +28,7 @@ from featkit.extraction.plan import Partition
 from featkit.store import segments as sg
 
 MAX_RESTARTS = 3  # per actor, and retries per task: a task that keeps killing actors is a bug, not bad luck
+READY_SECONDS = 600  # an autoscaling cluster may take minutes to add a node; longer means it never will
 
 
 def import_ray():
@@ -72,14 +74,22 @@ def _start(ray, cfg: ExtractConfig) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # featkit does not report usage on its users' behalf
     kwargs: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     try:
-        if cfg.ray_address:
-            ray.init(address=cfg.ray_address, **kwargs)
-        else:
-            ray.init(**kwargs)
+        # "local": a new Ray for this run, never one RAY_ADDRESS or a running cluster would point it at
+        ray.init(address=cfg.ray_address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
         where = cfg.ray_address or "a local Ray"
         raise FeatkitError(f"Cannot start or join {where}: {str(exc).splitlines()[0][:200]}") from None
     return True
+
+
+def _check_fits(ray, cfg: ExtractConfig) -> None:
+    """Refuse actor sizes that no node of the cluster has (Ray would wait for them forever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= cfg.cpus_per_actor and r.get("GPU", 0) >= cfg.gpus_per_actor for r in nodes):
+        largest: dict = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+        raise FeatkitError(f"No Ray node has {cfg.cpus_per_actor:g} CPU and {cfg.gpus_per_actor:g} GPU for an actor "
+                           f"(the largest has {largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower "
+                           "--cpus-per-actor / --gpus-per-actor.")
 
 
 def _actor_count(ray, cfg: ExtractConfig, parts: int) -> int:
@@ -96,6 +106,9 @@ def _failure(ray, exc: BaseException) -> Exception:
     cause = getattr(exc, "cause", None)
     if isinstance(cause, FeatkitError):
         return cause
+    if getattr(exc, "actor_init_failed", False) or isinstance(getattr(exc, "error_msg", None), str):
+        lines = [line.strip() for line in str(exc).splitlines() if "Error" in line and ":" in line]
+        return FeatkitError(f"A Ray actor could not start: {lines[-1] if lines else type(exc).__name__}")
     if isinstance(exc, ray.exceptions.RayActorError):
         return StoreError(f"A Ray actor died {MAX_RESTARTS + 1} times on one partition; the shards it committed "
                           "are kept: rerun to resume.")
@@ -116,10 +129,10 @@ def run_ray(writer, cfg: ExtractConfig, parts: list[Partition], pending: pd.Data
     ray = import_ray()
     started_here = _start(ray, cfg)
     taps = {t: (m["dims"], m["dtype"]) for t, m in writer.taps.items()}
-    actor_class = ray.remote(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor, max_restarts=MAX_RESTARTS,
-                             max_task_retries=MAX_RESTARTS)(Extractor)
-    actors = [actor_class.remote(str(writer.root), cfg) for _ in range(_actor_count(ray, cfg, len(parts)))]
-    todo, free = deque(parts), deque(actors)
+    actors: list = []
+    todo: deque = deque(parts)
+    free: deque = deque()  # actors that are up and idle: only they are handed partitions
+    starting: dict = {}  # an actor's ready ref -> the actor, until it is up
     running: dict = {}  # task ref -> (partition number, actor)
     sealed: set[int] = set()
     held: dict[int, int] = {}  # partition -> rows its segment held when handed out (an earlier run's)
@@ -143,10 +156,27 @@ def run_ray(writer, cfg: ExtractConfig, parts: list[Partition], pending: pd.Data
             running[ref] = (part.number, actor)
 
     try:
-        hand_out()
+        _check_fits(ray, cfg)
+        actor_class = ray.remote(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
+                                 max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(Extractor)
+        actors = [actor_class.remote(str(writer.root), cfg) for _ in range(_actor_count(ray, cfg, len(parts)))]
+        starting = {actor.__ray_ready__.remote(): actor for actor in actors}
+        waiting_since = time.monotonic()
         while next_merge in by_number:
-            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            done, _ = ray.wait([*running, *starting], num_returns=1, timeout=1.0)
+            if not running and not free and time.monotonic() - waiting_since > READY_SECONDS:
+                raise FeatkitError(f"No Ray actor with {cfg.cpus_per_actor:g} CPU and {cfg.gpus_per_actor:g} GPU "
+                                   f"started in {READY_SECONDS} s; the cluster cannot place one (lower "
+                                   "--cpus-per-actor / --gpus-per-actor, or add nodes).")
             for ref in done:
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - its constructor failed (weights, device): one line
+                        raise _failure(ray, exc) from None
+                    free.append(actor)
+                    continue
                 number, actor = running.pop(ref)
                 try:
                     _, rows, why, took, where = ray.get(ref)

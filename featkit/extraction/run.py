@@ -257,7 +257,9 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
     if len(devices) == 1 and cfg.device == "all":  # every GPU, and there is one (or none: the CPU)
         cfg = dataclasses.replace(cfg, device=devices[0])
     # one decoder for every process (auto resolved for all the devices), checked before anything is written
-    cfg = dataclasses.replace(cfg, decoder=resolve_decoder(cfg.decoder, [d.split(":")[0] for d in devices]))
+    kinds = (["cuda" if cfg.gpus_per_actor > 0 else "cpu"] if on_ray  # the actors' device, not this driver's
+             else [d.split(":")[0] for d in devices])
+    cfg = dataclasses.replace(cfg, decoder=resolve_decoder(cfg.decoder, kinds))
     listing = list_inputs(items, layout=cfg.layout, limit=cfg.limit, per_class=cfg.per_class)
     cfg = _with_store_taps(cfg, Path(output))
     # several processes: this one only plans and merges, and needs the model's settings, not a device of its own

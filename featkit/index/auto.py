@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from featkit.index.kinds import plan_index
+from featkit.index.kinds import default_memory_budget, plan_index
 
 AUTO_SAMPLE = 20_000  # vectors each candidate is built on
 AUTO_QUERIES = 500  # queries timed (a batch, best of 3)
@@ -73,7 +73,7 @@ def choose_kind(build: Callable, vectors, candidates: list[str], *, metric: str,
     size = len(sample)
     ids = pd.DataFrame({"id": np.arange(size, dtype=np.int64), "path": "", "label": None, "store": "",
                         "row": np.arange(size, dtype=np.int64)})
-    budget = None if max_memory is None else max(1, max_memory * size // n)
+    budget = max(1, (max_memory or default_memory_budget()) * size // n)
     measured = []
     for kind in candidates:
         plan = plan_index(size, dim, kind, metric=metric, pca=pca, max_memory=budget)

@@ -30,7 +30,7 @@ from featkit.store.settings import StoreSettings
 log = logging.getLogger(__name__)
 
 CHUNK = 16_384  # vectors read, prepared and added at a time
-RERANK_BATCH = 64  # queries whose candidates are re-ranked at a time (64 × candidates × dim floats in memory)
+RERANK_BYTES = 64 * 2**20  # candidate vectors gathered at a time for re-ranking
 TUNE_QUERIES = 1_000
 TUNE_K = 10
 
@@ -274,7 +274,7 @@ class Index:
         if factor > 1:  # IVF-PQ: the codes' k × factor best, re-ranked against the exact vectors in the stores
             if self._stored is None:
                 self._stored = StoredVectors(self.ids, self.tap, self.manifest["dim"])
-            _, candidates = self._searcher.search(queries, k * factor)
+            _, candidates = self._searcher.search(queries, min(k * factor, max(k, len(self))))
             scores, ids = refine(queries, candidates, k, self.metric, self._stored.take)
         else:
             scores, ids = self._searcher.search(queries, k)
@@ -494,15 +494,16 @@ def refine(queries: np.ndarray, candidates: np.ndarray, k: int, metric: str,
     """Re-rank each query's candidate ids by exact score against the vectors ``take(ids)`` returns, in batches."""
     scores = np.empty((len(queries), k), dtype=np.float32)
     ids = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), RERANK_BATCH):
-        part = candidates[start: start + RERANK_BATCH]
+    batch = max(1, RERANK_BYTES // max(1, candidates.shape[1] * queries.shape[1] * 4))
+    for start in range(0, len(queries), batch):
+        part = candidates[start: start + batch]
         valid = part >= 0
         unique, inverse = np.unique(part[valid], return_inverse=True)
         vectors = np.zeros((*part.shape, queries.shape[1]), dtype=np.float32)
         if len(unique):
             vectors[valid] = prepare(take(unique), metric)[inverse.reshape(-1)]
         width = min(k, part.shape[1])
-        s, i = rerank(queries[start: start + RERANK_BATCH], part, vectors, width, metric)
+        s, i = rerank(queries[start: start + batch], part, vectors, width, metric)
         scores[start: start + len(part), :width], ids[start: start + len(part), :width] = s, i
         if width < k:
             scores[start: start + len(part), width:], ids[start: start + len(part), width:] = np.nan, -1

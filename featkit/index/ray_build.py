@@ -35,7 +35,7 @@ def add_part(trained: bytes, root: str, tap: str, start: int, stop: int, metric:
 def add_on_ray(index: faiss.Index, root: str, tap: str, n: int, metric: str, *, address: str | None = None,
                tasks: int | None = None) -> faiss.Index:
     """``index`` (trained, empty) with rows 0..n of ``root``'s ``tap`` added by Ray tasks, merged in row order."""
-    from featkit.extraction.ray_engine import import_ray
+    from featkit.extraction.ray_engine import _failure, import_ray
 
     ray = import_ray()
     if faiss.extract_index_ivf(index) is None:  # pragma: no cover - callers pass IVF kinds only
@@ -46,7 +46,8 @@ def add_on_ray(index: faiss.Index, root: str, tap: str, n: int, metric: str, *, 
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
             raise FeatkitError(f"Cannot start or join {address or 'a local Ray'}: "
                                f"{str(exc).splitlines()[0][:200]}") from None
@@ -56,9 +57,17 @@ def add_on_ray(index: faiss.Index, root: str, tap: str, n: int, metric: str, *, 
         trained = ray.put(faiss.serialize_index(index).tobytes())
         task = ray.remote(max_retries=3)(add_part)
         refs = [task.remote(trained, root, tap, start, min(n, start + size), metric) for start in range(0, n, size)]
-        merged = faiss.deserialize_index(np.frombuffer(ray.get(refs[0]), dtype=np.uint8))
-        for ref in refs[1:]:  # in row order: each list's codes end up in the order a local build adds them
-            merged.merge_from(faiss.deserialize_index(np.frombuffer(ray.get(ref), dtype=np.uint8)), 0)
+        merged: faiss.Index | None = None
+        for ref in refs:  # in row order: each list's codes end up in the order a local build adds them
+            try:
+                part = faiss.deserialize_index(np.frombuffer(ray.get(ref), dtype=np.uint8))
+            except Exception as exc:  # noqa: BLE001 - Ray wraps what the task raised; said in one line
+                raise _failure(ray, exc) from None
+            if merged is None:
+                merged = part
+            else:
+                merged.merge_from(part, 0)
+        assert merged is not None  # n ≥ 1: at least one task
         return merged
     finally:
         if started_here:
