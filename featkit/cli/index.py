@@ -143,6 +143,8 @@ def info(index_path: IndexArg, as_json: JsonOpt = False) -> None:
     console.print(f"[bold]{index_path}[/]: {_describe(index)}")
     console.print(f"weights {s.weights.id} (sha256 {s.weights.sha256[:12]}…), pool {s.pool}, "
                   f"faiss {manifest['faiss_version']}, {manifest['training_size']:,} training vectors")
+    if isinstance(manifest.get("reason"), str):
+        console.print(f"why this kind: {manifest['reason']}", highlight=False)
     for store in index.manifest["source"]["stores"]:
         console.print(f"  from {store}")
 
