@@ -161,3 +161,19 @@ def decoder_agreement(photos: Path, weights: Path, decoder: str, out: Path, devi
     y = rows["label"].to_numpy()
     top1 = {d: run_linear_probe(x[train], y[train], x[val], y[val], seed=0).top1 for d, x in (("pil", a), (decoder, b))}
     return cosine, top1
+
+
+def private_network(what: str) -> list[str]:
+    """The command prefix that runs a command with loopback only (``unshare --net``, lo up), or a pytest skip
+    saying why there is none. ``what`` names what it keeps on loopback (for the skip's reason)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip(f"needs unshare and ip (util-linux, iproute2) to keep {what} on loopback")
+    probe = subprocess.run(["unshare", "--net", "--", "ip", "link", "set", "lo", "up"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private network namespace (unshare --net needs root): {probe.stderr.decode()}")
+    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]

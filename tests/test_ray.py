@@ -20,22 +20,13 @@ import pytest
 
 pytest.importorskip("ray", reason="--engine ray needs the ray extra: pip install 'featkit[ray]'")
 
-from helpers import store_bytes, write_feature_store, write_images  # noqa: E402
+from helpers import private_network, store_bytes, write_feature_store, write_images  # noqa: E402
 
 import featkit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OPTS = dict(model="squeezenet1_1", layers=["fire9"], pool="avg", weights="random", device="cpu", shard_rows=4,
             batch_size=4)
-
-
-def private_network() -> list[str]:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("needs unshare and ip (util-linux, iproute2) to keep Ray on loopback")
-    probe = subprocess.run(["unshare", "--net", "--", "ip", "link", "set", "lo", "up"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a private network namespace (unshare --net needs root): {probe.stderr.decode()}")
-    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
 
 
 def on_ray(tmp_path: Path, script: str, timeout: float = 600) -> dict:
@@ -47,7 +38,7 @@ def on_ray(tmp_path: Path, script: str, timeout: float = 600) -> dict:
     env = {**os.environ, "HOME": str(tmp_path / "home"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp,
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     try:
-        done = subprocess.run([*private_network(), sys.executable, str(path)], capture_output=True, text=True,
+        done = subprocess.run([*private_network("Ray"), sys.executable, str(path)], capture_output=True, text=True,
                               timeout=timeout, env=env)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

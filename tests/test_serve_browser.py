@@ -20,6 +20,7 @@ from conftest import HYMENOPTERA, SQUEEZENET_WEIGHTS
 pytest.importorskip("fastapi", reason="featkit serve needs the serve extra: pip install 'featkit[serve]'")
 pytest.importorskip("selenium", reason="the browser test needs selenium (pip install -e '.[dev]')")
 
+from helpers import private_network  # noqa: E402
 from serving import tiny_index  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,22 +28,17 @@ FLOW = Path(__file__).with_name("serve_browser_flow.py")
 ARTIFACTS = REPO / "test-artifacts"
 
 
-def private_network() -> list[str]:
-    """The command prefix running a command with loopback only, or a skip saying why there is none."""
+def browser_on_loopback() -> list[str]:
+    """The command prefix running the browser flow with loopback only, or a skip saying why it cannot run."""
     if not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")):
         pytest.skip("needs Debian's chromium and chromium-driver at /usr/bin (apt-get install chromium "
                     "chromium-driver; .ci/run installs them)")
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("needs unshare and ip (util-linux, iproute2) to keep the browser on loopback")
-    probe = subprocess.run(["unshare", "--net", "--", "ip", "link", "set", "lo", "up"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a private network namespace (unshare --net needs root): {probe.stderr.decode()}")
-    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    return private_network("the browser")
 
 
 @pytest.mark.slow
 def test_upload_a_photo_see_the_grid_click_a_result_see_a_new_grid(tmp_path):
-    prefix = private_network()
+    prefix = browser_on_loopback()
     real = SQUEEZENET_WEIGHTS.is_file() and HYMENOPTERA.is_dir()
     if real:  # the shared photos and weights: the grid must make sense, not just appear
         import featkit
