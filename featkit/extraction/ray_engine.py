@@ -67,17 +67,17 @@ class Extractor:
         return number, computed, dict(reasons), time.perf_counter() - started, self.where
 
 
-def _start(ray, cfg: ExtractConfig) -> bool:
-    """Join ``cfg.ray_address``, or start a local Ray for this run; True when this run started it."""
+def start_ray(ray, address: str | None) -> bool:
+    """Join ``address``, or start a local Ray for this run; True when this run started it (and stops it)."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # featkit does not report usage on its users' behalf
     kwargs: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     try:
         # "local": a new Ray for this run, never one RAY_ADDRESS or a running cluster would point it at
-        ray.init(address=cfg.ray_address or "local", **kwargs)
+        ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
-        where = cfg.ray_address or "a local Ray"
+        where = address or "a local Ray"
         raise FeatkitError(f"Cannot start or join {where}: {str(exc).splitlines()[0][:200]}") from None
     return True
 
@@ -101,7 +101,7 @@ def _actor_count(ray, cfg: ExtractConfig, parts: int) -> int:
     return max(1, min(by_cpu, by_gpu, parts))
 
 
-def _failure(ray, exc: BaseException) -> Exception:
+def task_failure(ray, exc: BaseException) -> Exception:
     """A task's failure as one line: the featkit error it raised, else what killed it."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, FeatkitError):
@@ -127,7 +127,7 @@ def run_ray(writer, cfg: ExtractConfig, parts: list[Partition], pending: pd.Data
     if not parts:
         return 0, Counter(), {}
     ray = import_ray()
-    started_here = _start(ray, cfg)
+    started_here = start_ray(ray, cfg.ray_address)
     taps = {t: (m["dims"], m["dtype"]) for t, m in writer.taps.items()}
     actors: list = []
     todo: deque = deque(parts)
@@ -174,14 +174,14 @@ def run_ray(writer, cfg: ExtractConfig, parts: list[Partition], pending: pd.Data
                     try:
                         ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - its constructor failed (weights, device): one line
-                        raise _failure(ray, exc) from None
+                        raise task_failure(ray, exc) from None
                     free.append(actor)
                     continue
                 number, actor = running.pop(ref)
                 try:
                     _, rows, why, took, where = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - Ray wraps what the task raised; said in one line
-                    raise _failure(ray, exc) from None
+                    raise task_failure(ray, exc) from None
                 sealed.add(number)
                 reasons.update(why)
                 images[where] += rows

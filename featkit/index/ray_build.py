@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from featkit._faiss import faiss
-from featkit.errors import FeatkitError, SearchIndexError
+from featkit.errors import SearchIndexError
 
 ROWS_PER_TASK = 65_536
 
@@ -35,23 +35,12 @@ def add_part(trained: bytes, root: str, tap: str, start: int, stop: int, metric:
 def add_on_ray(index: faiss.Index, root: str, tap: str, n: int, metric: str, *, address: str | None = None,
                tasks: int | None = None) -> faiss.Index:
     """``index`` (trained, empty) with rows 0..n of ``root``'s ``tap`` added by Ray tasks, merged in row order."""
-    from featkit.extraction.ray_engine import _failure, import_ray
+    from featkit.extraction.ray_engine import import_ray, start_ray, task_failure
 
     ray = import_ray()
     if faiss.extract_index_ivf(index) is None:  # pragma: no cover - callers pass IVF kinds only
         raise SearchIndexError("Only IVF indexes are built on Ray.")
-    started_here = False
-    if not ray.is_initialized():
-        import os
-
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        try:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
-        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
-            raise FeatkitError(f"Cannot start or join {address or 'a local Ray'}: "
-                               f"{str(exc).splitlines()[0][:200]}") from None
-        started_here = True
+    started_here = start_ray(ray, address)
     try:
         size = ROWS_PER_TASK if tasks is None else max(1, -(-n // tasks))
         trained = ray.put(faiss.serialize_index(index).tobytes())
@@ -62,7 +51,7 @@ def add_on_ray(index: faiss.Index, root: str, tap: str, n: int, metric: str, *, 
             try:
                 part = faiss.deserialize_index(np.frombuffer(ray.get(ref), dtype=np.uint8))
             except Exception as exc:  # noqa: BLE001 - Ray wraps what the task raised; said in one line
-                raise _failure(ray, exc) from None
+                raise task_failure(ray, exc) from None
             if merged is None:
                 merged = part
             else:
