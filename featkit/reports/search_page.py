@@ -112,16 +112,26 @@ def query_labels(queries: Iterable[Any], indexed: pd.DataFrame) -> dict[str, str
     return found
 
 
+def jpeg_thumbnail(path: str, size: int, *, quality: int = 80, draft: bool = True) -> bytes:
+    """The image at ``path`` decoded by featkit's safe decoder, at most ``size`` px a side, as JPEG bytes.
+
+    Raises:
+        DecodeError: the file is missing or not an image featkit decodes.
+    """
+    image = decode_image(path, min_side=size if draft else None)
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def thumbnail(path: str, size: int = THUMB) -> str | None:
     """A ``data:`` URI of a JPEG thumbnail, or None when the file cannot be read as an image."""
     try:
-        image = decode_image(path, min_side=size)
+        data = jpeg_thumbnail(path, size)
     except Exception:  # noqa: BLE001 - a missing or bad file shows as a placeholder, not a crashed report
         return None
-    image.thumbnail((size, size))
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
 def file_url(path: str) -> str:

@@ -8,7 +8,6 @@ only raster pixels leave the server, whatever the file on disk has become since 
 from __future__ import annotations
 
 import functools
-import io
 import os
 import threading
 from collections.abc import Sequence
@@ -17,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featkit.data.decode import decode_image
 from featkit.errors import SearchIndexError, StoreError
 from featkit.index import Index
 from featkit.index.dedup import THRESHOLD, find_duplicates
 from featkit.index.exact import prepare
 from featkit.index.stored import StoredVectors
+from featkit.reports.search_page import jpeg_thumbnail
 
 THUMB = 192  # px, the longer side of a thumbnail
 FULL = 2048  # px, the longer side of the "full" image (a re-encoded copy, not the file)
@@ -226,11 +225,8 @@ class Library:
 
 
 def _jpeg(path: str, size: int) -> bytes:
-    image = decode_image(path, min_side=size if size <= THUMB else None)
-    image.thumbnail((size, size))
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=85 if size <= THUMB else 92)
-    return buf.getvalue()
+    small = size <= THUMB
+    return jpeg_thumbnail(path, size, quality=85 if small else 92, draft=small)
 
 
 def open_library(index_path: str | os.PathLike, **kwargs) -> Library:
