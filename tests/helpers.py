@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +180,32 @@ def private_network(what: str) -> list[str]:
     if probe.returncode != 0:
         pytest.skip(f"cannot make a private network namespace (unshare --net needs root): {probe.stderr.decode()}")
     return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: int = 1_700_000_000) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = len(data), mtime
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(images: Path, out: Path, per_shard: int = 5) -> list[tuple[str, bytes, str]]:
+    """img2dataset's layout: ``out/0000K.tar`` of ``KEY.jpg|png`` + ``KEY.cls`` + ``KEY.json``, and its .parquet files.
+
+    Returns:
+        (member name, image bytes, class folder) per sample, in shard order.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in images.rglob("*") if p.is_file())
+    samples = []
+    for k in range(0, len(files), per_shard):
+        with tarfile.open(out / f"{k // per_shard:05d}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+            for i, path in enumerate(files[k:k + per_shard]):
+                key = f"{k // per_shard:05d}{i:04d}"
+                data = path.read_bytes()
+                add_member(tar, f"{key}{path.suffix}", data)
+                add_member(tar, f"{key}.cls", path.parent.name.encode())
+                add_member(tar, f"{key}.json", json.dumps({"caption": "a photo", "url": "https://example.com/x"}).encode())
+                samples.append((f"{key}{path.suffix}", data, path.parent.name))
+        (out / f"{k // per_shard:05d}.parquet").write_bytes(b"PAR1 stats of the shard")
+    (out / "stats.json").write_text("{}")
+    return samples

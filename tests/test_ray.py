@@ -29,6 +29,17 @@ OPTS = dict(model="squeezenet1_1", layers=["fire9"], pool="avg", weights="random
             batch_size=4)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The local runs compute on one thread, as each actor does (--cpus-per-actor 1): oneDNN's sums depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def on_ray(tmp_path: Path, script: str, timeout: float = 600) -> dict:
     """Run ``script`` (Python; it prints one JSON line last) with loopback only; its JSON."""
     path = tmp_path / "job.py"
@@ -157,3 +168,20 @@ def test_engine_ray_without_ray_installed_says_how_in_one_line(tmp_path, monkeyp
     images = write_images(tmp_path / "imgs", classes=1, per_class=2)
     with pytest.raises(featkit.FeatkitError, match=r"pip install 'featkit\[ray\]'"):
         featkit.extract(images, tmp_path / "s", engine="ray", **OPTS)
+
+
+@pytest.mark.slow
+def test_webdataset_shards_on_ray_give_the_store_a_local_run_gives(tmp_path):
+    from helpers import write_shards
+
+    write_shards(write_images(tmp_path / "imgs", classes=2, per_class=7), tmp_path / "shards", per_shard=4)
+    featkit.extract(tmp_path / "shards", tmp_path / "local", **OPTS)
+    seen = on_ray(tmp_path, f"""
+        import json, featkit
+        done = featkit.extract({str(tmp_path / "shards")!r}, {str(tmp_path / "ray")!r}, engine="ray", actors=2,
+                               **{OPTS!r})
+        print(json.dumps({{"computed": done.computed, "failed": done.failed}}))
+    """)
+    assert seen == {"computed": 14, "failed": 0}
+    assert store_bytes(tmp_path / "local") == store_bytes(tmp_path / "ray")
+    assert featkit.open_features(tmp_path / "ray").rows["path"][0].endswith("shards/00000.tar/000000000.png")

@@ -55,7 +55,8 @@ def print_result(result, console) -> None:
 
 def extract(
     inputs: Annotated[list[Path], typer.Argument(
-        help="Folders (ImageFolder layouts give labels), list files (.csv/.parquet/.txt with a path column) or images.",
+        help="Folders (ImageFolder layouts give labels), list files (.csv/.parquet/.txt with a path column), "
+             "WebDataset shards (.tar, or a folder of them: a row per sample, labelled by its .cls/.json) or images.",
         show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Feature store directory (resumed if it exists).")],
     model: ModelOpt = DEFAULT_MODEL,

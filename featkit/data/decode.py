@@ -22,6 +22,7 @@ from typing import IO, cast
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from featkit.data import shards
 from featkit.errors import FeatkitError, check_int
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
@@ -125,6 +126,11 @@ def read_image_bytes(path: str | bytes | os.PathLike) -> bytes:
 
 
 def _open_image_file(path: str | bytes | os.PathLike, name: str) -> IO[bytes]:
+    if ".tar/" in (text := os.fsdecode(path)).lower() and (member := shards.split_member(text)) is not None:
+        try:  # a WebDataset sample's image, read where it lies in its shard
+            return shards.open_member(*member, name)
+        except shards.MemberError as e:
+            raise DecodeError(e.reason, str(e)) from None
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):

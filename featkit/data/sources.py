@@ -4,6 +4,8 @@ A folder is walked recursively in sorted order, symlinked folders followed (a sy
 is recorded, never followed). Its layout is decided once, before any work (see :func:`list_inputs`):
 ``root/{train,val,test}/CLASS/*`` gives a split column and the label, ``root/CLASS/*`` a label column. Every file
 is listed (hidden files aside): whether it is an image is decided later by its content, not its extension.
+WebDataset shards (a ``.tar``, or a folder holding shards and no images) give one row per sample with an image
+(:mod:`featkit.data.shards`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 
 from featkit._files import not_a_file
 from featkit.choices import Layout
+from featkit.data import shards
 from featkit.errors import InputError, check_choice, check_int
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,8 @@ def _stat(path: str) -> tuple[int, int]:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns
     except OSError:
-        return -1, -1
+        member = shards.member_info(path)  # a shard's member named by its path
+        return (member.size, member.mtime_ns) if member is not None else (-1, -1)
 
 
 def _utf8(name: str) -> bool:
@@ -146,8 +150,33 @@ def _sample(names: list[str], most: int = 5) -> str:
     return ", ".join(names[:most]) + more
 
 
+def _shard_rows(root: Path, files: list[tuple[str, tuple[str, ...]]]) -> tuple[list[dict], list[dict]] | None:
+    """A folder of WebDataset shards and no images (img2dataset's output): every shard's samples, else None.
+
+    A shard in a split folder (``train/00000.tar``) gives its rows that split, where the sample's ``.json`` names
+    none.
+    """
+    tars = [(path, parts) for path, parts in files if shards.is_shard(path)]
+    if not tars or any(_looks_like_image(parts[-1]) for _, parts in files):
+        return None
+    tar_paths = {path for path, _ in tars}
+    others = [os.path.join(*parts) for path, parts in files if path not in tar_paths]
+    if others:
+        log.warning("%s: a folder of %d WebDataset shards; left out %s", root, len(tars), _sample(others))
+    rows: list[dict] = []
+    bad: list[dict] = []
+    for path, parts in tars:
+        found, broken = shards.list_shard(path)
+        split = parts[0] if len(parts) > 1 and parts[0] in SPLIT_NAMES else None
+        rows += [{**row, "split": row["split"] or split} for row in found]
+        bad += broken
+    return rows, bad
+
+
 def _folder_rows(root: Path, layout: str) -> tuple[list[dict], list[dict]]:
     files, loops = _walk(root)
+    if layout in ("auto", "flat") and (found := _shard_rows(root, files)) is not None:
+        return found[0], loops + found[1]
     layout, _ = _decide_layout(root, files, layout)
     rows = []
     for path, parts in files:
@@ -212,7 +241,9 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layo
 
     Args:
         inputs: a folder, a list file (``.csv``/``.tsv``/``.parquet`` with a path column and optional label
-            and split columns; ``.txt`` with one path per line), an image path, or a sequence of these.
+            and split columns; ``.txt`` with one path per line), an image path, a WebDataset shard (``.tar``: a
+            row per sample with an image, labelled by its ``.cls`` or ``.json``), or a sequence of these. A folder
+            of shards and no images (img2dataset's output) is read as its shards.
         layout: how folders give labels and splits: ``auto`` (split folders if there are any, else class
             folders, else one flat set), ``splits`` (ROOT/SPLIT/CLASS/*), ``classes`` (ROOT/CLASS/*) or ``flat``
             (no labels). What a layout leaves out of a folder is said in one warning line.
@@ -241,9 +272,16 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layo
             bad += loops
         elif is_list_file(p):
             rows += _list_file_rows(p)
+        elif shards.is_shard(p):
+            found, broken = shards.list_shard(os.path.abspath(p))
+            rows += found
+            bad += broken
+        elif shards.is_compressed_shard(p):
+            raise InputError(f"{p} is a compressed tar: featkit reads WebDataset shards in place, which needs a plain "
+                             f".tar (JPEGs do not compress anyway); decompress it first.")
         elif p.suffix.lower() in LIST_SUFFIXES and (what := not_a_file(p)) is not None:  # reading it could block
             raise InputError(f"List file {p} is {what}, not a file; pass the list file itself.")
-        elif p.exists() or p.is_symlink():
+        elif p.exists() or p.is_symlink() or shards.split_member(os.path.abspath(p)) is not None:
             rows.append({"path": os.path.abspath(p), "label": None, "split": None})
         else:
             raise InputError(f"Input not found: {p}. Pass a folder, a list file (.csv/.parquet/.txt) or image paths.")
@@ -255,7 +293,7 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layo
             bad.append({"path": shown, "reason": "bad_filename", "message": "file name is not valid UTF-8"})
         elif row["path"] not in seen:  # the same file listed twice is computed once
             seen.add(row["path"])
-            size, mtime = _stat(row["path"])
+            size, mtime = (row.pop("bytes"), row.pop("mtime_ns")) if "bytes" in row else _stat(row["path"])
             good.append({**row, "bytes": size, "mtime_ns": mtime})
     if not good and not bad:
         where = ", ".join(str(i) for i in items[:3]) + (" ..." if len(items) > 3 else "")

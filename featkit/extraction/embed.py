@@ -324,6 +324,7 @@ def expand_sources(images: ImageSource | Iterable[ImageSource]) -> tuple[list[Im
     """
     from PIL import Image
 
+    from featkit.data.shards import is_shard
     from featkit.data.sources import is_list_file, list_inputs
 
     one = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
@@ -334,7 +335,8 @@ def expand_sources(images: ImageSource | Iterable[ImageSource]) -> tuple[list[Im
     names: list[str] = []
     unlisted: list[dict] = []
     for item in items:
-        if isinstance(item, (str, os.PathLike)) and os.path.isfile(item) and not is_list_file(item):
+        if (isinstance(item, (str, os.PathLike)) and os.path.isfile(item) and not is_list_file(item)
+                and not is_shard(item)):
             # one image file: as list_inputs would list it, without a table
             path = os.path.abspath(os.path.expanduser(item))
             sources.append(path)

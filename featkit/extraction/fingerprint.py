@@ -4,6 +4,7 @@ An edit that keeps the size and restores the mtime (``os.utime``, ``touch -r``, 
 file) looks unchanged by ``stat``. Hashing every file whole would make each rerun read the whole dataset, so
 the fingerprint reads the first and last 64 KiB only: every image format keeps its header at the start, and
 the end of the compressed data at the end. An edit confined to the middle of a file over 128 KiB goes unseen.
+A WebDataset sample's image is fingerprinted from its bytes in the shard, the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+
+from featkit.data import shards
 
 SPAN = 1 << 16  # bytes read from each end of a file
 # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer (and is then refused by fstat)
@@ -26,17 +29,41 @@ def fingerprint(path: str | os.PathLike) -> str:
     """
     try:
         fd = os.open(path, _OPEN_FLAGS)
+    except NotADirectoryError:  # maybe a WebDataset sample: shard.tar/member
+        return _member_fingerprint(path)
     except (OSError, ValueError):  # ValueError: a NUL in the path
         return ""
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return ""
-        digest = hashlib.sha256(st.st_size.to_bytes(8, "little"))  # SHA-NI: twice as fast as blake2b here
-        digest.update(os.pread(fd, SPAN, 0))
-        if st.st_size > SPAN:
-            digest.update(os.pread(fd, SPAN, max(SPAN, st.st_size - SPAN)))
-        return digest.hexdigest()[:32]
+        return _digest(fd, 0, st.st_size)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _digest(fd: int, start: int, size: int) -> str:
+    digest = hashlib.sha256(size.to_bytes(8, "little"))  # SHA-NI: twice as fast as blake2b here
+    digest.update(os.pread(fd, min(SPAN, size), start))
+    if size > SPAN:
+        digest.update(os.pread(fd, SPAN, start + max(SPAN, size - SPAN)))
+    return digest.hexdigest()[:32]
+
+
+def _member_fingerprint(path: str | os.PathLike) -> str:
+    """:func:`fingerprint` of a shard member's bytes, as if it were a file of its own."""
+    found = shards.split_member(path)
+    member = shards.member_info(path) if found is not None else None
+    if found is None or member is None:
+        return ""
+    try:
+        fd = os.open(found[0], _OPEN_FLAGS)
+    except OSError:
+        return ""
+    try:
+        return _digest(fd, member.offset, member.size)
     except OSError:
         return ""
     finally:

@@ -1,0 +1,169 @@
+"""WebDataset tar shards as input: a row per sample with an image, read in place, resumable like files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import add_member as add
+from helpers import store_bytes, write_images, write_shards
+
+import featkit
+from featkit.cli.app import main as featkit_main
+from featkit.data import shards
+from featkit.data.decode import DecodeError, read_image_bytes
+from featkit.data.sources import list_inputs
+
+OPTS = dict(model="squeezenet1_1", layers=["fire9"], pool="avg", weights="random", device="cpu", shard_rows=4,
+            batch_size=4)
+
+
+def rows_of(store: Path):
+    s = featkit.open_features(store)
+    return s.rows, s["fire9"]
+
+
+def test_a_folder_of_shards_extracts_like_the_same_images_as_files_and_a_rerun_computes_nothing(tmp_path, caplog):
+    images = write_images(tmp_path / "imgs", classes=3, per_class=4)
+    samples = write_shards(images, tmp_path / "shards")
+    first = featkit.extract(tmp_path / "shards", tmp_path / "s", **OPTS)
+    assert "a folder of 3 WebDataset shards; left out 00000.parquet" in caplog.text  # stray files: said, not rows
+    assert first.computed == 12 and first.failed == 0
+    meta, feats = rows_of(tmp_path / "s")
+    # the member name under its shard is the path, in shard order; the label is the sample's .cls
+    assert [Path(p).name for p in meta["path"]] == [name for name, _, _ in samples]
+    assert [Path(p).parent.name for p in meta["path"]] == [f"0000{i // 5}.tar" for i in range(12)]
+    assert list(meta["label"]) == [c for _, _, c in samples]
+    # the same pixels as files: the same vectors
+    as_files = featkit.embed(sorted(p for p in images.rglob("*.png")), **{k: v for k, v in OPTS.items()
+                                                                          if k != "shard_rows"})
+    np.testing.assert_array_equal(feats, as_files["fire9"])
+    assert read_image_bytes(meta["path"][3]) == samples[3][1]  # a row's path reads back its bytes
+    again = featkit.extract(tmp_path / "shards", tmp_path / "s", **OPTS)
+    assert again.computed == 0 and again.unchanged == 12
+
+
+def test_a_shard_rewritten_with_the_same_sizes_and_times_is_noticed_by_its_fingerprint(tmp_path):
+    images = write_images(tmp_path / "imgs", classes=1, per_class=4)
+    write_shards(images, tmp_path / "shards", per_shard=4)
+    featkit.extract(tmp_path / "shards", tmp_path / "s", **OPTS)
+    shard = tmp_path / "shards" / "00000.tar"
+    st = shard.stat()
+    data = bytearray(shard.read_bytes())
+    member = shards.read_shard(str(shard)).members["000000002.png"]
+    data[member.offset + member.size - 20] ^= 0xFF  # one byte of sample 2's image, same size
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = featkit.extract(tmp_path / "shards", tmp_path / "s", **OPTS)
+    assert (again.changed, again.unchanged) == (1, 3)
+
+
+def test_shards_read_with_workers_on_ray_and_locally_give_the_same_store(tmp_path):
+    images = write_images(tmp_path / "imgs", classes=2, per_class=5)
+    write_shards(images, tmp_path / "shards", per_shard=3)
+    featkit.extract(tmp_path / "shards", tmp_path / "threads", **OPTS)
+    featkit.extract(tmp_path / "shards", tmp_path / "workers", workers=2, **OPTS)  # DataLoader processes
+    assert store_bytes(tmp_path / "threads") == store_bytes(tmp_path / "workers")
+
+
+def test_bad_members_and_broken_shards_are_recorded_and_the_rest_is_read(tmp_path):
+    good = write_images(tmp_path / "imgs", classes=1, per_class=3, fmt="jpg")
+    jpegs = sorted(good.rglob("*.jpg"))
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    with tarfile.open(folder / "a.tar", "w") as tar:
+        add(tar, "s0.jpg", jpegs[0].read_bytes())
+        add(tar, "s1.jpg", b"plain text, not a picture")
+        add(tar, "s2.jpg", b"")
+        add(tar, "s3.json", b'{"label": "no image in this sample"}')
+        add(tar, ".hidden.jpg", jpegs[0].read_bytes())
+        add(tar, "s4.jpg", jpegs[1].read_bytes())
+    whole = (folder / "a.tar").read_bytes()
+    with tarfile.open(folder / "b.tar", "w") as tar:
+        add(tar, "t0.png", (good / "c0" / "000.jpg").read_bytes())
+        add(tar, "t1.jpg", jpegs[2].read_bytes() * 40)
+    cut = (folder / "b.tar").read_bytes()
+    (folder / "b.tar").write_bytes(cut[:len(cut) // 2])  # a copy killed half-way: t1 is cut off
+    (folder / "c.tar").write_bytes(b"this is not a tar archive" * 40)
+    result = featkit.extract(folder, tmp_path / "s", **OPTS)
+    store = featkit.open_features(tmp_path / "s")
+    assert [Path(p).name for p in store.rows["path"]] == ["s0.jpg", "s4.jpg", "t0.png"]
+    failures = {Path(p).name: reason for p, reason in zip(store.failures["path"], store.failures["reason"],
+                                                         strict=True)}
+    assert failures["s1.jpg"] == "not_an_image" and failures["s2.jpg"] == "empty"
+    assert failures["c.tar"] == "not_an_image"
+    assert failures["t1.jpg"] == "truncated" and failures["b.tar"] == "corrupt"  # the samples before the cut are rows
+    assert result.failed == len(store.failures)
+    assert whole == (folder / "a.tar").read_bytes()  # read, never written
+
+
+def test_labels_and_splits_from_json_and_split_folders_and_long_member_names(tmp_path):
+    png = write_images(tmp_path / "imgs", classes=1, per_class=1)
+    data = next(png.rglob("*.png")).read_bytes()
+    long_name = "deep/" + "n" * 150 + "/k1.png"  # past ustar's 100 characters: a GNU or PAX header
+    for split in ("train", "val"):
+        (tmp_path / "ds" / split).mkdir(parents=True)
+        with tarfile.open(tmp_path / "ds" / split / "000.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+            add(tar, "k0.png", data)
+            add(tar, "k0.json", json.dumps({"Label": "bee", "caption": "x"}).encode())
+            add(tar, long_name, data)
+            add(tar, long_name.replace(".png", ".json"), json.dumps({"class": 7, "split": "test"}).encode())
+    table = list_inputs(tmp_path / "ds").table
+    assert list(table["label"]) == ["bee", "7", "bee", "7"]
+    assert list(table["split"]) == ["train", "test", "val", "test"]  # the sample's own split wins
+    assert table["path"][1].endswith("train/000.tar/" + long_name)
+    assert read_image_bytes(table["path"][1]) == data
+
+
+def test_a_member_path_reads_like_a_file_and_says_why_when_it_cannot(tmp_path):
+    png = next(write_images(tmp_path / "imgs", classes=1, per_class=1).rglob("*.png")).read_bytes()
+    shard = tmp_path / "x.tar"
+    with tarfile.open(shard, "w") as tar:
+        add(tar, "a.png", png)
+    one = featkit.embed(f"{shard}/a.png", **{k: v for k, v in OPTS.items() if k != "shard_rows"})
+    assert one["fire9"].shape == (1, 512)
+    with pytest.raises(DecodeError, match="no such member in x.tar") as err:
+        read_image_bytes(f"{shard}/b.png")
+    assert err.value.reason == "not_found"
+    with pytest.raises(DecodeError) as err:  # the shard is a file: no path walks out of it
+        read_image_bytes(f"{shard}/../../../etc/passwd")
+    assert err.value.reason == "not_found"
+    # a folder named like a shard is a folder
+    (tmp_path / "photos.tar").mkdir()
+    (tmp_path / "photos.tar" / "a.png").write_bytes(png)
+    assert shards.split_member(tmp_path / "photos.tar" / "a.png") is None
+    assert read_image_bytes(tmp_path / "photos.tar" / "a.png") == png
+
+
+def test_a_compressed_shard_is_one_line_that_says_what_to_do(tmp_path, monkeypatch, capsys):
+    with tarfile.open(tmp_path / "x.tar.gz", "w:gz") as tar:
+        add(tar, "a.png", b"png")
+    monkeypatch.setattr(sys, "argv", ["featkit", "extract", "--model", "squeezenet1_1", "--weights", "random",
+                                      str(tmp_path / "x.tar.gz"), "-o", str(tmp_path / "s")])
+    monkeypatch.setenv("FEATKIT_DEBUG", "0")
+    with pytest.raises(SystemExit) as exited:
+        featkit_main()
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 1 and len(err.splitlines()) == 1, err
+    assert "compressed tar" in err and "decompress it first" in err
+
+
+def test_shards_written_by_webdataset_read_back_the_samples_webdataset_reads(tmp_path):
+    wds = pytest.importorskip("webdataset", reason="the webdataset package (in featkit[dev]) writes the shard")
+    images = write_images(tmp_path / "imgs", classes=2, per_class=3, fmt="jpg")
+    files = sorted(images.rglob("*.jpg"))
+    with wds.TarWriter(str(tmp_path / "w.tar")) as sink:
+        for i, path in enumerate(files):
+            sink.write({"__key__": f"sample{i:03d}", "jpg": path.read_bytes(), "cls": int(path.parent.name[1:]),
+                        "json": {"caption": path.name}})
+    read = wds.WebDataset(str(tmp_path / "w.tar"), shardshuffle=False)
+    theirs = [(s["__key__"], s["jpg"], int(s["cls"])) for s in read]
+    table = list_inputs(tmp_path / "w.tar").table
+    assert [Path(p).stem for p in table["path"]] == [key for key, _, _ in theirs]
+    assert [read_image_bytes(p) for p in table["path"]] == [data for _, data, _ in theirs]
+    assert list(table["label"]) == [str(c) for _, _, c in theirs]
