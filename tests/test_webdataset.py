@@ -167,3 +167,16 @@ def test_shards_written_by_webdataset_read_back_the_samples_webdataset_reads(tmp
     assert [Path(p).stem for p in table["path"]] == [key for key, _, _ in theirs]
     assert [read_image_bytes(p) for p in table["path"]] == [data for _, data, _ in theirs]
     assert list(table["label"]) == [str(c) for _, _, c in theirs]
+
+
+def test_member_names_that_climb_out_are_recorded_and_never_read(tmp_path):
+    png = next(write_images(tmp_path / "imgs", classes=1, per_class=1).rglob("*.png")).read_bytes()
+    shard = tmp_path / "x.tar"
+    with tarfile.open(shard, "w") as tar:
+        add(tar, "ok.png", png)
+        add(tar, "../../escape.png", png)
+        add(tar, "/etc/abs.png", png)
+    listing = list_inputs(shard)
+    assert [Path(p).name for p in listing.table["path"]] == ["ok.png"]
+    assert list(listing.bad_names["reason"]) == ["bad_filename", "bad_filename"]
+    assert "climbs out" in listing.bad_names["message"][0]

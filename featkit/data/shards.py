@@ -238,7 +238,12 @@ def list_shard(path: str) -> tuple[list[dict], list[dict]]:
     except OSError as exc:
         return [], [{"path": path, "reason": "unreadable", "message": f"{path}: cannot read: {exc.strerror or exc}"}]
     samples: dict[str, dict[str, tuple[str, Member]]] = {}
+    failures = []
     for name, member in shard.members.items():
+        if name.startswith("/") or ".." in name.split("/"):  # tar -x refuses these too: recorded, never read
+            failures.append({"path": f"{path}/{name}", "reason": "bad_filename",
+                             "message": f"{path}: member name {name!r} is absolute or climbs out with '..'; not read"})
+            continue
         match = _KEY.match(name)
         if match is None or "/." in "/" + name:  # no extension, or hidden
             continue
@@ -256,7 +261,6 @@ def list_shard(path: str) -> tuple[list[dict], list[dict]]:
             rows.append({"path": f"{path}/{image[0]}", "label": label, "split": split,
                          "bytes": image[1].size, "mtime_ns": image[1].mtime_ns, "offset": image[1].offset})
     rows.sort(key=lambda row: row.pop("offset"))  # tar order: the shard is read front to back
-    failures = []
     if shard.broken:
         what = "is not a tar archive" if not shard.members else f"breaks after {len(shard.members):,} members"
         failures.append({"path": path, "reason": "corrupt" if shard.members else "not_an_image",

@@ -5,8 +5,13 @@ opens the feature store, adds one range of rows to a copy of the trained, empty 
 index. The driver merges the partials in row order (FAISS ``merge_from``), so every inverted list holds the
 same codes in the same order as a local build, and then tunes ``nprobe`` as a local build does: same quantizer,
 same seed, same search results. Tasks read the store themselves, so every node must see it (a shared file
-system). Partials travel through Ray's object store; for indexes larger than one machine's memory, faiss's
-``merge_ondisk`` would be the next step.
+system). Partials travel through Ray's object store and are merged in the driver's memory.
+
+faiss's ``contrib.ondisk.merge_ondisk`` (what autofaiss uses for indexes larger than memory) merges only plain
+inverted lists: IVF-Flat, or PQ with 8-bit codes. featkit's IVF-PQ is the 4-bit fast-scan kind, whose block lists
+``OnDiskInvertedLists`` refuses (faiss 1.15: ``il->code_size == code_size`` fails), and an on-disk IVF-Flat at the
+sizes that need it (10⁹ × 2,048 floats) is 8 TB. So the merge stays in memory: 72 bytes a vector for
+``PQ128x4fs`` with its id.
 """
 
 from __future__ import annotations
