@@ -180,3 +180,20 @@ def test_member_names_that_climb_out_are_recorded_and_never_read(tmp_path):
     assert [Path(p).name for p in listing.table["path"]] == ["ok.png"]
     assert list(listing.bad_names["reason"]) == ["bad_filename", "bad_filename"]
     assert "climbs out" in listing.bad_names["message"][0]
+
+
+def test_fingerprints_of_members_and_files_mixed_keep_their_order_and_match_one_by_one(tmp_path):
+    from featkit.extraction.fingerprint import fingerprint, fingerprints
+
+    images = write_images(tmp_path / "imgs", classes=3, per_class=30)
+    write_shards(images, tmp_path / "shards", per_shard=20)
+    members = list(list_inputs(tmp_path / "shards").table["path"])
+    files = sorted(str(p) for p in images.rglob("*.png"))
+    mixed = members[:50] + files[:40] + members[50:] + [str(tmp_path / "gone.png"), f"{members[0][:-4]}.nope"]
+    shards._cache.clear()
+    together = fingerprints(mixed)
+    assert together == [fingerprint(p) for p in mixed]
+    assert together[-2:] == ["", ""] and all(together[:-2])
+    copy = tmp_path / "copy.png"  # a member's print is that of its bytes as a file
+    copy.write_bytes(read_image_bytes(members[7]))
+    assert together[7] == fingerprint(copy)

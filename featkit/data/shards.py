@@ -95,6 +95,7 @@ def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
 
 _cache: OrderedDict[tuple[str, int, int, int], Shard] = OrderedDict()
 _cache_lock = threading.Lock()
+_scan_lock = threading.Lock()
 
 
 def read_shard(path: str) -> Shard:
@@ -109,11 +110,17 @@ def read_shard(path: str) -> Shard:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    shard = _scan(path)
-    with _cache_lock:
-        _cache[key] = shard
-        while len(_cache) > _CACHED_SHARDS:
-            _cache.popitem(last=False)
+    # one scan at a time: threads that want the same shard (decoders, fingerprints) wait for it instead of each
+    # scanning it again (the scan is Python, so scans in parallel threads would not be faster anyway)
+    with _scan_lock:
+        with _cache_lock:
+            if key in _cache:
+                return _cache[key]
+        shard = _scan(path)
+        with _cache_lock:
+            _cache[key] = shard
+            while len(_cache) > _CACHED_SHARDS:
+                _cache.popitem(last=False)
     return shard
 
 
