@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import write_images
+from helpers import write_images, write_shards
 from PIL import Image
 from torchvision import models as tvm
 from typer.testing import CliRunner
@@ -121,6 +121,7 @@ def sandbox(tmp_path_factory, fake_imagenet):
         write_images(root / "queries", classes=1, per_class=2, size=(64, 48), seed=4)
         write_images(root / "more", classes=1, per_class=2, size=(64, 48), seed=5)
         shutil.copy(root / "queries" / "c0" / "000.png", root / "query.jpg")  # content decides, not the name
+        write_shards(root / "PHOTOS" / "train", root / "shards", per_shard=4)  # img2dataset's layout
         files = sorted((root / "PHOTOS" / "train").rglob("*.png"))[:4]
         (root / "list.csv").write_text("path,label\n" + "".join(f"{f},{f.parent.name}\n" for f in files))
         torch.save(build_module("alexnet").state_dict(), root / "my_finetuned.pth")
