@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import sys
 import tarfile
@@ -146,6 +148,7 @@ def test_a_compressed_shard_is_one_line_that_says_what_to_do(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["featkit", "extract", "--model", "squeezenet1_1", "--weights", "random",
                                       str(tmp_path / "x.tar.gz"), "-o", str(tmp_path / "s")])
     monkeypatch.setenv("FEATKIT_DEBUG", "0")
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # the CLI's handler writes to this test's stderr only
     with pytest.raises(SystemExit) as exited:
         featkit_main()
     err = capsys.readouterr().err.strip()
@@ -197,3 +200,104 @@ def test_fingerprints_of_members_and_files_mixed_keep_their_order_and_match_one_
     copy = tmp_path / "copy.png"  # a member's print is that of its bytes as a file
     copy.write_bytes(read_image_bytes(members[7]))
     assert together[7] == fingerprint(copy)
+
+
+def _set_size(archive: bytes, header_at: int, size: int) -> bytes:
+    """``archive`` with the size field of the header at ``header_at`` set to ``size`` (base-256 if negative)."""
+    field = (b"\xff" + (256**11 + size).to_bytes(11, "big")) if size < 0 else b"\x80" + size.to_bytes(11, "big")
+    header = bytearray(archive[header_at:header_at + 512])
+    header[124:136] = field
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    return archive[:header_at] + bytes(header) + archive[header_at + 512:]
+
+
+def test_crafted_headers_end_the_shard_where_they_are_and_keep_the_samples_before(tmp_path, monkeypatch):
+    import threading
+
+    png = next(write_images(tmp_path / "imgs", classes=1, per_class=1).rglob("*.png")).read_bytes()
+    with tarfile.open(tmp_path / "a.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        add(tar, "a.png", png)
+        add(tar, "b.png", png)
+        add(tar, "c.png", png)
+    whole = (tmp_path / "a.tar").read_bytes()
+    second = 512 + -(-len(png) // 512) * 512  # where b.png's header is
+    # a negative size sends tarfile back to a header it read: it looped there forever, its memory growing
+    (tmp_path / "neg.tar").write_bytes(_set_size(whole, second, -1024))
+    found = {}
+    thread = threading.Thread(target=lambda: found.update(neg=list_inputs(tmp_path / "neg.tar")), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "listing a shard with a negative member size did not end"
+    assert [Path(p).name for p in found["neg"].table["path"]] == ["a.png"]
+    assert list(found["neg"].bad_names["reason"]) == ["corrupt"]
+    # a size past the end of the file: the member is cut off, the shard recorded, a.png read
+    (tmp_path / "huge.tar").write_bytes(_set_size(whole, second, 10**12))
+    huge = list_inputs(tmp_path / "huge.tar")
+    assert Path(huge.table["path"][0]).name == "a.png" and list(huge.bad_names["reason"]) == ["corrupt"]
+    # a time no clock reads (a PAX header can say nan): the member is read, its time 0
+    with tarfile.open(tmp_path / "nan.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("n.png")
+        info.size, info.pax_headers = len(png), {"mtime": "nan"}
+        tar.addfile(info, io.BytesIO(png))
+    nan = list_inputs(tmp_path / "nan.tar").table
+    assert list(nan["mtime_ns"]) == [0] and read_image_bytes(nan["path"][0]) == png
+
+
+def test_tar_made_the_usual_ways_read_every_image(tmp_path, caplog):
+    """``tar -C dir .`` (./ names), hard links, a name added again (tar -u), dotted names, a .tar beside images."""
+    png = next(write_images(tmp_path / "imgs", classes=1, per_class=1).rglob("*.png")).read_bytes()
+    other = next(write_images(tmp_path / "imgs2", classes=1, per_class=1, seed=3).rglob("*.png")).read_bytes()
+    with tarfile.open(tmp_path / "x.tar", "w") as tar:
+        add(tar, "./a.png", png)
+        add(tar, "./sub//b.png", png)
+        link = tarfile.TarInfo("./c.png")
+        link.type, link.linkname = tarfile.LNKTYPE, "./a.png"
+        tar.addfile(link)
+        sym = tarfile.TarInfo("d.png")
+        sym.type, sym.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(sym)
+        add(tar, "e.png", png)
+        add(tar, "e.png", other)  # tar -u appends the new copy; tar -x keeps the last
+        add(tar, "cat.0.png", png)
+        add(tar, "cat.1.png", png)
+    listing = list_inputs(tmp_path / "x.tar")
+    names = [p.split("x.tar/")[1] for p in listing.table["path"]]
+    assert names == ["a.png", "sub/b.png", "c.png", "e.png", "cat.0.png"]
+    assert [read_image_bytes(p) for p in listing.table["path"][:4]] == [png, png, png, other]
+    assert listing.bad_names[["reason"]].values.ravel().tolist() == ["not_a_file"]  # the symlink, never followed
+    assert "1 image members share a sample with another image and are left out" in caplog.text
+    # the path as a user would retype it (./ and // gone) reads the same member
+    assert read_image_bytes(f"{tmp_path}/x.tar/sub/b.png") == png
+    # a .tar among images, or named in a list, is read as a shard, not decoded as one picture
+    (tmp_path / "mixed" / "c0").mkdir(parents=True)
+    (tmp_path / "mixed" / "c0" / "one.png").write_bytes(png)
+    (tmp_path / "mixed" / "c0" / "more.tar").write_bytes((tmp_path / "x.tar").read_bytes())
+    mixed = list_inputs(tmp_path / "mixed").table
+    assert len(mixed) == 6 and set(mixed["label"]) == {"c0"}  # the class folder labels the shard's samples
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'x.tar'}\n")
+    assert list(list_inputs(tmp_path / "list.txt").table["path"]) == list(listing.table["path"])
+    (tmp_path / "empty.tar").write_bytes(b"")
+    assert list(list_inputs(tmp_path / "empty.tar").bad_names["reason"]) == ["empty"]
+
+
+def test_a_sparse_member_is_recorded_never_read_as_the_wrong_bytes(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("needs GNU tar to write a sparse member")
+    (tmp_path / "src").mkdir()
+    with open(tmp_path / "src" / "hole.bmp", "wb") as f:  # a hole of 1 MiB, then data
+        f.seek(1 << 20)
+        f.write(b"BM" + b"\1" * 4096)
+    (tmp_path / "src" / "after.txt").write_text("a member after it")
+    done = subprocess.run(["tar", "--sparse", "-cf", str(tmp_path / "s.tar"), "-C", str(tmp_path / "src"),
+                           "hole.bmp", "after.txt"], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"this tar cannot write sparse members: {done.stderr.decode()[:200]}")
+    listing = list_inputs(tmp_path / "s.tar")
+    assert listing.bad_names[["reason"]].values.ravel().tolist() == ["unreadable"]
+    with pytest.raises(DecodeError, match="sparse member") as err:
+        read_image_bytes(f"{tmp_path}/s.tar/hole.bmp")
+    assert err.value.reason == "unreadable"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import stat
@@ -25,14 +26,18 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+log = logging.getLogger(__name__)
+
 SHARD_SUFFIX = ".tar"
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 # WebDataset's image extensions (webdataset.autodecode.IMAGE_EXTENSIONS, lowercased), in the order a sample with
 # several images takes its row from
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "pbm", "pnm", "bmp", "gif", "tif", "tiff")
+COMPRESSED_HELP = ("featkit reads WebDataset shards in place, which needs a plain .tar (JPEGs do not compress anyway); "
+                   "decompress it first.")
 LABEL_KEYS = ("label", "class", "target", "category", "cls")
 SAMPLE_FILE_BYTES = 1 << 16  # a .cls or .json member larger than this is not read for a label
-_CACHED_SHARDS = 16
+CACHED_MEMBERS = 2_000_000  # member tables kept per process: 200 shards of 10,000 samples
 _KEY = re.compile(r"^((?:.*/|)[^./][^/]*?)\.([^/]*)$")  # key, extension (webdataset's base_plus_ext, no hidden)
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
@@ -45,7 +50,7 @@ class MemberError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """Where a member's bytes are in its shard."""
 
@@ -56,9 +61,18 @@ class Member:
 
 @dataclass(frozen=True)
 class Shard:
-    """A shard's regular-file members by name, in tar order, and why reading its headers stopped ("" if it did not)."""
+    """What the headers of a shard say.
+
+    Attributes:
+        members: its readable members by name (:func:`normal_name`), in tar order; a name written twice is the
+            later copy, as ``tar -x`` leaves it; a hard link is the member it links to.
+        unusable: members that are not read, and why (symbolic links, sparse files, absolute names or names with
+            ``..``, links to nothing).
+        broken: why reading the headers stopped before the end ("" if it did not).
+    """
 
     members: dict[str, Member]
+    unusable: dict[str, tuple[str, str]]  # name → (decode reason, why)
     broken: str
 
 
@@ -93,9 +107,25 @@ def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
     return None
 
 
-_cache: OrderedDict[tuple[str, int, int, int], Shard] = OrderedDict()
+def normal_name(name: str) -> str:
+    """A member name without empty or ``.`` parts (``./a//b.jpg`` → ``a/b.jpg``), as a row's path spells it."""
+    return "/".join(part for part in name.split("/") if part not in ("", "."))
+
+
+def _mtime_ns(mtime: float) -> int:
+    """A header's time in ns; a crafted one (NaN, infinite, past int64) is 0."""
+    try:
+        ns = int(mtime * 1e9)
+    except (ValueError, OverflowError, TypeError):
+        return 0
+    return ns if 0 <= ns < 2**63 else 0
+
+
+_Key = tuple[str, int, int, int]
+_cache: OrderedDict[_Key, Shard] = OrderedDict()
+_cached_members = 0
 _cache_lock = threading.Lock()
-_scan_lock = threading.Lock()
+_scanning: dict[_Key, threading.Lock] = {}
 
 
 def read_shard(path: str) -> Shard:
@@ -104,40 +134,69 @@ def read_shard(path: str) -> Shard:
     Raises:
         OSError: the shard cannot be opened or read.
     """
+    global _cached_members
     st = os.stat(path)
     key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    # one scan at a time: threads that want the same shard (decoders, fingerprints) wait for it instead of each
-    # scanning it again (the scan is Python, so scans in parallel threads would not be faster anyway)
-    with _scan_lock:
+        # threads that want the same shard (decoders, fingerprints) wait for one scan instead of each scanning it
+        lock = _scanning.setdefault(key, threading.Lock())
+    with lock:
         with _cache_lock:
             if key in _cache:
                 return _cache[key]
         shard = _scan(path)
         with _cache_lock:
             _cache[key] = shard
-            while len(_cache) > _CACHED_SHARDS:
-                _cache.popitem(last=False)
+            _cached_members += len(shard.members)
+            while len(_cache) > 1 and _cached_members > CACHED_MEMBERS:  # ≈ 100 B a member
+                _cached_members -= len(_cache.popitem(last=False)[1].members)
+            _scanning.pop(key, None)
     return shard
 
 
 def _scan(path: str) -> Shard:
     members: dict[str, Member] = {}
+    unusable: dict[str, tuple[str, str]] = {}
     broken = ""
     with open(path, "rb") as fp:
         try:
             with tarfile.open(fileobj=fp, mode="r:") as tar:  # "r:": uncompressed, headers read, data seeked over
-                for info in tar:
-                    if info.isfile() and info.name not in members:  # a name written twice: the first, like tar -x
-                        members[info.name] = Member(info.offset_data, info.size, int(info.mtime * 1e9))
-        except tarfile.ReadError as exc:  # not a tar at all, or broken after the members read so far
-            broken = str(exc) or "not a tar archive"
-        except (tarfile.TarError, EOFError) as exc:
-            broken = str(exc) or type(exc).__name__
-    return Shard(members, broken)
+                last = -1
+                while (info := tar.next()) is not None:
+                    tar.members.clear()  # type: ignore[attr-defined]  # ours is the table: tarfile's would grow
+                    if info.offset <= last or info.size < 0:  # a crafted size sends tarfile back to a header
+                        broken = f"the header of {info.name!r} points back into the archive"
+                        break
+                    last = info.offset
+                    _add(members, unusable, info)
+        except Exception as exc:  # noqa: BLE001 - crafted headers raise ValueError, OSError, OverflowError...
+            broken = str(exc) if isinstance(exc, tarfile.TarError) and str(exc) else f"{type(exc).__name__}: {exc}"
+    return Shard(members, unusable, broken)
+
+
+def _add(members: dict[str, Member], unusable: dict[str, tuple[str, str]], info: tarfile.TarInfo) -> None:
+    raw = info.name
+    if raw.startswith("/") or ".." in raw.split("/") or "\0" in raw:
+        unusable[raw] = ("bad_filename", "the member's name is absolute, climbs out with '..' or holds a NUL; not read")
+        return
+    name = normal_name(raw)
+    members.pop(name, None)  # a name written again: the later copy, at its place in the archive
+    unusable.pop(name, None)
+    if info.issparse():
+        unusable[name] = ("unreadable", "a sparse member (its bytes are not stored in one piece); not read")
+    elif info.isreg():
+        members[name] = Member(info.offset_data, info.size, _mtime_ns(info.mtime))
+    elif info.islnk():
+        target = members.get(normal_name(info.linkname))
+        if target is None:
+            unusable[name] = ("not_found", f"a hard link to {info.linkname!r}, which no member before it is")
+        else:
+            members[name] = target
+    elif info.issym():
+        unusable[name] = ("not_a_file", "a symbolic link; not followed")
 
 
 class _MemberReader(io.RawIOBase):
@@ -181,7 +240,7 @@ def member_info(path: str | os.PathLike) -> Member | None:
     if found is None:
         return None
     try:
-        return read_shard(found[0]).members.get(found[1])
+        return read_shard(found[0]).members.get(normal_name(found[1]))
     except OSError:
         return None
 
@@ -197,9 +256,12 @@ def open_member(shard: str, name: str, label: str) -> io.BufferedReader:
         fd = os.open(shard, _OPEN_FLAGS)
     except OSError as exc:
         raise MemberError("unreadable", f"{label}: cannot read its shard: {exc.strerror or exc}") from None
-    member = found.members.get(name)
+    member = found.members.get(normal_name(name))
     try:
         if member is None:
+            why = found.unusable.get(normal_name(name)) or found.unusable.get(name)
+            if why is not None:
+                raise MemberError(why[0], f"{label}: {why[1]}")
             cut = f" (the shard is damaged: {found.broken})" if found.broken else ""
             raise MemberError("not_found", f"{label}: no such member in {os.path.basename(shard)}{cut}")
         if member.size == 0:
@@ -233,44 +295,73 @@ def _sample_label(read, parts: dict[str, Member]) -> tuple[str | None, str | Non
     return label, split
 
 
+def _looks_like_image(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS if "." in name else False
+
+
+def _sample_image(parts: dict[str, tuple[str, Member]]) -> tuple[str, Member] | None:
+    """The image a sample's row is: its ``jpg`` (``png``, ...) field, else the first field ending in one (``0.jpg``)."""
+    exact = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
+    return exact or next((item for ext, item in parts.items() if _looks_like_image(ext)), None)
+
+
 def list_shard(path: str) -> tuple[list[dict], list[dict]]:
     """The rows of one shard (path, label, split, bytes, mtime_ns), one per sample with an image, in tar order.
 
+    A sample is the members sharing a key, as WebDataset groups them; its row is its image. Image members that
+    share a sample with another image (``cat.0.jpg`` and ``cat.1.jpg`` are both sample ``cat``) are counted in one
+    warning line, not read.
+
     Returns:
-        The rows, and failure records (path, reason, message) for a shard that is no tar or breaks part-way (the
-        samples before the break are rows).
+        The rows, and failure records (path, reason, message): image members that are links, sparse or unsafely
+        named, and a shard that is no tar or breaks part-way (the samples before the break are rows).
     """
     try:
         shard = read_shard(path)
     except OSError as exc:
         return [], [{"path": path, "reason": "unreadable", "message": f"{path}: cannot read: {exc.strerror or exc}"}]
-    samples: dict[str, dict[str, tuple[str, Member]]] = {}
     failures = []
+    for name, (reason, why) in shard.unusable.items():
+        if reason == "bad_filename" or _looks_like_image(name):
+            shown = f"{path}/" + name.replace("\0", "\\0")  # a NUL would cut the path short downstream
+            failures.append({"path": shown, "reason": reason, "message": f"{shown}: {why}"})
+    samples: dict[str, dict[str, tuple[str, Member]]] = {}
+    order = {name: i for i, name in enumerate(shard.members)}  # header order (a hard link shares its data)
     for name, member in shard.members.items():
-        if name.startswith("/") or ".." in name.split("/"):  # tar -x refuses these too: recorded, never read
-            failures.append({"path": f"{path}/{name}", "reason": "bad_filename",
-                             "message": f"{path}: member name {name!r} is absolute or climbs out with '..'; not read"})
-            continue
         match = _KEY.match(name)
         if match is None or "/." in "/" + name:  # no extension, or hidden
             continue
         samples.setdefault(match.group(1), {})[match.group(2).lower()] = (name, member)
     rows: list[dict] = []
-    with open(path, "rb") as fp:
-        def read(m: Member) -> bytes:
-            return os.pread(fp.fileno(), m.size, m.offset)
+    left_out = 0
+    try:
+        with open(path, "rb") as fp:
+            def read(m: Member) -> bytes:
+                return os.pread(fp.fileno(), m.size, m.offset)
 
-        for parts in samples.values():
-            image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
-            if image is None:
-                continue
-            label, split = _sample_label(read, {ext: m for ext, (_, m) in parts.items()})
-            rows.append({"path": f"{path}/{image[0]}", "label": label, "split": split,
-                         "bytes": image[1].size, "mtime_ns": image[1].mtime_ns, "offset": image[1].offset})
-    rows.sort(key=lambda row: row.pop("offset"))  # tar order: the shard is read front to back
+            for parts in samples.values():
+                image = _sample_image(parts)
+                if image is None:
+                    continue
+                left_out += sum(1 for ext, item in parts.items() if _looks_like_image(ext) and item is not image)
+                label, split = _sample_label(read, {ext: m for ext, (_, m) in parts.items()})
+                rows.append({"path": f"{path}/{image[0]}", "label": label, "split": split,
+                             "bytes": image[1].size, "mtime_ns": image[1].mtime_ns, "order": order[image[0]]})
+    except OSError as exc:
+        return [], [{"path": path, "reason": "unreadable", "message": f"{path}: cannot read: {exc.strerror or exc}"}]
+    if left_out:
+        log.warning("%s: %d image members share a sample with another image and are left out (WebDataset groups "
+                    "members by the name before the first dot: cat.0.jpg and cat.1.jpg are both sample 'cat')",
+                    path, left_out)
+    rows.sort(key=lambda row: row.pop("order"))  # tar order: the shard is read front to back
     if shard.broken:
-        what = "is not a tar archive" if not shard.members else f"breaks after {len(shard.members):,} members"
-        failures.append({"path": path, "reason": "corrupt" if shard.members else "not_an_image",
-                         "message": f"{path}: {what} ({shard.broken}); its samples before that are read"
-                         if shard.members else f"{path}: {what} ({shard.broken})"})
+        if shard.members or shard.unusable:
+            failures.append({"path": path, "reason": "corrupt", "message": f"{path}: breaks after "
+                             f"{len(shard.members) + len(shard.unusable):,} members ({shard.broken}); its samples "
+                             "before that are read"})
+        else:
+            empty = os.path.getsize(path) == 0
+            failures.append({"path": path, "reason": "empty" if empty else "not_an_image",
+                             "message": f"{path}: " + ("file is empty (0 bytes)" if empty else
+                                                       f"is not a tar archive ({shard.broken})")})
     return rows, failures

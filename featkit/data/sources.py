@@ -52,6 +52,11 @@ def _stat(path: str) -> tuple[int, int]:
         return (member.size, member.mtime_ns) if member is not None else (-1, -1)
 
 
+def _shown(name: str) -> str:
+    """``name`` as UTF-8 text, each undecodable byte written as a backslash escape."""
+    return name if _utf8(name) else name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
@@ -154,29 +159,51 @@ def _shard_rows(root: Path, files: list[tuple[str, tuple[str, ...]]]) -> tuple[l
     """A folder of WebDataset shards and no images (img2dataset's output): every shard's samples, else None.
 
     A shard in a split folder (``train/00000.tar``) gives its rows that split, where the sample's ``.json`` names
-    none.
+    none. Its other files (img2dataset's ``.parquet`` and ``_stats.json``) are named in one warning, not listed.
     """
+    if any(_looks_like_image(parts[-1]) for _, parts in files):
+        return None
     tars = [(path, parts) for path, parts in files if shards.is_shard(path)]
-    if not tars or any(_looks_like_image(parts[-1]) for _, parts in files):
+    if not tars:
+        if any(shards.is_compressed_shard(path) for path, _ in files):
+            raise InputError(f"{root} holds compressed tars: {shards.COMPRESSED_HELP}")
         return None
     tar_paths = {path for path, _ in tars}
     others = [os.path.join(*parts) for path, parts in files if path not in tar_paths]
     if others:
         log.warning("%s: a folder of %d WebDataset shards; left out %s", root, len(tars), _sample(others))
-    rows: list[dict] = []
+    rows = [{"path": path, "label": None, "split": parts[0] if len(parts) > 1 and parts[0] in SPLIT_NAMES else None}
+            for path, parts in tars]
+    return _expand_shards(rows)
+
+
+def _expand_shards(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Rows whose file is a WebDataset shard replaced by its samples, and the shards' failure records.
+
+    A sample takes the row's label and split (its class folder's, its list's) where it names none itself.
+    """
+    out: list[dict] = []
     bad: list[dict] = []
-    for path, parts in tars:
-        found, broken = shards.list_shard(path)
-        split = parts[0] if len(parts) > 1 and parts[0] in SPLIT_NAMES else None
-        rows += [{**row, "split": row["split"] or split} for row in found]
+    for row in rows:
+        if not (row["path"].lower().endswith(shards.SHARD_SUFFIX) and shards.is_shard(row["path"])):
+            out.append(row)
+            continue
+        found, broken = shards.list_shard(row["path"])
+        out += [{**sample, "label": sample["label"] or row["label"], "split": sample["split"] or row["split"]}
+                for sample in found]
         bad += broken
-    return rows, bad
+    return out, bad
 
 
 def _folder_rows(root: Path, layout: str) -> tuple[list[dict], list[dict]]:
     files, loops = _walk(root)
     if layout in ("auto", "flat") and (found := _shard_rows(root, files)) is not None:
         return found[0], loops + found[1]
+    rows, bad = _expand_shards(_layout_rows(root, files, layout))  # shards among images, or in class folders
+    return rows, loops + bad
+
+
+def _layout_rows(root: Path, files: list[tuple[str, tuple[str, ...]]], layout: str) -> list[dict]:
     layout, _ = _decide_layout(root, files, layout)
     rows = []
     for path, parts in files:
@@ -190,7 +217,7 @@ def _folder_rows(root: Path, layout: str) -> tuple[list[dict], list[dict]]:
                 continue
             label = parts[0]
         rows.append({"path": path, "label": label, "split": split})
-    return rows, loops
+    return rows
 
 
 def _pick(columns: Iterable[str], wanted: Sequence[str]) -> str | None:
@@ -271,14 +298,15 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layo
             rows += found
             bad += loops
         elif is_list_file(p):
-            rows += _list_file_rows(p)
+            found, broken = _expand_shards(_list_file_rows(p))  # a list may name shards
+            rows += found
+            bad += broken
         elif shards.is_shard(p):
             found, broken = shards.list_shard(os.path.abspath(p))
             rows += found
             bad += broken
         elif shards.is_compressed_shard(p):
-            raise InputError(f"{p} is a compressed tar: featkit reads WebDataset shards in place, which needs a plain "
-                             f".tar (JPEGs do not compress anyway); decompress it first.")
+            raise InputError(f"{p} is a compressed tar: {shards.COMPRESSED_HELP}")
         elif p.suffix.lower() in LIST_SUFFIXES and (what := not_a_file(p)) is not None:  # reading it could block
             raise InputError(f"List file {p} is {what}, not a file; pass the list file itself.")
         elif p.exists() or p.is_symlink() or shards.split_member(os.path.abspath(p)) is not None:
@@ -287,10 +315,12 @@ def list_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, layo
             raise InputError(f"Input not found: {p}. Pass a folder, a list file (.csv/.parquet/.txt) or image paths.")
     good = []
     seen: set[str] = set()
+    bad = [{key: _shown(value) if isinstance(value, str) else value for key, value in record.items()}
+           for record in bad]  # a failure's own path (a shard's) may be no UTF-8 either
     for row in rows:
         if not _utf8(row["path"]):
-            shown = row["path"].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            bad.append({"path": shown, "reason": "bad_filename", "message": "file name is not valid UTF-8"})
+            bad.append({"path": _shown(row["path"]), "reason": "bad_filename",
+                        "message": "file name is not valid UTF-8"})
         elif row["path"] not in seen:  # the same file listed twice is computed once
             seen.add(row["path"])
             size, mtime = (row.pop("bytes"), row.pop("mtime_ns")) if "bytes" in row else _stat(row["path"])

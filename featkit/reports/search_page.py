@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from featkit.data import shards
 from featkit.data.decode import decode_image
 
 THUMB = 160
@@ -149,8 +150,10 @@ def _figure(path: str, caption: str, *, css: str = "", flag: str = "") -> str:
     body = f'<img src="{uri}" alt="">' if uri else '<div class="missing">not readable here</div>'
     flag = f'<span class="flag">{flag}</span>' if flag else ""
     full = html.escape(path)
-    return (f'<figure class="{css}"><a href="{html.escape(file_url(path))}" title="{full}">'
-            f'<div class="img">{body}{flag}</div></a><figcaption>{caption}'
+    picture = f'<div class="img">{body}{flag}</div>'
+    if shards.split_member(path) is None:  # a member of a shard has no file:// URL of its own
+        picture = f'<a href="{html.escape(file_url(path))}" title="{full}">{picture}</a>'
+    return (f'<figure class="{css}">{picture}<figcaption>{caption}'
             f'<div class="name" title="{full}">{breakable(os.path.basename(path))}</div></figcaption></figure>')
 
 
