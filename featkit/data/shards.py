@@ -143,18 +143,21 @@ def read_shard(path: str) -> Shard:
             return _cache[key]
         # threads that want the same shard (decoders, fingerprints) wait for one scan instead of each scanning it
         lock = _scanning.setdefault(key, threading.Lock())
-    with lock:
+    try:
+        with lock:
+            with _cache_lock:
+                if key in _cache:
+                    return _cache[key]
+            shard = _scan(path)
+            with _cache_lock:
+                _cache[key] = shard
+                _cached_members += len(shard.members)
+                while len(_cache) > 1 and _cached_members > CACHED_MEMBERS:
+                    _cached_members -= len(_cache.popitem(last=False)[1].members)
+        return shard
+    finally:
         with _cache_lock:
-            if key in _cache:
-                return _cache[key]
-        shard = _scan(path)
-        with _cache_lock:
-            _cache[key] = shard
-            _cached_members += len(shard.members)
-            while len(_cache) > 1 and _cached_members > CACHED_MEMBERS:
-                _cached_members -= len(_cache.popitem(last=False)[1].members)
             _scanning.pop(key, None)
-    return shard
 
 
 def _scan(path: str) -> Shard:
