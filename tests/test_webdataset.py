@@ -65,7 +65,7 @@ def test_a_shard_rewritten_with_the_same_sizes_and_times_is_noticed_by_its_finge
     assert (again.changed, again.unchanged) == (1, 3)
 
 
-def test_shards_read_with_workers_on_ray_and_locally_give_the_same_store(tmp_path):
+def test_shards_read_by_loader_processes_give_the_store_threads_give(tmp_path):
     images = write_images(tmp_path / "imgs", classes=2, per_class=5)
     write_shards(images, tmp_path / "shards", per_shard=3)
     featkit.extract(tmp_path / "shards", tmp_path / "threads", **OPTS)
@@ -185,7 +185,7 @@ def test_member_names_that_climb_out_are_recorded_and_never_read(tmp_path):
     assert "climbs out" in listing.bad_names["message"][0]
 
 
-def test_fingerprints_of_members_and_files_mixed_keep_their_order_and_match_one_by_one(tmp_path):
+def test_fingerprints_of_members_and_files_mixed_keep_their_order_and_match_one_by_one(tmp_path, monkeypatch):
     from featkit.extraction.fingerprint import fingerprint, fingerprints
 
     images = write_images(tmp_path / "imgs", classes=3, per_class=30)
@@ -193,7 +193,8 @@ def test_fingerprints_of_members_and_files_mixed_keep_their_order_and_match_one_
     members = list(list_inputs(tmp_path / "shards").table["path"])
     files = sorted(str(p) for p in images.rglob("*.png"))
     mixed = members[:50] + files[:40] + members[50:] + [str(tmp_path / "gone.png"), f"{members[0][:-4]}.nope"]
-    shards._cache.clear()
+    monkeypatch.setattr(shards, "_cache", type(shards._cache)())  # every shard's headers read afresh
+    monkeypatch.setattr(shards, "_cached_members", 0)
     together = fingerprints(mixed)
     assert together == [fingerprint(p) for p in mixed]
     assert together[-2:] == ["", ""] and all(together[:-2])
@@ -266,7 +267,7 @@ def test_tar_made_the_usual_ways_read_every_image(tmp_path, caplog):
     assert names == ["a.png", "sub/b.png", "c.png", "e.png", "cat.0.png"]
     assert [read_image_bytes(p) for p in listing.table["path"][:4]] == [png, png, png, other]
     assert listing.bad_names[["reason"]].values.ravel().tolist() == ["not_a_file"]  # the symlink, never followed
-    assert "1 image members share a sample with another image and are left out" in caplog.text
+    assert "1 image member sharing a sample with another image left out" in caplog.text
     # the path as a user would retype it (./ and // gone) reads the same member
     assert read_image_bytes(f"{tmp_path}/x.tar/sub/b.png") == png
     # a .tar among images, or named in a list, is read as a shard, not decoded as one picture
@@ -301,3 +302,53 @@ def test_a_sparse_member_is_recorded_never_read_as_the_wrong_bytes(tmp_path):
     with pytest.raises(DecodeError, match="sparse member") as err:
         read_image_bytes(f"{tmp_path}/s.tar/hole.bmp")
     assert err.value.reason == "unreadable"
+
+
+def test_a_shard_cut_on_a_header_or_damaged_mid_way_is_recorded_not_silently_short(tmp_path):
+    png = next(write_images(tmp_path / "imgs", classes=1, per_class=1).rglob("*.png")).read_bytes()
+    with tarfile.open(tmp_path / "a.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        for name in ("a.png", "b.png", "c.png"):
+            add(tar, name, png)
+    whole = (tmp_path / "a.tar").read_bytes()
+    second = 512 + -(-len(png) // 512) * 512  # where b.png's header is
+    (tmp_path / "cut.tar").write_bytes(whole[:second])  # a copy stopped exactly on a header's boundary
+    flipped = bytearray(whole)
+    flipped[second + 148] ^= 0x01  # b.png's header checksum no longer adds up
+    (tmp_path / "flip.tar").write_bytes(bytes(flipped))
+    for name in ("cut.tar", "flip.tar"):
+        listing = list_inputs(tmp_path / name)
+        assert [Path(p).name for p in listing.table["path"]] == ["a.png"], name
+        assert list(listing.bad_names["reason"]) == ["corrupt"], name
+        assert "no valid header" in listing.bad_names["message"][0]
+    assert list_inputs(tmp_path / "a.tar").bad_names.empty  # a whole one ends with its end-of-archive marker
+
+
+def test_sample_metadata_cannot_stop_a_listing_and_every_left_out_image_is_counted(tmp_path, caplog):
+    png = next(write_images(tmp_path / "imgs", classes=1, per_class=1).rglob("*.png")).read_bytes()
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        add(tar, "k0.png", png)
+        add(tar, "k0.json", b"[" * 60_000)  # deeper than json's parser goes
+        add(tar, "k1.jpg", png)
+        add(tar, "k1.png", png)  # the sample's second image
+    table = list_inputs(tmp_path / "a.tar").table
+    assert [Path(p).name for p in table["path"]] == ["k0.png", "k1.jpg"] and table["label"].isna().all()
+    assert "1 image member sharing a sample with another image left out" in caplog.text
+
+
+def test_class_folders_of_shards_label_their_samples(tmp_path):
+    png = next(write_images(tmp_path / "imgs", classes=1, per_class=1).rglob("*.png")).read_bytes()
+    for where in ("cat", "dog", "train/cat", "train/dog"):
+        (tmp_path / "ds" / where).mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tmp_path / "ds" / where / "0.tar", "w") as tar:
+            add(tar, "k.png", png)
+    (tmp_path / "ds" / "stats.json").write_text("{}")
+    by_class = list_inputs(tmp_path / "ds" / "cat").table  # one shard's folder: no labels
+    assert list(by_class["label"]) == [None]
+    (tmp_path / "flat").mkdir()
+    for where in ("cat", "dog"):
+        os.symlink(tmp_path / "ds" / where, tmp_path / "flat" / where)
+    assert list(list_inputs(tmp_path / "flat").table["label"]) == ["cat", "dog"]
+    split = list_inputs(tmp_path / "ds" / "train").table
+    assert list(split["label"]) == ["cat", "dog"]
+    nested = list_inputs(tmp_path / "ds", layout="splits").table
+    assert list(zip(nested["split"], nested["label"], strict=True)) == [("train", "cat"), ("train", "dog")]

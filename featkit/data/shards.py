@@ -15,6 +15,7 @@ offset.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -37,7 +38,8 @@ COMPRESSED_HELP = ("featkit reads WebDataset shards in place, which needs a plai
                    "decompress it first.")
 LABEL_KEYS = ("label", "class", "target", "category", "cls")
 SAMPLE_FILE_BYTES = 1 << 16  # a .cls or .json member larger than this is not read for a label
-CACHED_MEMBERS = 2_000_000  # member tables kept per process (182 B a member): 200 shards of 10,000 samples
+# member tables kept per process (182 B a member): 66 img2dataset shards of 10,000 samples of 3 members
+CACHED_MEMBERS = 2_000_000
 _KEY = re.compile(r"^((?:.*/|)[^./][^/]*?)\.([^/]*)$")  # key, extension (webdataset's base_plus_ext, no hidden)
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
@@ -142,6 +144,7 @@ def read_shard(path: str) -> Shard:
             _cache.move_to_end(key)
             return _cache[key]
         # threads that want the same shard (decoders, fingerprints) wait for one scan instead of each scanning it
+        created = key not in _scanning
         lock = _scanning.setdefault(key, threading.Lock())
     try:
         with lock:
@@ -150,14 +153,16 @@ def read_shard(path: str) -> Shard:
                     return _cache[key]
             shard = _scan(path)
             with _cache_lock:
+                if key not in _cache:
+                    _cached_members += len(shard.members)
                 _cache[key] = shard
-                _cached_members += len(shard.members)
                 while len(_cache) > 1 and _cached_members > CACHED_MEMBERS:
                     _cached_members -= len(_cache.popitem(last=False)[1].members)
         return shard
     finally:
-        with _cache_lock:
-            _scanning.pop(key, None)
+        if created:  # the waiters' lock is the creator's to drop
+            with _cache_lock:
+                _scanning.pop(key, None)
 
 
 def _scan(path: str) -> Shard:
@@ -175,7 +180,16 @@ def _scan(path: str) -> Shard:
                         break
                     last = info.offset
                     _add(members, unusable, info)
-        except Exception as exc:  # noqa: BLE001 - crafted headers raise ValueError, OSError, OverflowError...
+                else:  # tarfile ends quietly at a damaged header, or where a copy was cut on a header's boundary
+                    fp.seek(tar.offset)
+                    end = fp.read(1024)
+                    if len(end) < 1024 or any(end):
+                        broken = f"no valid header at byte {tar.offset:,}, and no end-of-archive marker"
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # a disk's error is no damage to the shard: the caller says unreadable
+                raise
+            broken = f"a header points past what can be read ({exc.strerror})"
+        except Exception as exc:  # noqa: BLE001 - crafted headers raise ValueError, OverflowError, TarError...
             broken = str(exc) if isinstance(exc, tarfile.TarError) and str(exc) else f"{type(exc).__name__}: {exc}"
     return Shard(members, unusable, broken)
 
@@ -224,6 +238,8 @@ class _MemberReader(io.RawIOBase):
         return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+            raise ValueError(f"invalid whence ({whence})")
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
@@ -287,7 +303,7 @@ def _sample_label(read, parts: dict[str, Member]) -> tuple[str | None, str | Non
     if meta is not None and 0 < meta.size <= SAMPLE_FILE_BYTES:
         try:
             fields = json.loads(read(meta))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than json's parser goes
             fields = None
         if isinstance(fields, dict):
             lower = {str(k).lower(): v for k, v in fields.items()}
@@ -299,7 +315,8 @@ def _sample_label(read, parts: dict[str, Member]) -> tuple[str | None, str | Non
 
 
 def _looks_like_image(name: str) -> bool:
-    return name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS if "." in name else False
+    """Whether a member name (or a sample's field: ``jpg``, ``0.jpg``) ends in an image extension."""
+    return name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
 
 
 def _sample_image(parts: dict[str, tuple[str, Member]]) -> tuple[str, Member] | None:
@@ -353,9 +370,9 @@ def list_shard(path: str) -> tuple[list[dict], list[dict]]:
     except OSError as exc:
         return [], [{"path": path, "reason": "unreadable", "message": f"{path}: cannot read: {exc.strerror or exc}"}]
     if left_out:
-        log.warning("%s: %d image members share a sample with another image and are left out (WebDataset groups "
-                    "members by the name before the first dot: cat.0.jpg and cat.1.jpg are both sample 'cat')",
-                    path, left_out)
+        log.warning("%s: %s sharing a sample with another image left out (WebDataset groups members by the "
+                    "name before the first dot: cat.0.jpg and cat.1.jpg are both sample 'cat')", path,
+                    "1 image member" if left_out == 1 else f"{left_out:,} image members")
     rows.sort(key=lambda row: row.pop("order"))  # tar order: the shard is read front to back
     if shard.broken:
         if shard.members or shard.unusable:

@@ -114,6 +114,11 @@ def _looks_like_image(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
+def _looks_like_content(name: str) -> bool:
+    """An image, or a shard of them: what a folder's layout is decided by."""
+    return _looks_like_image(name) or name.lower().endswith(shards.SHARD_SUFFIX)
+
+
 def _decide_layout(root: Path, files: list[tuple[str, tuple[str, ...]]], layout: str) -> tuple[str, list[str]]:
     """The layout of ``root`` and the top-level entries it leaves out (said in one warning line)."""
     top_dirs = sorted({parts[0] for _, parts in files if len(parts) > 1})
@@ -124,7 +129,7 @@ def _decide_layout(root: Path, files: list[tuple[str, tuple[str, ...]]], layout:
     if layout == "auto":
         if splits and (set(top_dirs) <= set(SPLIT_NAMES) or all(d in nested for d in splits)):
             layout = "splits"
-        elif top_dirs and not any(_looks_like_image(f) for f in root_files):
+        elif top_dirs and not any(_looks_like_content(f) for f in root_files):
             layout = "classes"
         else:
             layout = "flat"
@@ -155,11 +160,13 @@ def _sample(names: list[str], most: int = 5) -> str:
     return ", ".join(names[:most]) + more
 
 
-def _shard_rows(root: Path, files: list[tuple[str, tuple[str, ...]]]) -> tuple[list[dict], list[dict]] | None:
+def _shard_rows(root: Path, files: list[tuple[str, tuple[str, ...]]],
+                layout: str) -> tuple[list[dict], list[dict]] | None:
     """A folder of WebDataset shards and no images (img2dataset's output): every shard's samples, else None.
 
-    A shard in a split folder (``train/00000.tar``) gives its rows that split, where the sample's ``.json`` names
-    none. Its other files (img2dataset's ``.parquet`` and ``_stats.json``) are named in one warning, not listed.
+    The shards' own layout gives labels and splits where the samples name none (``train/00000.tar``,
+    ``cat/00000.tar``). The folder's other files (img2dataset's ``.parquet`` and ``_stats.json``) are named in one
+    warning, not listed.
     """
     if any(_looks_like_image(parts[-1]) for _, parts in files):
         return None
@@ -172,9 +179,7 @@ def _shard_rows(root: Path, files: list[tuple[str, tuple[str, ...]]]) -> tuple[l
     others = [os.path.join(*parts) for path, parts in files if path not in tar_paths]
     if others:
         log.warning("%s: a folder of %d WebDataset shards; left out %s", root, len(tars), _sample(others))
-    rows = [{"path": path, "label": None, "split": parts[0] if len(parts) > 1 and parts[0] in SPLIT_NAMES else None}
-            for path, parts in tars]
-    return _expand_shards(rows)
+    return _expand_shards(_layout_rows(root, tars, layout))
 
 
 def _expand_shards(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -185,7 +190,7 @@ def _expand_shards(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     out: list[dict] = []
     bad: list[dict] = []
     for row in rows:
-        if not (row["path"].lower().endswith(shards.SHARD_SUFFIX) and shards.is_shard(row["path"])):
+        if not shards.is_shard(row["path"]):
             out.append(row)
             continue
         found, broken = shards.list_shard(row["path"])
@@ -197,7 +202,7 @@ def _expand_shards(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def _folder_rows(root: Path, layout: str) -> tuple[list[dict], list[dict]]:
     files, loops = _walk(root)
-    if layout in ("auto", "flat") and (found := _shard_rows(root, files)) is not None:
+    if (found := _shard_rows(root, files, layout)) is not None:
         return found[0], loops + found[1]
     rows, bad = _expand_shards(_layout_rows(root, files, layout))  # shards among images, or in class folders
     return rows, loops + bad

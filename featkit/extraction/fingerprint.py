@@ -69,7 +69,7 @@ def _member_fingerprints(shard: str, names: list[str]) -> list[str]:
     out = []
     try:
         for name in names:
-            member = members.get(name)
+            member = members.get(shards.normal_name(name))
             try:
                 out.append("" if member is None else _digest(fd, member.offset, member.size))
             except OSError:
