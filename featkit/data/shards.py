@@ -7,10 +7,10 @@ path joined with the member name (``/data/shards/00007.tar/000123.jpg``), so a r
 every reader of a path (the decoders, fingerprints, ``featkit serve``) reads members like files. Such a path cannot
 also be a file on disk: the part before the member name is a file, not a folder.
 
-A shard's member table is read once per process from the tar headers (tarfile seeks over the data) and kept for
-the few shards being read; a member is then read with ``pread`` at its offset, through a bounded window, so a
-decoder streams it as it streams a file. Only uncompressed tars are read: a ``.tar.gz`` cannot be read at an
-offset.
+A shard's member table is read once per process from the tar headers (tarfile seeks over the data) and kept while
+the tables held stay under :data:`CACHED_MEMBERS` members; a member is then read with ``pread`` at its offset,
+through a bounded window, so a decoder streams it as it streams a file. Only uncompressed tars are read: a
+``.tar.gz`` cannot be read at an offset.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 SHARD_SUFFIX = ".tar"
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
-# WebDataset's image extensions (webdataset.autodecode.IMAGE_EXTENSIONS, lowercased), in the order a sample with
-# several images takes its row from
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "pbm", "pnm", "bmp", "gif", "tif", "tiff")
+# the extensions of WebDataset's image fields (webdataset.autodecode.IMAGE_EXTENSIONS) in formats featkit decodes,
+# in the order a sample with several images takes its row from; the decoder still decides by content
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "ppm", "pgm", "pbm", "pnm", "bmp", "gif",
+                    "tif", "tiff")
 COMPRESSED_HELP = ("featkit reads WebDataset shards in place, which needs a plain .tar (JPEGs do not compress anyway); "
                    "decompress it first.")
 LABEL_KEYS = ("label", "class", "target", "category", "cls")
