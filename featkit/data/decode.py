@@ -126,7 +126,7 @@ def read_image_bytes(path: str | bytes | os.PathLike) -> bytes:
 
 
 def _open_image_file(path: str | bytes | os.PathLike, name: str) -> IO[bytes]:
-    if ".tar/" in (text := os.fsdecode(path)).lower() and (member := shards.split_member(text)) is not None:
+    if (member := shards.split_member(os.fsdecode(path))) is not None:
         try:  # a WebDataset sample's image, read where it lies in its shard
             return shards.open_member(*member, name)
         except shards.MemberError as e:

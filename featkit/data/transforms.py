@@ -15,10 +15,6 @@ from torchvision.transforms import InterpolationMode
 from featkit.backbones.spec import Preprocess
 from featkit.data.decode import DEFAULT_MAX_PIXELS, ImageSource, decode_source, resized_pixels
 
-_R = Image.Resampling
-_RESAMPLE = {"nearest": _R.NEAREST, "nearest-exact": _R.NEAREST, "bilinear": _R.BILINEAR, "bicubic": _R.BICUBIC,
-             "box": _R.BOX, "hamming": _R.HAMMING, "lanczos": _R.LANCZOS}
-
 
 def crop_image(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     """Resize the shorter side, centre-crop, and return a uint8 (3, crop, crop) tensor."""
@@ -62,7 +58,9 @@ def crop_first(image: Image.Image, pre: Preprocess) -> Image.Image:
     top = int(round((resized[1] - pre.crop) / 2.0))
     sx, sy = width / resized[0], height / resized[1]
     box = (left * sx, top * sy, (left + pre.crop) * sx, (top + pre.crop) * sy)
-    return image.resize((pre.crop, pre.crop), resample=_RESAMPLE[pre.interpolation], box=box)
+    # the PIL filter TF.resize itself uses for this interpolation
+    return image.resize((pre.crop, pre.crop), resample=TF.pil_modes_mapping[InterpolationMode(pre.interpolation)],
+                        box=box)
 
 
 def normalize_batch(batch: torch.Tensor, pre: Preprocess) -> torch.Tensor:

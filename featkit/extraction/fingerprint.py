@@ -86,8 +86,7 @@ def _runs(paths: list) -> list[tuple[str | None, list]]:
     """
     runs: list[tuple[str | None, list]] = []
     for path in paths:
-        text = os.fspath(path)
-        found = shards.split_member(text) if isinstance(text, str) and ".tar/" in text.lower() else None
+        found = shards.split_member(path)
         shard, item = found if found is not None else (None, path)
         if runs and runs[-1][0] == shard and (shard is not None or len(runs[-1][1]) < 8192):
             runs[-1][1].append(item)

@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from featkit._device import resolve_device
 from featkit._faiss import faiss
-from featkit.choices import Decoder
-from featkit.errors import SearchIndexError, StoreError, check_float, check_int, unknown
+from featkit.choices import Decoder, Engine
+from featkit.errors import SearchIndexError, StoreError, check_choice, check_float, check_int
 from featkit.extraction.embed import FAILURE_COLUMNS, Embedder, Embedding, config_for
 from featkit.index import gpu
 from featkit.index import manifest as files
@@ -103,8 +103,7 @@ class Index:
                 (the same search results as a local build; see :mod:`featkit.index.ray_build`).
             ray_address: the Ray cluster to join (``auto``, ``ray://HOST:PORT``); None starts a local one.
         """
-        if engine not in ("local", "ray"):
-            raise unknown("engine", engine, ["local", "ray"], see="featkit index build --help")
+        engine = check_choice("engine", engine, Engine, "Index.build", error=SearchIndexError)
         if engine == "ray" and kind not in ("ivf", "ivfpq"):
             raise SearchIndexError(f"--engine ray builds the IVF kinds (their lists merge); give --kind ivf or ivfpq, "
                                    f"not {kind}.")

@@ -40,7 +40,7 @@ def add_part(trained: bytes, root: str, tap: str, start: int, stop: int, metric:
 def add_on_ray(index: faiss.Index, root: str, tap: str, n: int, metric: str, *, address: str | None = None,
                tasks: int | None = None) -> faiss.Index:
     """``index`` (trained, empty) with rows 0..n of ``root``'s ``tap`` added by Ray tasks, merged in row order."""
-    from featkit.extraction.ray_engine import import_ray, start_ray, task_failure
+    from featkit.extraction.ray_engine import MAX_RESTARTS, import_ray, start_ray, task_failure
 
     ray = import_ray()
     if faiss.extract_index_ivf(index) is None:  # pragma: no cover - callers pass IVF kinds only
@@ -49,7 +49,7 @@ def add_on_ray(index: faiss.Index, root: str, tap: str, n: int, metric: str, *, 
     try:
         size = ROWS_PER_TASK if tasks is None else max(1, -(-n // tasks))
         trained = ray.put(faiss.serialize_index(index).tobytes())
-        task = ray.remote(max_retries=3)(add_part)
+        task = ray.remote(max_retries=MAX_RESTARTS)(add_part)
         refs = [task.remote(trained, root, tap, start, min(n, start + size), metric) for start in range(0, n, size)]
         merged: faiss.Index | None = None
         for ref in refs:  # in row order: each list's codes end up in the order a local build adds them
