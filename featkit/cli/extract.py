@@ -71,6 +71,10 @@ def extract(
     workers: Annotated[int | None, typer.Option(
         help="Decoder processes beside the model (default: every spare core on a GPU; 0 on a CPU = decode on a "
              "thread per core between batches).", min=0)] = None,
+    replicas: Annotated[int | None, typer.Option(
+        help="On a CPU: model replicas computing batches side by side, each on its share of the threads, so one "
+             "decodes while another computes (default: one per thread, up to 8; 1: each batch on all threads).",
+        min=1)] = None,
     shard_rows: Annotated[int, typer.Option(help="Rows per committed shard (the unit of resume).", min=1)] = 2048,
     procs: Annotated[int | None, typer.Option(
         help="Worker processes, each with its own model (default: one per device that --device lists, e.g. "
@@ -114,8 +118,8 @@ def extract(
 
     cfg = ExtractConfig(model=model, taps=tuple(layer or ()), weights=weights, pool=pool, l2=l2,
                         dtype=dtype, precision=precision, batch_size=batch_size, device=device,
-                        workers=workers, shard_rows=shard_rows, procs=procs, draft=draft, decoder=decoder,
-                        seed=seed,
+                        workers=workers, replicas=replicas, shard_rows=shard_rows, procs=procs, draft=draft,
+                        decoder=decoder, seed=seed,
                         overwrite=overwrite, download=not offline, layout=layout, limit=limit, per_class=per_class,
                         engine=engine, ray_address=address, actors=actors, cpus_per_actor=cpus_per_actor,
                         gpus_per_actor=gpus_per_actor)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -140,9 +141,41 @@ class ThreadedChunks:
                 yield collate(items, self.dataset.pre.crop)
 
 
+class PooledChunks:
+    """Decode each chunk whole in one thread of ``pool``, ``ahead`` chunks ahead, and yield them in order.
+
+    The pool's threads also compute the model's batches (:class:`featkit.extraction.replicas.ReplicaPool`): while
+    one thread decodes a chunk another computes, so decoding no longer waits for the model or the model for it.
+    """
+
+    def __init__(self, dataset: CropDataset, chunk: int, pool: Executor, ahead: int):
+        self.dataset, self.chunk, self.pool, self.ahead = dataset, chunk, pool, max(1, ahead)
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.chunk)
+
+    def _decode(self, start: int) -> DecodedChunk:
+        stop = min(start + self.chunk, len(self.dataset))
+        return collate([self.dataset[i] for i in range(start, stop)], self.dataset.pre.crop)
+
+    def __iter__(self):
+        starts = iter(range(0, len(self.dataset), self.chunk))
+        queued: deque[Future[DecodedChunk]] = deque(self.pool.submit(self._decode, s)
+                                                    for _, s in zip(range(self.ahead), starts, strict=False))
+        try:
+            while queued:
+                decoded = queued.popleft().result()
+                if (start := next(starts, None)) is not None:
+                    queued.append(self.pool.submit(self._decode, start))
+                yield decoded
+        finally:  # the consumer stopped early (an error, Ctrl-C): chunks not started are not decoded
+            for future in queued:
+                future.cancel()
+
+
 def make_loader(sources: Sequence[ImageSource], positions: Sequence[int], pre: Preprocess, *, chunk: int,
                 workers: int, draft: bool = True, names: Sequence[str] | None = None,
-                decoder: str = Decoder.pil):
+                decoder: str = Decoder.pil, pool: Executor | None = None, ahead: int = 2):
     """Chunks of ``chunk`` consecutive inputs, in order.
 
     They are decoded by ``workers`` processes running alongside the model, or (``workers=0``) by a thread per core
@@ -150,8 +183,11 @@ def make_loader(sources: Sequence[ImageSource], positions: Sequence[int], pre: P
 
     ``names`` are how in-memory sources are called in failure messages (a path is its own name). ``decoder`` is
     ``pil``, ``tensor`` or ``nvjpeg`` (whose JPEGs the chunks carry encoded, for :mod:`featkit.data.nvjpeg`).
+    With ``pool`` (and ``workers=0``), each chunk is decoded by one of its threads, ``ahead`` chunks ahead.
     """
     dataset = CropDataset(sources, positions, pre, draft, names, decoder)
+    if workers == 0 and pool is not None:
+        return PooledChunks(dataset, chunk, pool, ahead)
     if workers == 0:
         return ThreadedChunks(dataset, chunk, max(1, torch.get_num_threads()))
     return DataLoader(

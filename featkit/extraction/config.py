@@ -49,6 +49,9 @@ class ExtractConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         workers: decoder processes beside the model (None: chosen for the device, see ``default_workers``;
             0: decode in this process on a thread per core, between forward passes).
+        replicas: on a CPU decoding on threads (``workers`` 0), model replicas computing batches side by side, each
+            on its share of the threads (None: one per thread, up to 8; 1: each batch on all threads). See
+            :mod:`featkit.extraction.replicas`.
         shard_rows: rows per committed shard (the unit of resume).
         procs: worker processes computing the run's partitions (None: one per device ``device`` lists, e.g.
             ``cuda:0,cuda:1`` or ``all``; 1 for one device). The store is the same bytes for any number.
@@ -80,6 +83,7 @@ class ExtractConfig:
     batch_size: int = 32
     device: str = "auto"
     workers: int | None = None
+    replicas: int | None = None
     shard_rows: int = 2048
     procs: int | None = None
     draft: bool = True
@@ -111,6 +115,8 @@ class ExtractConfig:
             object.__setattr__(self, "procs", check_int("procs", self.procs, "extract", minimum=1))
         if self.workers is not None:
             object.__setattr__(self, "workers", check_int("workers", self.workers, "extract", minimum=0))
+        if self.replicas is not None:
+            object.__setattr__(self, "replicas", check_int("replicas", self.replicas, "extract", minimum=1))
         if self.actors is not None:
             object.__setattr__(self, "actors", check_int("actors", self.actors, "extract", minimum=1))
         for name, low in (("cpus_per_actor", 0.01), ("gpus_per_actor", 0.0)):

@@ -37,6 +37,7 @@ from featkit.extraction.config import (
     settings_of,
 )
 from featkit.extraction.engine import TapExtractor
+from featkit.extraction.replicas import ReplicaPool, per_thread_counts, replica_layout
 from featkit.store.settings import StoreSettings
 
 FAILURE_COLUMNS = ["position", "path", "reason", "message"]
@@ -117,6 +118,19 @@ class Embedder:
         workers = default_workers(self.runtime.device.type) if self.config.workers is None else self.config.workers
         return min(workers, n // self.config.batch_size)
 
+    def replicas(self, n: int) -> tuple[int, int]:
+        """(model replicas, intra-op threads each) computing ``n`` images (:mod:`featkit.extraction.replicas`).
+
+        On a CPU that decodes on threads: ``config.replicas`` (None: one per thread, up to 8), at most one per
+        batch. Elsewhere, and for one batch (a query: all threads on it answer soonest), one on every thread.
+        """
+        threads = torch.get_num_threads()
+        if self.runtime.device.type != "cpu" or self.decoders(n) > 0 or not per_thread_counts():
+            return 1, threads
+        replicas, _ = replica_layout(threads, self.config.replicas)
+        replicas = min(replicas, -(-n // self.config.batch_size))
+        return (replicas, threads // replicas) if replicas > 1 else (1, threads)
+
     def batches(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
                 boundary: int | None = None, cuts: Sequence[int] = (), progress: bool = False,
                 desc: str = "extract") -> Iterator[EmbeddedBatch]:
@@ -133,24 +147,46 @@ class Embedder:
             progress: show a progress bar.
             desc: what the bar says it is doing.
         """
-        cfg = self.config
         if self.decoder == Decoder.nvjpeg:
             resolve_decoder(self.decoder, [self.runtime.device.type])  # a GPU is needed from here on
         elif self.decoder != Decoder.pil:
             torchcodec_decoders()
         n = len(sources)
         names = _names(sources) if names is None else names
+        replicas, threads_each = self.replicas(n)
+        pool = ReplicaPool(replicas, threads_each) if replicas > 1 else None
+        try:
+            yield from self._batches(sources, names, boundary, cuts, progress, desc, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of a uint8 batch, on the host (on a replica's thread, or this one)."""
+        # convert the uint8 batch: the float ops keep the layout (no float copy); MPS wants it contiguous
+        x = x.contiguous(memory_format=torch.channels_last if self.runtime.channels_last else torch.contiguous_format)
+        return start_fetch(self.extractor(normalize_batch(x, self.preprocess)))()
+
+    def _batches(self, sources: Sequence[ImageSource], names: Sequence[str], boundary: int | None,
+                 cuts: Sequence[int], progress: bool, desc: str, pool: ReplicaPool | None) -> Iterator[EmbeddedBatch]:
+        cfg = self.config
+        n = len(sources)
         loader = make_loader(sources, range(n), self.preprocess, chunk=cfg.batch_size, workers=self.decoders(n),
-                             draft=cfg.draft, names=names, decoder=self.decoder)
+                             draft=cfg.draft, names=names, decoder=self.decoder, pool=pool,
+                             ahead=pool.replicas if pool is not None else 0)
         staging = HostStaging(self.runtime.device)
         gpu = GpuJpegDecoder(self.runtime.device, self.preprocess, draft=cfg.draft) \
             if self.decoder == Decoder.nvjpeg else None
         pixels: list[torch.Tensor] = []
         positions: list[int] = []
         sizes: list[tuple[int, int]] = []
-        # batches whose features are still being computed and copied (on a GPU), in input order, failures included
-        pending: list[tuple[Callable[[], dict[str, torch.Tensor]], list[int], list[tuple[int, int]], list]] = []
+        # batches whose features are still being computed and copied (on a GPU, or by replicas), in input order,
+        # failures included: (wait for the features, are they ready, positions, sizes, failures)
+        pending: list[tuple[Callable[[], dict[str, torch.Tensor]], Callable[[], bool], list[int],
+                            list[tuple[int, int]], list]] = []
         done = 0  # good images forwarded so far
+        # with replicas, up to one batch per replica is computed while this thread batches the next chunk
+        in_flight = pool.replicas if pool is not None else 0
 
         def room() -> int:
             left = cfg.batch_size if boundary is None else boundary - done % boundary
@@ -160,21 +196,25 @@ class Embedder:
             nonlocal pixels, positions, sizes, done
             batch = torch.cat(pixels) if len(pixels) > 1 else pixels[0]
             x, rest = batch[:count], batch[count:]
-            # convert the uint8 batch: the float ops keep the layout (no float copy); MPS wants it contiguous
-            layout = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
-            x = x.contiguous(memory_format=layout)
-            feats = self.extractor(normalize_batch(x, self.preprocess))
-            pending.append((start_fetch(feats), positions[:count], sizes[:count], []))
+            if pool is None:
+                x = x.contiguous(memory_format=torch.channels_last if self.runtime.channels_last
+                                 else torch.contiguous_format)
+                fetch = start_fetch(self.extractor(normalize_batch(x, self.preprocess)))
+                pending.append((fetch, ready_now, positions[:count], sizes[:count], []))
+            else:
+                future = pool.submit(self._compute, x)
+                pending.append((future.result, future.done, positions[:count], sizes[:count], []))
             pixels = [rest] if len(rest) else []
             positions, sizes = positions[count:], sizes[count:]
             done += count
 
-        def ready() -> Iterator[EmbeddedBatch]:
-            for fetch, pos, size, fails in pending:
+        def ready(keep: int = 0) -> Iterator[EmbeddedBatch]:
+            """The pending batches in order, until at most ``keep`` are left whose features are still coming."""
+            while pending and (len(pending) > keep or pending[0][1]()):
+                fetch, _, pos, size, fails = pending.pop(0)
                 feats = fetch()
                 yield EmbeddedBatch({tap: v.numpy().astype(self._np_dtype, copy=False) for tap, v in feats.items()},
                                     pos, size, fails)
-            pending.clear()
 
         nothing: Callable[[], dict[str, torch.Tensor]] = dict
         group = 0  # the group of the inputs being batched: the number of cuts at or before them
@@ -184,7 +224,7 @@ class Embedder:
                 if gpu is not None and chunk.encoded:
                     chunk = merge_decoded(chunk, gpu.decode(chunk.encoded), staging.to_device)
                 # this chunk's decode is queued (on a GPU): now wait for the last chunk's batches
-                for batch in ready():
+                for batch in ready(in_flight):
                     bar.update(len(batch.positions) + len(batch.failures))
                     yield batch
                 for piece_group, fails, (lo, hi) in _by_group(chunk, cuts):
@@ -193,7 +233,7 @@ class Embedder:
                             forward(min(room(), len(positions)))
                         group, done = piece_group, 0
                     if fails:
-                        pending.append((nothing, [], [], fails))
+                        pending.append((nothing, ready_now, [], [], fails))
                     if hi > lo:
                         pixels.append(staging.to_device(chunk.pixels[lo:hi]))
                         positions += chunk.positions[lo:hi]
@@ -240,6 +280,10 @@ class Embedder:
             extra = pd.DataFrame([{"position": -1, **row} for row in unlisted], columns=FAILURE_COLUMNS)
             result = dataclasses.replace(result, failures=pd.concat([result.failures, extra], ignore_index=True))
         return result
+
+
+def ready_now() -> bool:
+    return True
 
 
 def resolve_decoder(decoder: str, device_types: Sequence[str]) -> str:
