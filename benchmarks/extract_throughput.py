@@ -9,8 +9,10 @@ One run measures, on the machine it runs on (``--device auto``: CUDA if visible,
 * **pure forward** (the ceiling): the truncated graph (torchvision's feature extractor cut at the tap), random
   weights, on pre-made 224×224 tensors already on the device, batch 32, under
   ``torch.inference_mode``: fp32 contiguous, fp32 channels_last, bf16 autocast + channels_last, and featkit's
-  own engine (BatchNorm folded into the convolutions, channels_last; fp32 and bf16). Warm-up
-  iterations, then the median time of the timed iterations.
+  own engine (BatchNorm folded into the convolutions, channels_last; fp32 and bf16). On a CPU also the engine
+  as featkit runs it there: replicas (``featkit.extraction.replicas``), one batch each, side by side on their
+  shares of the threads. Warm-up iterations, then the median time of the timed iterations. Ratios to "the pure
+  forward" divide by the fastest of these fp32 rows.
 * **naive**: what people hand-write: ``ImageFolder`` + ``T.Compose([Resize, CenterCrop, ToTensor,
   Normalize])`` (the sizes of the model's ``weights.transforms()``) + ``DataLoader(batch_size=32,
   num_workers=N)``, N = every spare core on a GPU; on a CPU the faster of 0 and half the cores) +
@@ -72,6 +74,7 @@ from featkit._device import cpu_has_bf16, resolve_device, resolve_runtime  # noq
 from featkit.backbones.registry import describe  # noqa: E402
 from featkit.extraction.config import default_workers  # noqa: E402
 from featkit.extraction.engine import TapExtractor  # noqa: E402
+from featkit.extraction.replicas import ReplicaPool, per_thread_counts, replica_layout  # noqa: E402
 
 # (model, check) -> the ratio the issue asks for; other ratios are printed without a target.
 TARGETS = {
@@ -90,6 +93,8 @@ PURE = {"pure contiguous": (False, "fp32"), "pure channels_last": (True, "fp32")
         "pure bf16+channels_last": (True, "bf16")}
 # featkit's own engine (BN folded into convs, channels_last) on the same pre-made tensors: the best fp32 ceiling
 ENGINE = {"pure featkit engine": "fp32", "pure featkit engine bf16": "bf16"}
+# on a CPU: the engine as replicas, one batch each, side by side on their shares of the threads (fp32)
+REPLICAS = "pure featkit replicas"
 
 
 def log(msg: str) -> None:
@@ -226,6 +231,17 @@ def pure_forward(model: str, tap: str, device: torch.device, batch: int, kinds: 
                       2.0 if quick else 5.0)
         out[kind] = batch / statistics.median(times)
         log(f"  {model}/{tap} {kind}: {out[kind]:.1f} img/s (median of {len(times)} iterations)")
+    replicas, each = replica_layout(torch.get_num_threads())
+    if device.type == "cpu" and replicas > 1 and per_thread_counts():
+        # what featkit runs on a CPU: one batch per replica at a time, each on its share of the threads
+        engine = TapExtractor(tvm.get_model(model, weights=None), [describe(model).tap(tap)],
+                              resolve_runtime(str(device), "fp32"))
+        with ReplicaPool(replicas, each) as pool:
+            def side_by_side(engine=engine, pool=pool):
+                list(pool.map(lambda _: engine(x), range(replicas)))
+            times = timed(side_by_side, device, 1 if quick else 2, 2 if quick else 3, 2.0 if quick else 5.0)
+        out[REPLICAS] = replicas * batch / statistics.median(times)
+        log(f"  {model}/{tap} {REPLICAS} ({replicas} × {each} thread): {out[REPLICAS]:.1f} img/s")
     return macs, out
 
 
@@ -282,15 +298,21 @@ def add_checks(rows: list[dict]) -> list[dict]:
         tap = describe(model).default_tap
         fk, fk16 = by.get((model, tap, "featkit", "fp32")), by.get((model, tap, "featkit", "bf16"))
         ceiling = max((by[k] for k in [(model, tap, "pure channels_last", "fp32"),
-                                       (model, tap, "pure featkit engine", "fp32")]
+                                       (model, tap, "pure featkit engine", "fp32"),
+                                       (model, tap, REPLICAS, "fp32")]
                        if k in by), key=lambda r: r["img_s"], default=None)
         pairs = [("featkit/pure_cl", fk, ceiling,
                   f"of the best fp32 pure forward ({ceiling['pipeline'] if ceiling else '-'})"),
                  ("featkit/naive", fk, by.get((model, tap, "naive", "fp32")), "vs naive fp32"),
                  ("layer2/avgpool", by.get((model, "layer2", "featkit", "fp32")), fk, f"vs featkit {tap}"),
                  ("bf16/naive", fk16, by.get((model, tap, "naive", "fp32")), "vs naive fp32")]
+        one_pass = by.get((model, tap, "pure featkit engine", "fp32"))
+        if ceiling is not None and one_pass is not None and ceiling is not one_pass:
+            pairs.append(("featkit/one_pass", fk, one_pass, "of one forward pass on all threads"))
         for decoder in ("tensor", "nvjpeg"):
             fast = by.get((model, tap, "featkit", "fp32", decoder))
+            if ceiling is not None and one_pass is not None and ceiling is not one_pass:
+                pairs.append((f"{decoder}/one_pass", fast, one_pass, "of one forward pass on all threads"))
             pairs += [(f"{decoder}/pil", fast, fk, "vs the pil decoder"),
                       (f"{decoder}/pure_cl", fast, ceiling,
                        f"of the best fp32 pure forward ({ceiling['pipeline'] if ceiling else '-'})")]
@@ -425,7 +447,7 @@ def main() -> None:
             log(f"{model}/{tap}: pure forward")
             macs[(model, tap)], pure = pure_forward(model, tap, device, bs, kinds, args.quick)
             for kind, img_s in pure.items():
-                precision = PURE[kind][1] if kind in PURE else ENGINE[kind]
+                precision = PURE[kind][1] if kind in PURE else ENGINE.get(kind, "fp32")
                 add(model, tap, kind, precision, img_s, "pre-made tensors on the device")
             if model not in e2e:
                 continue
@@ -446,8 +468,12 @@ def main() -> None:
                 decoders = args.decoders if (precision, pool) == ("fp32", "none") else ["pil"]
                 best = featkit_e2e(model, run_tap, folder, paths[:warm], work, device, bs, precision, pool,
                                    args.repeats, decoders)
+                replicas, each = replica_layout(torch.get_num_threads())
                 for decoder, r in best.items():
-                    how = "decode threads between batches" if workers == 0 else f"{workers} decoder processes"
+                    how = f"{workers} decoder processes"
+                    if workers == 0:
+                        how = (f"{replicas} replicas × {each} thread, each decoding its chunk, then computing"
+                               if replicas > 1 and per_thread_counts() else "decode threads between batches")
                     notes = f"workers={workers} ({how}); +{r['setup_s']:.1f} s model build outside the timing"
                     notes = ("pool avg; " if pool != "none" else "") + notes
                     add(model, run_tap, "featkit", precision, r["img_s"], notes, decoder=decoder)

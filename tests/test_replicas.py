@@ -75,7 +75,7 @@ def test_a_run_uses_replicas_and_leaves_the_callers_threads_alone(tmp_path, two_
     embedder = Embedder(ExtractConfig(model="squeezenet1_1", weights="random", device="cpu", workers=0,
                                       batch_size=4))
     assert embedder.replicas(10) == (2, 1)
-    assert embedder.replicas(4) == (1, 2)  # one batch (a query): all threads on it answer soonest
+    assert embedder.replicas(4) == (1, 1)  # one batch: one replica, on the same share (the same numbers)
     ran_on: set[str] = set()
     forward = embedder.extractor.forward
 
@@ -106,6 +106,22 @@ def test_replicas_one_computes_each_batch_on_all_threads(tmp_path, two_threads):
     embedder.extractor.forward = lambda x: (ran_on.add(threading.current_thread().name), forward(x))[1]
     embedder.embed(images)
     assert ran_on == {threading.current_thread().name}
+
+
+def test_the_store_is_the_same_whoever_decodes_and_however_many_runs_made_it(tmp_path, two_threads):
+    images = messy_folder(tmp_path / "imgs")
+    opts = dict(FAST, batch_size=4, shard_rows=4)
+    featkit.extract(images, tmp_path / "threads", **opts)
+    featkit.extract(images, tmp_path / "processes", **dict(opts, workers=2))  # decoder processes, same replicas
+    first = sorted(images.rglob("*.*"))[:4]  # a whole shard, so the rerun forms the batches one run forms
+    featkit.extract([str(p) for p in first], tmp_path / "resumed", **opts)  # one batch: one replica
+    featkit.extract(images, tmp_path / "resumed", **opts)
+    a, b = store_bytes(tmp_path / "threads"), store_bytes(tmp_path / "processes")
+    assert all(a[k] == b[k] for k in a if k.endswith(".npy"))
+    one, resumed = featkit.open_features(tmp_path / "threads"), featkit.open_features(tmp_path / "resumed")
+    order = np.argsort(resumed.rows["path"].to_numpy())
+    assert resumed.rows["path"].to_numpy()[order].tolist() == one.rows["path"].tolist()
+    np.testing.assert_array_equal(np.asarray(resumed["fire9"])[order], np.asarray(one["fire9"]))
 
 
 def test_a_failing_forward_stops_the_run_with_its_error_and_no_thread_is_left(tmp_path, two_threads):

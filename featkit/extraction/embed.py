@@ -121,15 +121,24 @@ class Embedder:
     def replicas(self, n: int) -> tuple[int, int]:
         """(model replicas, intra-op threads each) computing ``n`` images (:mod:`featkit.extraction.replicas`).
 
-        On a CPU that decodes on threads: ``config.replicas`` (None: one per thread, up to 8), at most one per
-        batch. Elsewhere, and for one batch (a query: all threads on it answer soonest), one on every thread.
+        On a CPU: ``config.replicas`` (None: one per thread, up to 8), at most one per batch. The threads each
+        replica gets do not depend on ``n`` or the decoders, so neither do the numbers: a store's rows are bitwise
+        the same whether they were computed in one run or several, by loader processes or threads. Elsewhere (or on
+        a torch without per-thread counts): one, on every thread.
         """
         threads = torch.get_num_threads()
-        if self.runtime.device.type != "cpu" or self.decoders(n) > 0 or not per_thread_counts():
+        if self.runtime.device.type != "cpu" or not per_thread_counts():
             return 1, threads
-        replicas, _ = replica_layout(threads, self.config.replicas)
-        replicas = min(replicas, -(-n // self.config.batch_size))
-        return (replicas, threads // replicas) if replicas > 1 else (1, threads)
+        replicas, each = replica_layout(threads, self.config.replicas)
+        return max(1, min(replicas, -(-n // self.config.batch_size))), each
+
+    def describe(self, n: int) -> str:
+        """Where and how ``n`` images are computed, for the run log: ``cpu, 2 replicas × 1 thread, fp32``."""
+        replicas, each = self.replicas(n)
+        if each == torch.get_num_threads():
+            return self.runtime.describe()
+        return (f"{self.runtime.device.type}, {replicas} replica{'s' * (replicas > 1)} × {each} "
+                f"thread{'s' * (each > 1)}, {self.runtime.precision}")
 
     def batches(self, sources: Sequence[ImageSource], *, names: Sequence[str] | None = None,
                 boundary: int | None = None, cuts: Sequence[int] = (), progress: bool = False,
@@ -154,7 +163,7 @@ class Embedder:
         n = len(sources)
         names = _names(sources) if names is None else names
         replicas, threads_each = self.replicas(n)
-        pool = ReplicaPool(replicas, threads_each) if replicas > 1 else None
+        pool = None if threads_each == torch.get_num_threads() else ReplicaPool(replicas, threads_each)
         try:
             yield from self._batches(sources, names, boundary, cuts, progress, desc, pool)
         finally:
@@ -171,8 +180,10 @@ class Embedder:
                  cuts: Sequence[int], progress: bool, desc: str, pool: ReplicaPool | None) -> Iterator[EmbeddedBatch]:
         cfg = self.config
         n = len(sources)
+        # one replica decodes a chunk while another computes; with one replica, every thread decodes each chunk
+        side_by_side = pool if pool is not None and pool.replicas > 1 else None
         loader = make_loader(sources, range(n), self.preprocess, chunk=cfg.batch_size, workers=self.decoders(n),
-                             draft=cfg.draft, names=names, decoder=self.decoder, pool=pool,
+                             draft=cfg.draft, names=names, decoder=self.decoder, pool=side_by_side,
                              ahead=pool.replicas if pool is not None else 0)
         staging = HostStaging(self.runtime.device)
         gpu = GpuJpegDecoder(self.runtime.device, self.preprocess, draft=cfg.draft) \

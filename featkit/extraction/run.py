@@ -281,7 +281,7 @@ def run_extraction(inputs, output: str | os.PathLike, cfg: ExtractConfig, *, pro
             pending, bad_names, unchanged, changed, removed = _plan(writer, listing)
             parts = plan.partitions(pending, bad_names, shard_rows, writer.segment_count, whole=writer.version == 1)
             runtime = embedder.runtime
-            where = (runtime.describe() if len(devices) == 1 else f"{len(devices)} processes on "
+            where = (embedder.describe(len(pending)) if len(devices) == 1 else f"{len(devices)} processes on "
                      + ", ".join(f"{d} ×{n}" if n > 1 else d for d, n in Counter(devices).items()))
             if world is not None:
                 where = f"{world[1]} torchrun ranks ({runtime.describe()} on rank 0)"

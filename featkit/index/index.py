@@ -304,6 +304,9 @@ class Index:
         key = (str(weights_file) if weights_file else None, device)
         if key not in self._embedders:
             config = config_for(self.settings, taps=[self.tap], weights=weights_file, device=device)
+            # a query is a batch or two: each on all threads answers soonest (its vector may then differ from a
+            # stored one in the last bits, as stores made on machines with other thread counts do)
+            config = dataclasses.replace(config, replicas=1)
             substitute = config.decoder == Decoder.nvjpeg and resolve_device(device).type != "cuda"
             if substitute:  # nvJPEG needs a GPU: the tensor decoder is its CPU twin (same libjpeg rules, median
                 config = dataclasses.replace(config, decoder=Decoder.tensor)  # cosine 0.996 to pil, as nvjpeg's)
