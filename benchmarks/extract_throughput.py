@@ -438,6 +438,10 @@ def main() -> None:
         if e2e:
             log(f"generating {args.images} JPEGs in {folder}")
             paths = make_images(folder, args.images)
+            found = sum(1 for _ in folder.rglob("*.jpg"))
+            if found != len(paths):  # a reused --images-dir with more: the runs below read the whole folder
+                log(f"  {folder} holds {found} JPEGs, not {len(paths)}: the end-to-end rows read all {found}")
+                args.images = found
             kb = np.mean([q.stat().st_size for q in paths]) / 1e3
             log(f"  mean JPEG size {kb:.0f} KB")
         warm = bs if args.quick else 2 * bs
