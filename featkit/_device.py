@@ -151,6 +151,11 @@ THREADS_ENV = "FEATKIT_NUM_THREADS"
 _threads_set = False
 
 
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity), however many threads it computes with."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_threads() -> int:
     """The intra-op threads featkit computes with on a CPU, decided once per process.
 
@@ -171,7 +176,7 @@ def cpu_threads() -> int:
                 raise DeviceError(f"${THREADS_ENV} must be at least 1. Got {n}.")
             torch.set_num_threads(n)
         else:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            cores = machine_cores()
             others = _running_elsewhere()
             free = max(1, cores - others)
             if free < torch.get_num_threads():
@@ -249,7 +254,7 @@ def bind_worker(device: str, procs: int) -> None:
     if device.startswith("cuda:"):
         torch.cuda.set_device(torch.device(device))
     if procs > 1 and not os.environ.get(THREADS_ENV):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = machine_cores()
         os.environ[THREADS_ENV] = str(max(1, cores // procs))
 
 

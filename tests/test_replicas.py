@@ -4,6 +4,7 @@ in input order with bad files in their places, and leave the caller's torch thre
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -22,8 +23,10 @@ pytestmark = pytest.mark.skipif(not per_thread_counts(), reason="this torch buil
 
 
 @pytest.fixture
-def two_threads():
-    """This process computes on 2 threads (test processes run on 1), as a 2-core machine does by default."""
+def two_threads(monkeypatch):
+    """This process computes on 2 threads (test processes run on 1) of a 2-core machine, whatever this one has."""
+    monkeypatch.setattr("featkit.extraction.embed.machine_cores", lambda: 2)
+    monkeypatch.setattr("featkit._device._threads_set", True)  # a busy machine would lower the count set here
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -53,6 +56,34 @@ def test_layout_gives_each_replica_its_share_of_the_threads():
     assert replica_layout(4, 1) == (1, 4)
     assert replica_layout(4, 3) == (3, 1)
     assert replica_layout(2, 5) == (2, 1)  # never more replicas than threads
+
+
+def test_a_share_of_a_large_machine_gives_each_batch_the_threads_the_whole_machine_does():
+    # 16 cores: 8 replicas × 2 threads; a --procs 2 worker (8 threads) or a busy machine (5 free) keeps 2 each
+    assert replica_layout(16, cores=16) == (8, 2)
+    assert replica_layout(8, cores=16) == (4, 2)
+    assert replica_layout(5, cores=16) == (2, 2)
+    assert replica_layout(1, cores=16) == (1, 1)  # fewer threads than a replica's share: all it has
+    assert replica_layout(1, cores=2) == (1, 1)  # a busy 2-core machine: one thread, as each replica has
+
+
+def test_a_worker_with_half_a_large_machine_stores_the_bytes_the_whole_machine_does(tmp_path, monkeypatch):
+    images = messy_folder(tmp_path / "imgs")
+    opts = dict(FAST, batch_size=3, shard_rows=4)
+    monkeypatch.setattr("featkit.extraction.embed.machine_cores", lambda: 16)  # 2 threads each
+    monkeypatch.setattr("featkit._device._threads_set", True)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(16)  # the whole machine: 8 replicas × 2 threads
+        assert Embedder(ExtractConfig(**opts)).replicas(100) == (8, 2)
+        featkit.extract(images, tmp_path / "whole", **opts)
+        torch.set_num_threads(8)  # a --procs 2 worker's share: 4 replicas × 2 threads, not 8 × 1
+        assert Embedder(ExtractConfig(**opts)).replicas(100) == (4, 2)
+        featkit.extract(images, tmp_path / "share", **opts)
+    finally:
+        torch.set_num_threads(before)
+    a, b = store_bytes(tmp_path / "whole"), store_bytes(tmp_path / "share")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a if k.endswith((".npy", ".parquet")))
 
 
 @pytest.mark.parametrize("decoder", ["pil", "tensor"])
@@ -164,4 +195,23 @@ def test_pool_threads_compute_on_their_share(two_threads):
         assert sorted(pool.map(lambda _: torch.get_num_threads(), range(8))) == [1] * 8
     finally:
         pool.shutdown()
+    assert torch.get_num_threads() == 2
+
+
+def test_ctrl_c_while_replicas_start_frees_them_at_once(monkeypatch, two_threads):
+    submit, calls = ReplicaPool.submit, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the first replica is already waiting for the others
+            raise KeyboardInterrupt
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReplicaPool, "submit", interrupted)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        ReplicaPool(2, 1)
+    for thread in replica_threads():
+        thread.join(timeout=10)
+    assert time.monotonic() - start < 10 and not replica_threads()  # not the barrier's 60 s
     assert torch.get_num_threads() == 2

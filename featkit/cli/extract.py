@@ -73,7 +73,8 @@ def extract(
              "thread per core between batches).", min=0)] = None,
     replicas: Annotated[int | None, typer.Option(
         help="On a CPU: model replicas computing batches side by side, each on its share of the threads, so one "
-             "decodes while another computes (default: one per thread, up to 8; 1: each batch on all threads).",
+             "decodes while another computes (default: one per thread, each on one thread on up to 8 cores; "
+             "1: each batch on all threads).",
         min=1)] = None,
     shard_rows: Annotated[int, typer.Option(help="Rows per committed shard (the unit of resume).", min=1)] = 2048,
     procs: Annotated[int | None, typer.Option(

@@ -50,8 +50,8 @@ class ExtractConfig:
         workers: decoder processes beside the model (None: chosen for the device, see ``default_workers``;
             0: decode in this process on a thread per core, between forward passes).
         replicas: on a CPU decoding on threads (``workers`` 0), model replicas computing batches side by side, each
-            on its share of the threads (None: one per thread, up to 8; 1: each batch on all threads). See
-            :mod:`featkit.extraction.replicas`.
+            on its share of the threads (None: one per thread, each on one thread on up to 8 cores; 1: each batch
+            on all threads). See :mod:`featkit.extraction.replicas`.
         shard_rows: rows per committed shard (the unit of resume).
         procs: worker processes computing the run's partitions (None: one per device ``device`` lists, e.g.
             ``cuda:0,cuda:1`` or ``all``; 1 for one device). The store is the same bytes for any number.

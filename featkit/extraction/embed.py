@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featkit._device import HostStaging, Runtime, resolve_runtime, start_fetch
+from featkit._device import HostStaging, Runtime, machine_cores, resolve_runtime, start_fetch
 from featkit.backbones.registry import describe
 from featkit.backbones.spec import TapSpec
 from featkit.backbones.weights import load_backbone_weights
@@ -121,15 +121,16 @@ class Embedder:
     def replicas(self, n: int) -> tuple[int, int]:
         """(model replicas, intra-op threads each) computing ``n`` images (:mod:`featkit.extraction.replicas`).
 
-        On a CPU: ``config.replicas`` (None: one per thread, up to 8), at most one per batch. The threads each
-        replica gets do not depend on ``n`` or the decoders, so neither do the numbers: a store's rows are bitwise
-        the same whether they were computed in one run or several, by loader processes or threads. Elsewhere (or on
-        a torch without per-thread counts): one, on every thread.
+        On a CPU: ``config.replicas`` (None: one per thread, one thread each up to 8 cores), at most one per batch.
+        The threads each replica gets depend on the machine's cores, not on ``n``, the decoders or this process's
+        share of the cores, so neither do the numbers: a store's rows are bitwise the same whether they were
+        computed in one run or several, by loader processes or threads, or by ``--procs`` workers. Elsewhere (or
+        on a torch without per-thread counts): one, on every thread.
         """
         threads = torch.get_num_threads()
         if self.runtime.device.type != "cpu" or not per_thread_counts():
             return 1, threads
-        replicas, each = replica_layout(threads, self.config.replicas)
+        replicas, each = replica_layout(threads, self.config.replicas, machine_cores())
         return max(1, min(replicas, -(-n // self.config.batch_size))), each
 
     def describe(self, n: int) -> str:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from featkit._device import machine_cores
 from featkit.data import shards
 
 SPAN = 1 << 16  # bytes read from each end of a file
@@ -104,8 +105,7 @@ def fingerprints(paths: Iterable[str | os.PathLike]) -> list[str]:
     paths = list(paths)
     if len(paths) < 64:
         return [fingerprint(p) for p in paths]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = min(4, cores)
+    threads = min(4, machine_cores())
     out: list[str] = []
     with ThreadPoolExecutor(threads, thread_name_prefix="featkit-fingerprint") as pool:
         ahead: deque[Future] = deque()  # whole shards being fingerprinted, in order

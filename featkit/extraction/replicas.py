@@ -14,6 +14,7 @@ replicas.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,15 +24,19 @@ import torch
 MAX_REPLICAS = 8  # beyond this, replicas get several threads each: memory grows with every batch in flight
 
 
-def replica_layout(threads: int, replicas: int | None = None) -> tuple[int, int]:
-    """(replicas, intra-op threads each) for a CPU run on ``threads`` threads.
+def replica_layout(threads: int, replicas: int | None = None, cores: int | None = None) -> tuple[int, int]:
+    """(replicas, intra-op threads each) for a CPU run on ``threads`` threads of a machine with ``cores`` cores.
 
-    ``replicas`` None: one per thread up to :data:`MAX_REPLICAS`, then the threads split evenly among that many.
+    ``replicas`` None: each replica gets one thread on machines of up to :data:`MAX_REPLICAS` cores, and the cores
+    split evenly among that many replicas on larger ones; as many replicas as ``threads`` then hold. The threads
+    each replica gets come from the machine, not from this process's share of it, so a ``--procs`` worker or a run
+    on a busy machine computes each batch on the threads a whole-machine run does (and gets its numbers).
     A number asks for that many (at most one per thread); 1 is one forward pass on all threads, as without replicas.
+    ``cores`` defaults to ``threads``.
     """
     threads = max(1, threads)
     if replicas is None:
-        each = -(-threads // MAX_REPLICAS)
+        each = min(threads, -(-max(1, cores or threads) // MAX_REPLICAS))
         return threads // each, each
     replicas = max(1, min(replicas, threads))
     return replicas, threads // replicas
@@ -59,7 +64,8 @@ class ReplicaPool(ThreadPoolExecutor):
             # a thread's first parallel op sets its count to the later threads' count: have it happen first
             torch.get_num_threads()
             torch.set_num_threads(threads_each)
-            met.wait()
+            with contextlib.suppress(threading.BrokenBarrierError):  # the caller gave up: it shuts the pool down
+                met.wait()
 
         super().__init__(replicas, thread_name_prefix="featkit-replica", initializer=start)
         self.replicas, self.threads_each = replicas, threads_each
@@ -67,5 +73,9 @@ class ReplicaPool(ThreadPoolExecutor):
             for _ in range(replicas):  # each submit starts a thread, whose initializer waits for the others
                 self.submit(int)
             met.wait()
+        except BaseException:
+            met.abort()  # free the replicas waiting for the others (Ctrl-C, a thread that could not start)
+            self.shutdown(wait=False, cancel_futures=True)
+            raise
         finally:
             torch.set_num_threads(mine)
