@@ -48,7 +48,8 @@ class Runtime:
     def describe(self) -> str:
         if self.is_cuda:
             return f"{torch.cuda.get_device_name(self.device)} ({self.device}), {self.precision}"
-        return f"{self.device.type}, {torch.get_num_threads()} threads, {self.precision}"
+        threads = torch.get_num_threads()
+        return f"{self.device.type}, {threads} thread{'s' * (threads > 1)}, {self.precision}"
 
 
 class SideStream:

@@ -13,6 +13,7 @@ from helpers import store_bytes, write_images
 from PIL import Image
 
 import featkit
+from featkit._device import Runtime
 from featkit.extraction.config import ExtractConfig
 from featkit.extraction.embed import Embedder
 from featkit.extraction.replicas import ReplicaPool, per_thread_counts, replica_layout
@@ -215,3 +216,14 @@ def test_ctrl_c_while_replicas_start_frees_them_at_once(monkeypatch, two_threads
         thread.join(timeout=10)
     assert time.monotonic() - start < 10 and not replica_threads()  # not the barrier's 60 s
     assert torch.get_num_threads() == 2
+
+
+def test_the_run_log_counts_threads_in_words():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert Runtime(torch.device("cpu"), "fp32").describe() == "cpu, 1 thread, fp32"
+        torch.set_num_threads(2)
+        assert Runtime(torch.device("cpu"), "bf16").describe() == "cpu, 2 threads, bf16"
+    finally:
+        torch.set_num_threads(before)
