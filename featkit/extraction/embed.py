@@ -171,11 +171,15 @@ class Embedder:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Features of a uint8 batch, on the host (on a replica's thread, or this one)."""
+    def _forward(self, x: torch.Tensor) -> Callable[[], dict[str, torch.Tensor]]:
+        """Start the features of a uint8 batch; the returned call waits for them on the host."""
         # convert the uint8 batch: the float ops keep the layout (no float copy); MPS wants it contiguous
         x = x.contiguous(memory_format=torch.channels_last if self.runtime.channels_last else torch.contiguous_format)
-        return start_fetch(self.extractor(normalize_batch(x, self.preprocess)))()
+        return start_fetch(self.extractor(normalize_batch(x, self.preprocess)))
+
+    def _compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of a uint8 batch, on the host (on a replica's thread)."""
+        return self._forward(x)()
 
     def _batches(self, sources: Sequence[ImageSource], names: Sequence[str], boundary: int | None,
                  cuts: Sequence[int], progress: bool, desc: str, pool: ReplicaPool | None) -> Iterator[EmbeddedBatch]:
@@ -209,10 +213,7 @@ class Embedder:
             batch = torch.cat(pixels) if len(pixels) > 1 else pixels[0]
             x, rest = batch[:count], batch[count:]
             if pool is None:
-                x = x.contiguous(memory_format=torch.channels_last if self.runtime.channels_last
-                                 else torch.contiguous_format)
-                fetch = start_fetch(self.extractor(normalize_batch(x, self.preprocess)))
-                pending.append((fetch, ready_now, positions[:count], sizes[:count], []))
+                pending.append((self._forward(x), ready_now, positions[:count], sizes[:count], []))
             else:
                 future = pool.submit(self._compute, x)
                 pending.append((future.result, future.done, positions[:count], sizes[:count], []))
